@@ -1,0 +1,220 @@
+//! The `Device` trait: what the virtual RM engine needs from a device, and nothing of S2.
+//!
+//! A device adapter (Modbus, MQTT, BLE, sim) turns its wire into [`Readings`] and carries
+//! out [`Command`]s. It describes what it can do with [`ControlCapability`]s; the virtual
+//! RM engine turns those into S2 descriptions and S2 instructions back into commands.
+
+use async_trait::async_trait;
+use serde::Serialize;
+
+/// Power convention everywhere in s2gw: watts, consumption positive, production negative
+/// (the S2 convention).
+pub type Watts = f64;
+
+/// The static facts about a device, read once.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct DeviceInfo {
+    /// What kind of thing it is, for people and for discovery.
+    pub kind: DeviceKind,
+    /// Manufacturer, where the device says.
+    pub manufacturer: Option<String>,
+    /// Model name, where the device says.
+    pub model: Option<String>,
+    /// Serial number, where the device says.
+    pub serial: Option<String>,
+    /// Firmware version, where the device says.
+    pub firmware: Option<String>,
+    /// Whether power is reported per phase (three values) or as one total.
+    pub three_phase: bool,
+    /// Everything the device can be told to do, in order of preference.
+    pub control: Vec<ControlCapability>,
+}
+
+/// Kinds of devices, which pick the S2 role and the Home Assistant icons.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceKind {
+    /// A PV inverter: produces.
+    PvInverter,
+    /// An EV charger: consumes.
+    EvCharger,
+    /// A home battery: both.
+    Battery,
+    /// A heat pump: consumes.
+    HeatPump,
+    /// A meter: measures whatever is behind it.
+    #[default]
+    Meter,
+    /// Any other consumer.
+    Load,
+}
+
+/// One way a device can be controlled; each maps to an S2 control type.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ControlCapability {
+    /// Measurements only (S2 NOT_CONTROLABLE).
+    NotControllable,
+    /// A power envelope: the device can be limited anywhere in `[min_w, max_w]`
+    /// (S2 PEBC). A PV inverter has `min_w` = -rated power and `max_w` = 0.
+    PowerEnvelope {
+        /// The most negative limit the device accepts (production).
+        min_w: Watts,
+        /// The most positive limit the device accepts (consumption).
+        max_w: Watts,
+    },
+    /// A storage whose fill rate can be set (S2 FRBC): a battery.
+    Storage {
+        /// Usable capacity in watt-hours.
+        capacity_wh: f64,
+        /// Largest charging power (positive).
+        max_charge_w: Watts,
+        /// Largest discharging power (positive number, produced power).
+        max_discharge_w: Watts,
+        /// Lowest state of charge the device allows, in percent.
+        min_soc: f64,
+        /// Highest state of charge the device allows, in percent.
+        max_soc: f64,
+    },
+    /// Discrete operation modes (S2 OMBC): SG-Ready states, charger current steps.
+    OperationModes {
+        /// The modes, the device's autonomous default marked.
+        modes: Vec<ModeSpec>,
+        /// Minimum time a mode must stay on before it may change, in seconds.
+        min_on_s: u64,
+        /// Minimum time after a switch before switching back, in seconds.
+        min_off_s: u64,
+    },
+}
+
+/// One discrete operation mode.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ModeSpec {
+    /// A short stable name (`"normal"`, `"16A-3p"`), unique within the device.
+    pub name: String,
+    /// What a person reads.
+    pub label: String,
+    /// The power range the mode implies.
+    pub min_w: Watts,
+    /// The power range the mode implies.
+    pub max_w: Watts,
+    /// What the device is told to enter the mode.
+    pub command: Command,
+    /// Whether this is what the device does on its own.
+    pub is_default: bool,
+}
+
+/// What the engine tells a device to do.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "command", rename_all = "snake_case")]
+pub enum Command {
+    /// Back to autonomous behaviour: limit removed, default current, SG-Ready normal.
+    /// The fail-safe: sent on link loss, deselection, terminate and expired validity.
+    Release,
+    /// Keep the power within these bounds (either may be open).
+    LimitPower {
+        /// Lower bound (most negative = most production allowed).
+        min_w: Option<Watts>,
+        /// Upper bound.
+        max_w: Option<Watts>,
+    },
+    /// Run at this power (battery: positive charges, negative discharges).
+    SetPower {
+        /// The setpoint.
+        watts: Watts,
+    },
+    /// Charge at this current per phase; 0 switches charging off.
+    SetCurrent {
+        /// Amperes per phase.
+        amps: f64,
+        /// Number of phases, 1 or 3.
+        phases: u8,
+    },
+    /// Enter a named mode (see [`ModeSpec::name`]).
+    SetMode {
+        /// The mode.
+        mode: String,
+    },
+}
+
+impl Command {
+    /// A short human summary, for logs and the demo view.
+    pub fn summary(&self) -> String {
+        match self {
+            Command::Release => "autonomous".to_string(),
+            Command::LimitPower { min_w, max_w } => match (min_w, max_w) {
+                (Some(lo), Some(hi)) => format!("limit {lo:.0}..{hi:.0} W"),
+                (Some(lo), None) => format!("limit >= {lo:.0} W"),
+                (None, Some(hi)) => format!("limit <= {hi:.0} W"),
+                (None, None) => "no limit".to_string(),
+            },
+            Command::SetPower { watts } => format!("setpoint {watts:.0} W"),
+            Command::SetCurrent { amps, phases } if *amps <= 0.0 => {
+                format!("charging off ({phases}p)")
+            }
+            Command::SetCurrent { amps, phases } => format!("{amps:.0} A x {phases}p"),
+            Command::SetMode { mode } => format!("mode {mode}"),
+        }
+    }
+}
+
+/// Whether the device can be relied on right now.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(tag = "state", content = "reason", rename_all = "snake_case")]
+pub enum DeviceStatus {
+    /// Reachable and reporting.
+    #[default]
+    Ok,
+    /// Reachable but reporting a fault of its own.
+    Fault(String),
+    /// Not reachable, or its values are stale: no measurements are made up.
+    Unavailable(String),
+}
+
+/// One poll's worth of values.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Readings {
+    /// Total active power, consumption positive.
+    pub power_w: Watts,
+    /// Per-phase active power, where the device reports it.
+    pub phase_power_w: Option<[Watts; 3]>,
+    /// Lifetime (or session) energy in watt-hours, where known.
+    pub energy_wh: Option<f64>,
+    /// State of charge in percent, for storage.
+    pub soc: Option<f64>,
+    /// Whether the values can be trusted.
+    pub status: DeviceStatus,
+    /// The command the device is following, as far as it reports one.
+    pub active: Option<Command>,
+}
+
+/// Why a device could not be read or commanded.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DeviceError {
+    /// The device did not answer or the connection is down; worth retrying.
+    #[error("device unreachable: {0}")]
+    Unreachable(String),
+    /// The device refused the command (out of range, not supported, exception).
+    #[error("device refused: {0}")]
+    Refused(String),
+    /// The write went out but reading it back showed something else.
+    #[error("write not confirmed: {0}")]
+    NotConfirmed(String),
+}
+
+/// A device the virtual RM engine can drive.
+///
+/// Implementations own their connection and do their own retries below one call; a call
+/// that fails returns an error rather than blocking, so one misbehaving device never stalls
+/// the engine.
+#[async_trait]
+pub trait Device: Send {
+    /// Static facts, known once the device was first reached.
+    fn info(&self) -> DeviceInfo;
+
+    /// Read the current values.
+    async fn read(&mut self) -> Result<Readings, DeviceError>;
+
+    /// Carry out a command; returns once the device confirmed it where it can.
+    async fn apply(&mut self, command: &Command) -> Result<(), DeviceError>;
+}

@@ -1,0 +1,23 @@
+//! What every s2gw adapter shares.
+//!
+//! The daemon (`s2gw`) wires adapters together through the types in this crate and
+//! nothing else: a device adapter implements [`device::Device`], an S2 transport speaks
+//! [`bus::BusEvent`]s over an [`bus::Endpoint`], and both meet in the bus. Adapters never
+//! depend on one another.
+//!
+//! [`s2`] is the project's one door to `s2-kit`: the data model, the edge check that
+//! every inbound frame passes, and the protocol versions the gateway offers.
+
+#![deny(missing_docs)]
+
+pub mod backoff;
+pub mod bus;
+pub mod device;
+pub mod s2;
+pub mod secret;
+
+pub use backoff::Backoff;
+pub use bus::{BusEvent, Endpoint, EndpointPeer, Rejection, Side};
+pub use device::{Command, Device, DeviceError, DeviceStatus, Readings};
+pub use s2::{Edge, Frame};
+pub use secret::Secret;

@@ -1,0 +1,276 @@
+//! The gateway's one door to `s2-kit` (pinned `=0.3.0`).
+//!
+//! Everything S2 the rest of s2gw touches comes through here, so a future s2-kit upgrade
+//! is one module's work. It adds two things of ours: [`Frame`], a typed message together
+//! with the exact bytes that carried it, and [`Edge`], the check every frame passes where
+//! it enters from a transport.
+
+use std::sync::Arc;
+
+pub use s2_kit::codec::{DecodeError, DecodeOptions};
+pub use s2_kit::message::{Message, MessageKind};
+pub use s2_kit::session::{
+    Analyzer, CemConfig, CemEvent, CemSession, CloseReason, Instructed, RmConfig, RmEvent,
+    RmSession, SendError, SessionState,
+};
+pub use s2_kit::types::common::{
+    Commodity, CommodityQuantity, ControlType, EnergyManagementRole, InstructionStatus,
+    InstructionStatusUpdate, PowerMeasurement, PowerValue, ReceptionStatus,
+    ReceptionStatusValues, ResourceManagerDetails, RevokableObjects, Role, RoleType,
+    SessionRequest, SessionRequestType,
+};
+pub use s2_kit::types::{Duration, Id, ProtocolVersion, Timestamp, WireProfile};
+pub use s2_kit::types::{frbc, ombc, pebc};
+pub use s2_kit::{decode, encode};
+
+/// The largest frame accepted from a transport unless configured otherwise: 1 MiB.
+pub const DEFAULT_MAX_FRAME_BYTES: usize = 1024 * 1024;
+
+/// The protocol versions the gateway offers in its Handshake, most preferred first.
+///
+/// `0.0.2-beta` is what every deployed peer (s2-python, `s2energy`) speaks; `1.0.0` is
+/// s2-kit's. The CEM picks; each session follows its pick.
+pub fn offered_versions() -> Vec<ProtocolVersion> {
+    vec![ProtocolVersion::V1_0_0, ProtocolVersion::V0_0_2_BETA]
+}
+
+/// A fresh identifier for anything the gateway mints.
+///
+/// Always a UUID: the schema allows more, but s2-python and `s2energy` parse ids as UUIDs
+/// and drop the session otherwise.
+pub fn mint_id() -> Id {
+    Id::generate()
+}
+
+/// One S2 message as it crosses the bus: decoded, checked, and with the exact text that
+/// carried it, so a proxy forwards the peer's bytes unchanged.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    message: Arc<Message>,
+    text: Arc<str>,
+}
+
+impl Frame {
+    /// Encode a message the gateway produced.
+    pub fn new(message: Message) -> Self {
+        let text = encode(&message);
+        Self {
+            message: Arc::new(message),
+            text: text.into(),
+        }
+    }
+
+    /// Pair an already-decoded message with its wire text.
+    pub fn from_parts(message: Message, text: impl Into<Arc<str>>) -> Self {
+        Self {
+            message: Arc::new(message),
+            text: text.into(),
+        }
+    }
+
+    /// Decode trusted text that this process encoded itself (an s2-kit session's output).
+    pub fn from_own_text(text: String) -> Result<Self, DecodeError> {
+        let message = decode(&text)?;
+        Ok(Self::from_parts(message, text))
+    }
+
+    /// The typed message.
+    pub fn message(&self) -> &Message {
+        &self.message
+    }
+
+    /// The exact text on the wire.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// The message type.
+    pub fn kind(&self) -> MessageKind {
+        self.message.kind()
+    }
+
+    /// The message's own id (`None` for a ReceptionStatus).
+    pub fn id(&self) -> Option<Id> {
+        self.message.id()
+    }
+}
+
+/// Why an inbound frame was refused at the edge, and the answer owed for it.
+#[derive(Debug, Clone)]
+pub struct Rejection {
+    /// What the frame claimed to be, where that could be read.
+    pub kind: Option<MessageKind>,
+    /// The status the sender gets.
+    pub status: ReceptionStatusValues,
+    /// The refused message's id, or the nil UUID when there was none to read.
+    pub subject: Id,
+    /// Why, with s2-kit's rule id where there is one.
+    pub diagnostic: String,
+}
+
+impl Rejection {
+    /// The ReceptionStatus to send back, or `None` for a refused ReceptionStatus (a
+    /// ReceptionStatus is never answered).
+    pub fn reply(&self) -> Option<Frame> {
+        if self.kind == Some(MessageKind::ReceptionStatus) {
+            return None;
+        }
+        Some(Frame::new(Message::ReceptionStatus(ReceptionStatus {
+            subject_message_id: self.subject,
+            status: self.status,
+            diagnostic_label: Some(truncate(&self.diagnostic, 240)),
+        })))
+    }
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
+/// The check at a transport edge: one per connection (one S2 session).
+///
+/// Decodes every inbound frame strictly against the session's wire profile and runs
+/// s2-kit's semantic rules with the whole conversation as context, so a reference to an id
+/// the other side never announced is refused here (INVALID_CONTENT) and never reaches the
+/// bus. Outbound frames are shown to it too, because what the far side may reference is
+/// what this side announced.
+#[derive(Debug)]
+pub struct Edge {
+    analyzer: Analyzer,
+    peer: EnergyManagementRole,
+    max_bytes: usize,
+}
+
+impl Edge {
+    /// An edge facing a peer in `peer` role, refusing frames over `max_bytes`.
+    pub fn new(peer: EnergyManagementRole, max_bytes: usize) -> Self {
+        Self {
+            analyzer: Analyzer::new().strict(),
+            peer,
+            max_bytes,
+        }
+    }
+
+    /// Judge one inbound text frame.
+    pub fn inbound(&mut self, text: &str, now: Timestamp) -> Result<Frame, Rejection> {
+        if text.len() > self.max_bytes {
+            return Err(Rejection {
+                kind: None,
+                status: ReceptionStatusValues::InvalidData,
+                subject: Id::NIL,
+                diagnostic: format!(
+                    "frame of {} bytes exceeds the {} byte limit",
+                    text.len(),
+                    self.max_bytes
+                ),
+            });
+        }
+        let observed = self.analyzer.observe(self.peer, text, now);
+        let status = observed.status;
+        let diagnostic = observed.diagnostic_label();
+        match observed.message {
+            Some(message) if status == ReceptionStatusValues::Ok => {
+                self.follow_profile(&message);
+                Ok(Frame::from_parts(message, text))
+            }
+            message => {
+                let peek = s2_kit::codec::peek(text).ok();
+                let subject = message
+                    .as_ref()
+                    .and_then(Message::id)
+                    .or_else(|| peek.as_ref().map(s2_kit::codec::Peek::subject))
+                    .unwrap_or(Id::NIL);
+                Err(Rejection {
+                    kind: observed.kind,
+                    status: if status == ReceptionStatusValues::Ok {
+                        ReceptionStatusValues::InvalidMessage
+                    } else {
+                        status
+                    },
+                    subject,
+                    diagnostic: diagnostic.unwrap_or_else(|| "refused".to_string()),
+                })
+            }
+        }
+    }
+
+    /// Record a frame this side sent, so the ids it announced are known.
+    pub fn outbound(&mut self, frame: &Frame, now: Timestamp) {
+        let own = match self.peer {
+            EnergyManagementRole::Cem => EnergyManagementRole::Rm,
+            EnergyManagementRole::Rm => EnergyManagementRole::Cem,
+        };
+        let _ = self.analyzer.observe(own, frame.text(), now);
+        self.follow_profile(frame.message());
+    }
+
+    /// The frame limit this edge enforces.
+    pub fn max_bytes(&self) -> usize {
+        self.max_bytes
+    }
+
+    fn follow_profile(&mut self, message: &Message) {
+        if let Message::HandshakeResponse(response) = message
+            && let Some(profile) = response.selected_protocol_version.wire_profile()
+        {
+            let analyzer = std::mem::take(&mut self.analyzer);
+            self.analyzer = analyzer.profile(profile);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn now() -> Timestamp {
+        Timestamp::now()
+    }
+
+    #[test]
+    fn not_json_is_invalid_data_with_the_nil_subject() {
+        let mut edge = Edge::new(EnergyManagementRole::Cem, DEFAULT_MAX_FRAME_BYTES);
+        let err = edge.inbound("hello", now()).unwrap_err();
+        assert_eq!(err.status, ReceptionStatusValues::InvalidData);
+        assert_eq!(err.subject, Id::NIL);
+        assert!(err.reply().is_some());
+    }
+
+    #[test]
+    fn schema_failure_is_invalid_message_naming_the_message() {
+        let mut edge = Edge::new(EnergyManagementRole::Cem, DEFAULT_MAX_FRAME_BYTES);
+        let text = r#"{"message_type":"SelectControlType","message_id":"3d0a7e1c-1111-4a2b-9c3d-000000000001","control_type":"NOPE"}"#;
+        let err = edge.inbound(text, now()).unwrap_err();
+        assert_eq!(err.status, ReceptionStatusValues::InvalidMessage);
+        assert_eq!(err.subject.as_str(), "3d0a7e1c-1111-4a2b-9c3d-000000000001");
+    }
+
+    #[test]
+    fn oversize_frames_are_refused_before_parsing() {
+        let mut edge = Edge::new(EnergyManagementRole::Cem, 64);
+        let err = edge.inbound(&"x".repeat(65), now()).unwrap_err();
+        assert_eq!(err.status, ReceptionStatusValues::InvalidData);
+        assert!(err.diagnostic.contains("exceeds"));
+    }
+
+    #[test]
+    fn a_refused_reception_status_is_not_answered() {
+        let mut edge = Edge::new(EnergyManagementRole::Cem, DEFAULT_MAX_FRAME_BYTES);
+        let err = edge
+            .inbound(r#"{"message_type":"ReceptionStatus","status":"BOGUS"}"#, now())
+            .unwrap_err();
+        assert!(err.reply().is_none());
+    }
+
+    #[test]
+    fn minted_ids_are_uuids() {
+        assert!(mint_id().as_uuid().is_some());
+    }
+}
