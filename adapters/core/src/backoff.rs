@@ -73,7 +73,10 @@ mod tests {
         for _ in 0..10 {
             let bound = backoff.ceiling_for_attempt();
             let delay = backoff.next_delay();
-            assert!(delay <= bound && delay >= bound / 2, "{delay:?} vs {bound:?}");
+            assert!(
+                delay <= bound && delay >= bound / 2,
+                "{delay:?} vs {bound:?}"
+            );
             bounds.push(bound.as_secs());
         }
         assert_eq!(bounds, [1, 2, 4, 8, 16, 32, 60, 60, 60, 60]);

@@ -2,8 +2,8 @@
 
 use tokio::sync::mpsc;
 
-pub use crate::s2::Rejection;
 use crate::s2::Frame;
+pub use crate::s2::Rejection;
 
 /// Which side of a resource an endpoint plays.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]

@@ -21,3 +21,7 @@ pub use bus::{BusEvent, Endpoint, EndpointPeer, Rejection, Side};
 pub use device::{Command, Device, DeviceError, DeviceStatus, Readings};
 pub use s2::{Edge, Frame};
 pub use secret::Secret;
+
+/// Cancellation shared by every task: cancelled once, on SIGTERM/SIGINT, after which
+/// every task runs its fail-safe and stops.
+pub use tokio_util::sync::CancellationToken;

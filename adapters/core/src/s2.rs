@@ -15,9 +15,8 @@ pub use s2_kit::session::{
 };
 pub use s2_kit::types::common::{
     Commodity, CommodityQuantity, ControlType, EnergyManagementRole, InstructionStatus,
-    InstructionStatusUpdate, PowerMeasurement, PowerValue, ReceptionStatus,
-    ReceptionStatusValues, ResourceManagerDetails, RevokableObjects, Role, RoleType,
-    SessionRequest, SessionRequestType,
+    InstructionStatusUpdate, PowerMeasurement, PowerValue, ReceptionStatus, ReceptionStatusValues,
+    ResourceManagerDetails, RevokableObjects, Role, RoleType, SessionRequest, SessionRequestType,
 };
 pub use s2_kit::types::{Duration, Id, ProtocolVersion, Timestamp, WireProfile};
 pub use s2_kit::types::{frbc, ombc, pebc};
@@ -69,8 +68,8 @@ impl Frame {
     }
 
     /// Decode trusted text that this process encoded itself (an s2-kit session's output).
-    pub fn from_own_text(text: String) -> Result<Self, DecodeError> {
-        let message = decode(&text)?;
+    pub fn from_own_text(text: String) -> Result<Self, Box<DecodeError>> {
+        let message = decode(&text).map_err(Box::new)?;
         Ok(Self::from_parts(message, text))
     }
 
@@ -264,7 +263,10 @@ mod tests {
     fn a_refused_reception_status_is_not_answered() {
         let mut edge = Edge::new(EnergyManagementRole::Cem, DEFAULT_MAX_FRAME_BYTES);
         let err = edge
-            .inbound(r#"{"message_type":"ReceptionStatus","status":"BOGUS"}"#, now())
+            .inbound(
+                r#"{"message_type":"ReceptionStatus","status":"BOGUS"}"#,
+                now(),
+            )
             .unwrap_err();
         assert!(err.reply().is_none());
     }
