@@ -4,3 +4,4 @@
 //! and the benchmarks drive the same code the daemon runs.
 
 pub mod bus;
+pub mod cem;

@@ -1,0 +1,190 @@
+//! What each `s2gw` subcommand does. `main.rs` only parses arguments.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use s2gw_core::CancellationToken;
+use tokio::net::TcpListener;
+
+use crate::cem::{self, DemoCemConfig};
+use crate::config::{self, Config};
+use crate::gateway::Gateway;
+
+/// How long shutdown waits for the fail-safe releases before giving up.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// `s2gw run -c FILE`: the daemon.
+pub async fn run(path: &Path) -> anyhow::Result<ExitCode> {
+    let config = match config::load(path) {
+        Ok(config) => config,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    init_tracing(&config.gateway.log_level, false);
+    let shutdown = CancellationToken::new();
+    let gateway = Gateway::start(&config, shutdown.clone()).await?;
+    tracing::info!(
+        devices = config.devices.len(),
+        natives = config.natives.len(),
+        server = ?gateway.server_addr,
+        "s2gw running"
+    );
+    systemd_notify(&[sd_notify::NotifyState::Ready]);
+    supervise().await;
+    systemd_notify(&[sd_notify::NotifyState::Stopping]);
+    tracing::info!("shutting down: releasing every device first");
+    gateway.stop(SHUTDOWN_GRACE).await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The daemon's main loop: pet the systemd watchdog until SIGTERM or SIGINT.
+///
+/// The watchdog is petted from here, not from a task of its own, so a wedged runtime
+/// stops the petting and systemd restarts the gateway.
+async fn supervise() {
+    let mut usec = 0u64;
+    let pet_every = if sd_notify::watchdog_enabled(false, &mut usec) {
+        Duration::from_micros(usec / 2)
+    } else {
+        Duration::from_secs(3600)
+    };
+    let mut pet = tokio::time::interval(pet_every.max(Duration::from_millis(100)));
+    let mut terminate = terminate_signal();
+    loop {
+        tokio::select! {
+            _ = pet.tick() => systemd_notify(&[sd_notify::NotifyState::Watchdog]),
+            _ = tokio::signal::ctrl_c() => return,
+            () = terminate.as_mut() => return,
+        }
+    }
+}
+
+fn terminate_signal() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut stream) => Box::pin(async move {
+            stream.recv().await;
+        }),
+        Err(error) => {
+            tracing::warn!(%error, "cannot watch SIGTERM; only SIGINT stops the gateway");
+            Box::pin(std::future::pending())
+        }
+    }
+}
+
+fn systemd_notify(state: &[sd_notify::NotifyState]) {
+    if let Err(error) = sd_notify::notify(false, state) {
+        tracing::debug!(%error, "sd_notify failed");
+    }
+}
+
+/// `s2gw check -c FILE`: validate, list every error, exit 1 on any.
+pub fn check(path: &Path) -> anyhow::Result<ExitCode> {
+    match config::load(path) {
+        Ok(config) => {
+            println!(
+                "{}: OK ({} devices, {} native RMs, {} CEM links)",
+                path.display(),
+                config.devices.len(),
+                config.natives.len(),
+                config.cem.len()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(errors) => {
+            eprintln!("{errors}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// `s2gw cem --listen ADDR`: the demo CEM alone.
+pub async fn cem(listen: SocketAddr) -> anyhow::Result<ExitCode> {
+    init_tracing("info", false);
+    let listener = TcpListener::bind(listen).await?;
+    tracing::info!(addr = %listener.local_addr()?, "demo CEM listening; point a gateway's [cem] url at ws://ADDR/s2/{{resource_id}}");
+    let shutdown = CancellationToken::new();
+    let serve = tokio::spawn(cem::serve(listener, DemoCemConfig::default(), shutdown.clone()));
+    let _ = tokio::signal::ctrl_c().await;
+    shutdown.cancel();
+    let _ = serve.await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The demo's config: the embedded demo.toml with its CEM link pointed at `cem_addr`.
+pub fn demo_config(cem_addr: SocketAddr) -> anyhow::Result<Config> {
+    let mut config = config::load_str(config::DEMO_TOML, Path::new("<embedded demo.toml>"))
+        .map_err(|errors| anyhow::anyhow!("the embedded demo config is broken:\n{errors}"))?;
+    for link in config.cem.values_mut() {
+        if let config::CemTransport::WsClient { url, .. } = &mut link.transport {
+            *url = format!("ws://{cem_addr}/s2/{{resource_id}}");
+        }
+    }
+    Ok(config)
+}
+
+/// `s2gw demo`: every simulated device against the demo CEM, with a live view.
+pub async fn demo(duration: Option<Duration>, plain: bool) -> anyhow::Result<ExitCode> {
+    init_tracing("warn", true);
+    let shutdown = CancellationToken::new();
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let cem_addr = listener.local_addr()?;
+    let cem_task = tokio::spawn(cem::serve(
+        listener,
+        DemoCemConfig::default(),
+        shutdown.clone(),
+    ));
+    let config = demo_config(cem_addr)?;
+    let gateway = Gateway::start(&config, shutdown.clone()).await?;
+    let started = Instant::now();
+    let redraw = !plain && std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let mut frame = tokio::time::interval(Duration::from_secs(1));
+    let deadline = duration.map(|d| tokio::time::Instant::now() + d);
+    loop {
+        tokio::select! {
+            _ = frame.tick() => {
+                let view = crate::demo::render(&gateway.snapshot(), &gateway.counters.snapshot(), started.elapsed());
+                if redraw {
+                    print!("\x1b[2J\x1b[H{view}");
+                } else if started.elapsed().as_secs() % 5 == 0 {
+                    println!("{view}");
+                }
+            }
+            _ = tokio::signal::ctrl_c() => break,
+            () = sleep_until(deadline) => break,
+        }
+    }
+    println!("\nstopping: every device returns to its autonomous default");
+    gateway.stop(SHUTDOWN_GRACE).await;
+    let _ = cem_task.await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Logs through `tracing` to stderr: plain lines journald reads well. `RUST_LOG` wins
+/// over the configured level.
+fn init_tracing(level: &str, quiet_demo: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(!quiet_demo);
+    // Under journald the timestamp is the journal's own.
+    let result = if std::env::var_os("JOURNAL_STREAM").is_some() {
+        builder.without_time().try_init()
+    } else {
+        builder.try_init()
+    };
+    let _ = result;
+}

@@ -1,0 +1,204 @@
+//! Wiring: turns a [`Config`] into running routes, devices, virtual RMs and links.
+//!
+//! Like Vector's topology builder, this is the only place that knows every adapter: each
+//! device gets a route on the bus, a virtual RM on its RM side and the link its `cem` key
+//! names on its CEM side; each native RM gets a server slot on its RM side.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use s2gw_core::{CancellationToken, Endpoint};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::bus::taps::{Counters, TrafficLog};
+use crate::bus::Bus;
+use crate::config::{CemLink, CemTransport, Config, DeviceSection};
+use crate::rm::{self, RmView, VirtualRmConfig};
+
+/// A running gateway.
+pub struct Gateway {
+    /// One live view per virtual RM, in config order.
+    pub views: Vec<watch::Receiver<RmView>>,
+    /// Per-resource S2 traffic counters.
+    pub counters: Arc<Counters>,
+    /// Where the S2 server listens, when there is one.
+    pub server_addr: Option<std::net::SocketAddr>,
+    tasks: Vec<JoinHandle<()>>,
+    shutdown: CancellationToken,
+}
+
+impl Gateway {
+    /// Start everything the config describes. Fails only on what cannot work at all
+    /// (a server address that cannot be bound, a traffic log that cannot be opened);
+    /// devices and CEMs that are unreachable are retried in the background.
+    pub async fn start(config: &Config, shutdown: CancellationToken) -> anyhow::Result<Self> {
+        let counters = Arc::new(Counters::default());
+        let mut bus = Bus::new();
+        bus.add_tap(counters.clone());
+        if let Some(path) = &config.gateway.traffic_log {
+            let log = TrafficLog::open(path)
+                .with_context(|| format!("cannot open the traffic log {}", path.display()))?;
+            bus.add_tap(Arc::new(log));
+        }
+
+        let mut server = match &config.server {
+            Some(section) => Some(
+                s2gw_ws::Server::bind(server_config(config, section))
+                    .await
+                    .context("the S2 server cannot start")?,
+            ),
+            None => None,
+        };
+        let server_addr = server.as_ref().map(s2gw_ws::Server::local_addr);
+
+        let mut tasks = Vec::new();
+        let mut views = Vec::new();
+        for device in &config.devices {
+            let resource = Resource {
+                id: &device.id,
+                resource_id: device.resource_id.as_str(),
+            };
+            let (rm_side, cem_side) = bus.route(resource.resource_id);
+            let (task, view) = start_device(device, rm_side, shutdown.clone());
+            tasks.push(task);
+            views.push(view);
+            let link = link_for(config, &device.cem)?;
+            attach_cem(config, link, resource, cem_side, server.as_mut(), &shutdown, &mut tasks)?;
+        }
+        for native in &config.natives {
+            let resource = Resource {
+                id: &native.id,
+                resource_id: native.resource_id.as_str(),
+            };
+            let (rm_side, cem_side) = bus.route(resource.resource_id);
+            let Some(server) = server.as_mut() else {
+                anyhow::bail!("native RM {} needs a [server] section", native.id);
+            };
+            // Native RMs dial /s2/rm/<id>: the name an installer wrote, not a UUID.
+            server.add_native_rm(native.id.clone(), rm_side);
+            let link = link_for(config, &native.cem)?;
+            attach_cem(config, link, resource, cem_side, Some(server), &shutdown, &mut tasks)?;
+        }
+        if let Some(server) = server {
+            tasks.push(server.spawn(shutdown.clone()));
+        }
+        Ok(Self {
+            views,
+            counters,
+            server_addr,
+            tasks,
+            shutdown,
+        })
+    }
+
+    /// The current view of every virtual RM.
+    pub fn snapshot(&self) -> Vec<RmView> {
+        self.views.iter().map(|v| v.borrow().clone()).collect()
+    }
+
+    /// Cancel everything and wait (bounded) for the fail-safe releases to finish.
+    pub async fn stop(self, grace: Duration) {
+        self.shutdown.cancel();
+        let all = futures_util::future::join_all(self.tasks);
+        if tokio::time::timeout(grace, all).await.is_err() {
+            tracing::warn!("some tasks did not stop within {grace:?}");
+        }
+    }
+}
+
+fn link_for<'a>(config: &'a Config, name: &str) -> anyhow::Result<&'a CemLink> {
+    config
+        .cem
+        .get(name)
+        .with_context(|| format!("no [cem.{name}] link"))
+}
+
+fn start_device(
+    device: &DeviceSection,
+    endpoint: Endpoint,
+    shutdown: CancellationToken,
+) -> (JoinHandle<()>, watch::Receiver<RmView>) {
+    let hardware = crate::devices::build(device);
+    let mut rm_config = VirtualRmConfig::new(device.resource_id.as_str(), device.name.clone());
+    rm_config.control_types = device.control_types.clone();
+    rm_config.poll_interval = device.poll_interval;
+    rm_config.measurement_interval = device.measurement_interval;
+    rm_config.instruction_processing_delay = device.profile.instruction_processing_delay;
+    rm_config.manufacturer = device.profile.manufacturer.clone();
+    rm_config.model = device.profile.model.clone();
+    rm::spawn_virtual_rm(rm_config, hardware, endpoint, Arc::new(rm::SystemClock), shutdown)
+}
+
+/// The two names of one resource: the config's `id` and the S2 `resource_id`.
+#[derive(Clone, Copy)]
+struct Resource<'a> {
+    id: &'a str,
+    resource_id: &'a str,
+}
+
+fn attach_cem(
+    config: &Config,
+    link: &CemLink,
+    resource: Resource<'_>,
+    endpoint: Endpoint,
+    server: Option<&mut s2gw_ws::Server>,
+    shutdown: &CancellationToken,
+    tasks: &mut Vec<JoinHandle<()>>,
+) -> anyhow::Result<()> {
+    match &link.transport {
+        CemTransport::WsClient {
+            url,
+            ca_file,
+            pin_sha256,
+        } => {
+            let client = s2gw_ws::ClientConfig {
+                url: url.replace("{id}", resource.id),
+                bearer: link.token.clone(),
+                ca_file: ca_file.clone(),
+                pin_sha256: pin_sha256.map(|pin| hex(&pin)),
+                ping_interval: link.ping_interval,
+                dead_after: link.dead_after,
+                max_frame_bytes: config.gateway.max_frame_bytes,
+                ..s2gw_ws::ClientConfig::default()
+            };
+            tasks.push(s2gw_ws::spawn_client(
+                client,
+                resource.resource_id.to_string(),
+                endpoint,
+                shutdown.clone(),
+            ));
+        }
+        CemTransport::WsServer => {
+            let Some(server) = server else {
+                anyhow::bail!("a ws-server CEM link needs a [server] section");
+            };
+            server.add_cem_slot(resource.resource_id.to_string(), endpoint);
+        }
+    }
+    Ok(())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn server_config(config: &Config, section: &crate::config::ServerSection) -> s2gw_ws::ServerConfig {
+    s2gw_ws::ServerConfig {
+        listen: section.listen,
+        bearer: section.token.clone(),
+        tls: section.tls.as_ref().map(|tls| s2gw_ws::TlsFiles {
+            cert_file: tls.cert_file.clone(),
+            key_file: tls.key_file.clone(),
+        }),
+        max_frame_bytes: config.gateway.max_frame_bytes,
+        ..s2gw_ws::ServerConfig::default()
+    }
+}
+
+/// Counters keyed by resource id, as a plain map for reports.
+pub fn counters_snapshot(gateway: &Gateway) -> BTreeMap<String, crate::bus::taps::RouteCounters> {
+    gateway.counters.snapshot()
+}
