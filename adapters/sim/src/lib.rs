@@ -42,3 +42,6 @@ pub fn build(id: &str, config: &SimConfig, clock: Arc<dyn Clock>) -> Box<dyn Dev
         SimModel::Meter => Box::new(Meter::new(id, config, clock)),
     }
 }
+
+#[cfg(test)]
+mod tests;
