@@ -65,6 +65,15 @@ impl Plug {
     }
 }
 
+/// What the charger draws at `t`: nothing while no car is plugged in.
+fn draw_w(plug: &Plug, setting: Setting, t: f64) -> Watts {
+    if plug.plugged_at(t) {
+        setting.power_w()
+    } else {
+        0.0
+    }
+}
+
 /// A simulated EV charger: charges at its set current whenever a car is plugged in;
 /// on its own (after release) at its maximum current on all its phases.
 pub struct EvCharger {
@@ -140,24 +149,10 @@ impl EvCharger {
         steps
     }
 
-    fn power_at(&self, t: f64) -> Watts {
-        if self.plug.plugged_at(t) {
-            self.setting.power_w()
-        } else {
-            0.0
-        }
-    }
-
     fn advance(&mut self) -> f64 {
         let now = unix_secs(self.clock.now());
         let (plug, setting) = (&self.plug, self.setting);
-        self.energy.advance(now, |t| {
-            if plug.plugged_at(t) {
-                setting.power_w()
-            } else {
-                0.0
-            }
-        });
+        self.energy.advance(now, |t| draw_w(plug, setting, t));
         now
     }
 
@@ -279,7 +274,7 @@ impl Device for EvCharger {
 
     async fn read(&mut self) -> Result<Readings, DeviceError> {
         let now = self.advance();
-        let power_w = self.power_at(now);
+        let power_w = draw_w(&self.plug, self.setting, now);
         let phase_power_w = if self.setting.phases == 3 {
             [power_w / 3.0; 3]
         } else {

@@ -618,6 +618,9 @@ fn config_parses_and_rejects_unknown_keys() {
     assert!(parse(r#"{"model": "heat_pump", "min_on": 900}"#).is_err());
     assert!(parse(r#"{"model": "heat-pump"}"#).is_err());
     assert!(parse(r#"{"rated_w": 5000}"#).is_err());
+    // Config files write whole numbers for float parameters.
+    let b = parse(r#"{"model": "battery", "capacity_wh": 10000}"#).expect("valid");
+    assert_eq!(b.capacity_wh, Some(10_000.0));
 }
 
 #[test]
