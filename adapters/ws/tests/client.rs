@@ -77,7 +77,9 @@ async fn handshake_both_ways_through_the_link() {
     // The CEM: a real session driven over the accepted socket.
     let (cem_events_tx, mut cem_events) = tokio::sync::mpsc::unbounded_channel();
     let cem_task = tokio::spawn(async move {
-        let (mut cem, _) = cem_session();
+        // Opened here rather than through `cem_session()`, which drains the outbox.
+        let mut cem = s2_kit::session::CemSession::new(s2_kit::session::CemConfig::default());
+        cem.open(Timestamp::now());
         let mut driver = Driver::new(WebSocket::from_stream(ws));
         loop {
             if driver.step(&mut cem).await.is_err() {
