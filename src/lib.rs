@@ -4,3 +4,5 @@
 //! and the benchmarks drive the same code the daemon runs.
 
 pub mod bus;
+pub mod config;
+pub mod rm;
