@@ -5,3 +5,9 @@
 
 pub mod bus;
 pub mod cem;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod devices;
+pub mod gateway;
+pub mod rm;

@@ -1,0 +1,351 @@
+//! The server against loopback peers: a real s2-kit RmSession as a native RM, raw CEMs.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use s2_kit::io::{Driver, WebSocket};
+use s2_kit::session::{CemEvent, RmConfig, RmEvent, RmSession};
+use s2gw_core::s2::{Message, MessageKind, ReceptionStatusValues, Timestamp};
+use s2gw_core::{BusEvent, CancellationToken, Endpoint, EndpointPeer, Frame, Secret};
+use s2gw_ws::{Server, ServerConfig, WsError};
+use tokio_tungstenite::tungstenite::Error as WsProtoError;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+struct Running {
+    url: String,
+    rm: EndpointPeer,
+    cem: EndpointPeer,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// A server with a native RM slot and a CEM slot for resource `r1`.
+async fn serve(config: ServerConfig) -> Running {
+    trace();
+    let mut server = Server::bind(config).await.unwrap();
+    let (rm_endpoint, rm) = Endpoint::pair(64);
+    let (cem_endpoint, cem) = Endpoint::pair(64);
+    server.add_native_rm("r1".to_string(), rm_endpoint);
+    server.add_cem_slot("r1".to_string(), cem_endpoint);
+    let url = format!("ws://{}", server.local_addr());
+    let shutdown = CancellationToken::new();
+    let task = server.spawn(shutdown.clone());
+    Running {
+        url,
+        rm,
+        cem,
+        shutdown,
+        task,
+    }
+}
+
+impl Running {
+    async fn stop(self) {
+        self.shutdown.cancel();
+        guard("the server to stop", self.task).await.unwrap();
+    }
+}
+
+fn status_of(error: WsProtoError) -> u16 {
+    match error {
+        WsProtoError::Http(response) => response.status().as_u16(),
+        other => panic!("expected an HTTP refusal, got {other}"),
+    }
+}
+
+async fn dial(url: &str) -> Result<Raw, WsProtoError> {
+    dial_with(url, None).await
+}
+
+type Raw =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn dial_with(url: &str, auth: Option<&str>) -> Result<Raw, WsProtoError> {
+    let mut request = url.into_client_request().unwrap();
+    if let Some(auth) = auth {
+        request
+            .headers_mut()
+            .insert("Authorization", auth.parse().unwrap());
+    }
+    guard("a dial", tokio_tungstenite::connect_async(request))
+        .await
+        .map(|(ws, _)| ws)
+}
+
+/// A native RM (s2-kit RmSession over s2-kit's WebSocket) dials in; the bus side plays
+/// the CEM with a real CemSession, and the two negotiate through the server.
+#[tokio::test]
+async fn a_native_rm_connects_and_negotiates_through_the_server() {
+    let mut running = serve(ServerConfig::default()).await;
+    let url = format!("{}/s2/rm/r1", running.url);
+
+    let (rm_events_tx, mut rm_events) = tokio::sync::mpsc::unbounded_channel();
+    let rm_task = tokio::spawn(async move {
+        let socket = WebSocket::connect(&url, None).await.unwrap();
+        let mut rm = RmSession::new(RmConfig::default(), s2_kit::testing::battery_details());
+        rm.open(Timestamp::now());
+        let mut driver = Driver::new(socket);
+        while !rm.state().is_closed() {
+            if driver.step(&mut rm).await.is_err() {
+                break;
+            }
+            while let Some(event) = rm.poll_event() {
+                let _ = rm_events_tx.send(event);
+            }
+        }
+    });
+
+    expect_up(&mut running.rm).await;
+    let first = expect_frame(&mut running.rm).await;
+    assert_eq!(first.kind(), MessageKind::Handshake);
+
+    // The CEM on the bus side, sans-IO.
+    let mut cem = s2_kit::session::CemSession::new(s2_kit::session::CemConfig::default());
+    cem.open(Timestamp::now());
+    let mut pending = vec![first];
+    let mut described = false;
+    let mut rm_negotiated = false;
+    while !(described && rm_negotiated) {
+        for frame in pending.drain(..) {
+            cem.handle_text(frame.text(), Timestamp::now());
+        }
+        while let Some(out) = cem.poll_transmit() {
+            let frame = Frame::from_own_text(out.text).unwrap();
+            to_adapter(&running.rm, BusEvent::Frame(frame)).await;
+        }
+        while let Some(event) = cem.poll_event() {
+            if matches!(event, CemEvent::ResourceDescribed(_)) {
+                described = true;
+            }
+        }
+        if described && rm_negotiated {
+            break;
+        }
+        tokio::select! {
+            event = next_event(&mut running.rm) => match event {
+                BusEvent::Frame(frame) => pending.push(frame),
+                BusEvent::Rejected(rejection) => panic!("unexpected refusal {rejection:?}"),
+                other => panic!("unexpected {other:?}"),
+            },
+            event = guard("an RM event", rm_events.recv()) => {
+                if matches!(event, Some(RmEvent::Negotiated { .. })) {
+                    rm_negotiated = true;
+                }
+            }
+        }
+    }
+
+    // The CEM side goes away: the native RM's session is over and its socket closed.
+    to_adapter(
+        &running.rm,
+        BusEvent::Down {
+            reason: "CEM link lost".to_string(),
+        },
+    )
+    .await;
+    loop {
+        match next_non_rejected(&mut running.rm).await {
+            BusEvent::Down { .. } => break,
+            // Acknowledgements still in flight from the RM.
+            BusEvent::Frame(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    guard("the RM to see the close", rm_task).await.unwrap();
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_paths_get_404() {
+    let running = serve(ServerConfig::default()).await;
+    for path in ["/s2/rm/nope", "/s2/cem/nope", "/", "/s2/rm/r1/extra"] {
+        let error = dial(&format!("{}{path}", running.url)).await.unwrap_err();
+        assert_eq!(status_of(error), 404, "{path}");
+    }
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn a_second_connection_to_a_busy_slot_gets_409() {
+    let mut running = serve(ServerConfig::default()).await;
+    let url = format!("{}/s2/rm/r1", running.url);
+    let mut first = dial(&url).await.unwrap();
+    expect_up(&mut running.rm).await;
+
+    let error = dial(&url).await.unwrap_err();
+    assert_eq!(status_of(error), 409);
+
+    // The first one is unaffected.
+    let (_, frames) = rm_session();
+    send_text(&mut first, frames[0].text()).await;
+    assert_eq!(
+        expect_frame(&mut running.rm).await.kind(),
+        MessageKind::Handshake
+    );
+
+    // Once it leaves, the slot is free again.
+    drop(first);
+    expect_down(&mut running.rm).await;
+    let _third = dial(&url).await.unwrap();
+    expect_up(&mut running.rm).await;
+
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn the_bearer_token_is_checked_in_the_upgrade() {
+    let mut running = serve(ServerConfig {
+        bearer: Some(Secret::new("s3cret")),
+        ..ServerConfig::default()
+    })
+    .await;
+    let url = format!("{}/s2/cem/r1", running.url);
+
+    let missing = dial_with(&url, None).await.unwrap_err();
+    assert_eq!(status_of(missing), 401);
+    let wrong = dial_with(&url, Some("Bearer nope")).await.unwrap_err();
+    assert_eq!(status_of(wrong), 401);
+    // Unknown paths do not leak past authentication either.
+    let probe = dial_with(&format!("{}/s2/cem/other", running.url), None)
+        .await
+        .unwrap_err();
+    assert_eq!(status_of(probe), 401);
+
+    let _ok = dial_with(&url, Some("Bearer s3cret")).await.unwrap();
+    expect_up(&mut running.cem).await;
+
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn a_cem_slot_checks_frames_and_closes_when_the_rm_goes() {
+    let mut running = serve(ServerConfig {
+        max_frame_bytes: 1024,
+        ..ServerConfig::default()
+    })
+    .await;
+    let mut cem = dial(&format!("{}/s2/cem/r1", running.url)).await.unwrap();
+    expect_up(&mut running.cem).await;
+
+    send_text(&mut cem, "{not json").await;
+    assert_eq!(
+        read_status(&mut cem).await,
+        ReceptionStatusValues::InvalidData
+    );
+    expect_rejected(&mut running.cem).await;
+    send_text(&mut cem, format!("\"{}\"", "z".repeat(3000))).await;
+    assert_eq!(
+        read_status(&mut cem).await,
+        ReceptionStatusValues::InvalidData
+    );
+    expect_rejected(&mut running.cem).await;
+
+    send_text(&mut cem, cem_handshake_text()).await;
+    assert_eq!(
+        expect_frame(&mut running.cem).await.kind(),
+        MessageKind::Handshake
+    );
+
+    // A frame from the RM side reaches the CEM.
+    let (_, frames) = rm_session();
+    to_adapter(&running.cem, BusEvent::Frame(frames[0].clone())).await;
+    match read_message(&mut cem).await {
+        Message::Handshake(_) => {}
+        other => panic!("expected the RM's Handshake, got {:?}", other.kind()),
+    }
+
+    to_adapter(
+        &running.cem,
+        BusEvent::Down {
+            reason: "RM gone".to_string(),
+        },
+    )
+    .await;
+    assert_eq!(read_close(&mut cem).await.unwrap().code, CloseCode::Normal);
+    expect_down(&mut running.cem).await;
+
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn a_frame_over_the_hard_cap_closes_the_server_connection() {
+    let mut running = serve(ServerConfig {
+        max_frame_bytes: 1024,
+        ..ServerConfig::default()
+    })
+    .await;
+    let mut rm = dial(&format!("{}/s2/rm/r1", running.url)).await.unwrap();
+    expect_up(&mut running.rm).await;
+    send_text(&mut rm, "q".repeat(4097)).await;
+    assert_eq!(read_close(&mut rm).await.unwrap().code, CloseCode::Size);
+    expect_down(&mut running.rm).await;
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn a_silent_client_is_detected_as_dead_and_others_are_unaffected() {
+    let mut running = serve(ServerConfig {
+        ping_interval: Duration::from_millis(100),
+        dead_after: Duration::from_millis(300),
+        ..ServerConfig::default()
+    })
+    .await;
+    // Connected and then never read: it never answers a ping.
+    let _silent = dial(&format!("{}/s2/rm/r1", running.url)).await.unwrap();
+    expect_up(&mut running.rm).await;
+    // Meanwhile a CEM on the other slot keeps working: it reads all the time (so it
+    // answers pings) in a task of its own.
+    let cem = dial(&format!("{}/s2/cem/r1", running.url)).await.unwrap();
+    expect_up(&mut running.cem).await;
+    let (mut cem_tx, mut cem_rx) = futures_util::StreamExt::split(cem);
+    let reader = tokio::spawn(async move {
+        while let Some(Ok(_)) = futures_util::StreamExt::next(&mut cem_rx).await {}
+    });
+
+    let reason = expect_down(&mut running.rm).await;
+    assert!(reason.contains("dead peer"), "{reason}");
+
+    guard(
+        "a send",
+        futures_util::SinkExt::send(
+            &mut cem_tx,
+            tokio_tungstenite::tungstenite::Message::text(cem_handshake_text()),
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        expect_frame(&mut running.cem).await.kind(),
+        MessageKind::Handshake
+    );
+    running.stop().await;
+    guard("the CEM reader to end", reader).await.unwrap();
+}
+
+#[tokio::test]
+async fn shutdown_closes_connections_with_going_away() {
+    let mut running = serve(ServerConfig::default()).await;
+    let mut rm = dial(&format!("{}/s2/rm/r1", running.url)).await.unwrap();
+    expect_up(&mut running.rm).await;
+    running.shutdown.cancel();
+    assert_eq!(read_close(&mut rm).await.unwrap().code, CloseCode::Away);
+    guard("the server to stop", running.task).await.unwrap();
+}
+
+#[tokio::test]
+async fn bind_errors_name_the_address() {
+    let taken = listener().await;
+    let addr = taken.local_addr().unwrap();
+    let error = Server::bind(ServerConfig {
+        listen: addr,
+        ..ServerConfig::default()
+    })
+    .await
+    .unwrap_err();
+    assert!(matches!(error, WsError::Bind { .. }));
+    assert!(error.to_string().contains(&addr.to_string()), "{error}");
+}

@@ -1,0 +1,241 @@
+//! FRBC: a home battery as one actuator (charge / idle / discharge) over a storage whose
+//! fill level is the state of charge in percent.
+
+use s2_kit::types::common::{NumberRange, PowerRange, Transition};
+use s2gw_core::s2::{Commodity, Id, Instructed, Message, Timestamp, frbc, mint_id};
+use s2gw_core::{Command, Readings};
+
+use super::ids::IdBook;
+use super::pebc::QUANTITY;
+use super::plan::{Effect, Planned, Step};
+
+/// Below this the battery counts as idle when its mode is read back from its power.
+const IDLE_BAND_W: f64 = 10.0;
+
+/// The battery's facts, from its `Storage` capability.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Storage {
+    /// Usable capacity, Wh.
+    pub capacity_wh: f64,
+    /// Largest charging power, W.
+    pub max_charge_w: f64,
+    /// Largest discharging power, W (positive).
+    pub max_discharge_w: f64,
+    /// Lowest allowed state of charge, %.
+    pub min_soc: f64,
+    /// Highest allowed state of charge, %.
+    pub max_soc: f64,
+}
+
+/// The three modes, in the order they are described.
+const MODES: [&str; 3] = ["idle", "charge", "discharge"];
+
+impl Storage {
+    /// Percent per second at `watts` (the fill rate S2 wants, in the fill level's unit).
+    fn fill_rate(self, watts: f64) -> f64 {
+        if self.capacity_wh > 0.0 {
+            watts / self.capacity_wh * 100.0 / 3600.0
+        } else {
+            0.0
+        }
+    }
+
+    /// The power range of a mode: factor 0 at the start, factor 1 at the end.
+    fn power_range(self, mode: &str) -> NumberRange {
+        match mode {
+            "charge" => NumberRange::new(0.0, self.max_charge_w),
+            "discharge" => NumberRange::new(0.0, -self.max_discharge_w),
+            _ => NumberRange::exactly(0.0),
+        }
+    }
+}
+
+fn actuator_id(ids: &mut IdBook) -> Id {
+    ids.get("frbc.actuator")
+}
+
+fn mode_id(ids: &mut IdBook, mode: &str) -> Id {
+    ids.get(&format!("frbc.mode.{mode}"))
+}
+
+/// FRBC.SystemDescription: one actuator, three modes, every transition allowed.
+pub(crate) fn system_description(
+    ids: &mut IdBook,
+    storage: Storage,
+    now: Timestamp,
+) -> frbc::SystemDescription {
+    let operation_modes = MODES
+        .iter()
+        .map(|mode| operation_mode(ids, storage, mode))
+        .collect();
+    let mut transitions = Vec::new();
+    for from in MODES {
+        for to in MODES.iter().filter(|to| **to != from) {
+            transitions.push(Transition::simple(
+                ids.get(&format!("frbc.transition.{from}.{to}")),
+                mode_id(ids, from),
+                mode_id(ids, to),
+            ));
+        }
+    }
+    frbc::SystemDescription {
+        message_id: mint_id(),
+        valid_from: now,
+        actuators: vec![frbc::ActuatorDescription {
+            id: actuator_id(ids),
+            diagnostic_label: Some("battery inverter".to_string()),
+            supported_commodities: vec![Commodity::Electricity],
+            operation_modes,
+            transitions,
+            timers: Vec::new(),
+        }],
+        storage: frbc::StorageDescription {
+            diagnostic_label: Some("battery".to_string()),
+            fill_level_label: Some("percentage state of charge".to_string()),
+            provides_leakage_behaviour: false,
+            provides_fill_level_target_profile: false,
+            provides_usage_forecast: false,
+            fill_level_range: NumberRange::new(storage.min_soc, storage.max_soc),
+        },
+    }
+}
+
+fn operation_mode(ids: &mut IdBook, storage: Storage, mode: &str) -> frbc::OperationMode {
+    let power = storage.power_range(mode);
+    frbc::OperationMode {
+        id: mode_id(ids, mode),
+        diagnostic_label: Some(mode.to_string()),
+        // One element over the whole scale: the device itself stops at its SoC limits,
+        // and a mode that "does not exist" at 95 % would only make instructions fail.
+        elements: vec![frbc::OperationModeElement {
+            fill_level_range: NumberRange::new(0.0, 100.0),
+            fill_rate: NumberRange::new(
+                storage.fill_rate(power.start_of_range),
+                storage.fill_rate(power.end_of_range),
+            ),
+            power_ranges: vec![PowerRange::new(
+                power.start_of_range,
+                power.end_of_range,
+                QUANTITY,
+            )],
+            running_costs: None,
+        }],
+        abnormal_condition_only: false,
+    }
+}
+
+/// The mode and factor the battery is in, read back from its power.
+pub(crate) fn current_mode(ids: &mut IdBook, storage: Storage, readings: &Readings) -> (Id, f64) {
+    let power = readings.power_w;
+    let (mode, full) = if power > IDLE_BAND_W {
+        ("charge", storage.max_charge_w)
+    } else if power < -IDLE_BAND_W {
+        ("discharge", storage.max_discharge_w)
+    } else {
+        ("idle", 1.0)
+    };
+    let factor = if mode == "idle" || full <= 0.0 {
+        0.0
+    } else {
+        (power.abs() / full).clamp(0.0, 1.0)
+    };
+    (mode_id(ids, mode), factor)
+}
+
+/// FRBC.ActuatorStatus. `previous` is the mode last reported in this session (none for
+/// the first status, as S2 requires).
+pub(crate) fn actuator_status(
+    ids: &mut IdBook,
+    mode: Id,
+    factor: f64,
+    previous: Option<Id>,
+    now: Timestamp,
+) -> frbc::ActuatorStatus {
+    frbc::ActuatorStatus {
+        message_id: mint_id(),
+        actuator_id: actuator_id(ids),
+        active_operation_mode_id: mode,
+        operation_mode_factor: factor.clamp(0.0, 1.0),
+        previous_operation_mode_id: previous,
+        transition_timestamp: previous.map(|_| now),
+    }
+}
+
+/// FRBC.StorageStatus with the state of charge.
+pub(crate) fn storage_status(soc: f64) -> frbc::StorageStatus {
+    frbc::StorageStatus {
+        message_id: mint_id(),
+        present_fill_level: soc,
+    }
+}
+
+/// An FRBC.Instruction as a power setpoint: the power s2-kit resolved from the mode and
+/// factor, or the mode's range interpolated by the factor.
+pub(crate) fn plan(
+    instructed: &Instructed,
+    ids: &mut IdBook,
+    storage: Storage,
+) -> Result<Planned, String> {
+    let Message::FrbcInstruction(instruction) = &instructed.message else {
+        return Err("not an FRBC.Instruction".to_string());
+    };
+    let mode = MODES
+        .iter()
+        .find(|m| mode_id(ids, m) == instruction.operation_mode)
+        .ok_or_else(|| {
+            format!(
+                "{} is not a mode of this battery",
+                instruction.operation_mode
+            )
+        })?;
+    let factor = instruction.operation_mode_factor;
+    let watts = instructed
+        .explanation
+        .electric_power()
+        .unwrap_or_else(|| storage.power_range(mode).at_factor(factor));
+    if !(-storage.max_discharge_w..=storage.max_charge_w).contains(&watts) {
+        return Err(format!("{watts} W is outside the battery's range"));
+    }
+    let command = Command::SetPower { watts };
+    Ok(Planned {
+        id: instruction.id,
+        execute_at: instruction.execution_time,
+        summary: format!("{mode}: {}", command.summary()),
+        steps: vec![Step {
+            at: instruction.execution_time,
+            command,
+        }],
+        ends_at: None,
+        effect: Effect::FrbcMode {
+            actuator: instruction.actuator_id,
+            mode: instruction.operation_mode,
+            factor,
+        },
+        seq: 0,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fill_rates_follow_capacity() {
+        let storage = Storage {
+            capacity_wh: 10_000.0,
+            max_charge_w: 5000.0,
+            max_discharge_w: 5000.0,
+            min_soc: 10.0,
+            max_soc: 90.0,
+        };
+        // 5 kW into 10 kWh is 50 % an hour.
+        assert!((storage.fill_rate(5000.0) * 3600.0 - 50.0).abs() < 1e-9);
+        let mut ids = IdBook::default();
+        let system = system_description(&mut ids, storage, Timestamp::UNIX_EPOCH);
+        assert_eq!(system.actuators.len(), 1);
+        assert_eq!(
+            system.storage.fill_level_range,
+            NumberRange::new(10.0, 90.0)
+        );
+    }
+}

@@ -1,0 +1,348 @@
+//! OMBC: discrete operation modes (SG-Ready states, charger current steps), with the
+//! device's minimum on and off times as S2 timers.
+//!
+//! Timers: `min_on` is started by every transition and blocks every transition (a mode
+//! stays on at least `min_on_s`); `off.<mode>` is started by leaving that mode and blocks
+//! entering it again (at least `min_off_s` before switching back). Timers of zero length
+//! are not described. The engine keeps its own picture of when each finishes and refuses
+//! (REJECTED) an instruction whose transition a running timer blocks.
+
+use std::collections::HashMap;
+
+use s2_kit::types::common::{NumberRange, PowerRange, Timer, Transition};
+use s2gw_core::device::ModeSpec;
+use s2gw_core::s2::{Duration, Id, Instructed, Message, Timestamp, mint_id, ombc};
+use s2gw_core::{Command, Readings};
+
+use super::ids::IdBook;
+use super::pebc::QUANTITY;
+use super::plan::{Effect, Planned, Step};
+
+/// The device's modes and timings, from its `OperationModes` capability.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Modes {
+    /// The modes.
+    pub modes: Vec<ModeSpec>,
+    /// Minimum on time, seconds.
+    pub min_on_s: u64,
+    /// Minimum time before switching back, seconds.
+    pub min_off_s: u64,
+}
+
+fn mode_id(ids: &mut IdBook, mode: &ModeSpec) -> Id {
+    ids.get(&format!("ombc.mode.{}", mode.name))
+}
+
+fn min_on_id(ids: &mut IdBook) -> Id {
+    ids.get("ombc.timer.min_on")
+}
+
+fn off_id(ids: &mut IdBook, mode: &ModeSpec) -> Id {
+    ids.get(&format!("ombc.timer.off.{}", mode.name))
+}
+
+impl Modes {
+    /// The mode with this id.
+    pub(crate) fn by_id(&self, ids: &mut IdBook, id: Id) -> Option<&ModeSpec> {
+        self.modes.iter().find(|m| mode_id(ids, m) == id)
+    }
+
+    /// Timers started and blocking for the move `from` → `to`.
+    fn timers_of(&self, ids: &mut IdBook, from: &ModeSpec, to: &ModeSpec) -> (Vec<Id>, Vec<Id>) {
+        let mut start = Vec::new();
+        let mut block = Vec::new();
+        if self.min_on_s > 0 {
+            start.push(min_on_id(ids));
+            block.push(min_on_id(ids));
+        }
+        if self.min_off_s > 0 {
+            start.push(off_id(ids, from));
+            block.push(off_id(ids, to));
+        }
+        (start, block)
+    }
+}
+
+/// OMBC.SystemDescription: every mode, a transition between every pair, the timers.
+pub(crate) fn system_description(
+    ids: &mut IdBook,
+    modes: &Modes,
+    now: Timestamp,
+) -> ombc::SystemDescription {
+    let operation_modes = modes
+        .modes
+        .iter()
+        .map(|m| ombc::OperationMode {
+            id: mode_id(ids, m),
+            diagnostic_label: Some(m.label.clone()),
+            power_ranges: vec![PowerRange::new(m.min_w, m.max_w, QUANTITY)],
+            running_costs: None,
+            abnormal_condition_only: false,
+        })
+        .collect();
+    let mut transitions = Vec::new();
+    for from in &modes.modes {
+        for to in modes.modes.iter().filter(|to| to.name != from.name) {
+            let (start_timers, blocking_timers) = modes.timers_of(ids, from, to);
+            transitions.push(Transition {
+                start_timers,
+                blocking_timers,
+                ..Transition::simple(
+                    ids.get(&format!("ombc.transition.{}.{}", from.name, to.name)),
+                    mode_id(ids, from),
+                    mode_id(ids, to),
+                )
+            });
+        }
+    }
+    ombc::SystemDescription {
+        message_id: mint_id(),
+        valid_from: now,
+        operation_modes,
+        transitions,
+        timers: timers(ids, modes),
+    }
+}
+
+fn timers(ids: &mut IdBook, modes: &Modes) -> Vec<Timer> {
+    let mut timers = Vec::new();
+    if modes.min_on_s > 0 {
+        timers.push(Timer {
+            id: min_on_id(ids),
+            diagnostic_label: Some("minimum on time".to_string()),
+            duration: Duration::from_secs(modes.min_on_s),
+        });
+    }
+    if modes.min_off_s > 0 {
+        for mode in &modes.modes {
+            timers.push(Timer {
+                id: off_id(ids, mode),
+                diagnostic_label: Some(format!("minimum time before returning to {}", mode.name)),
+                duration: Duration::from_secs(modes.min_off_s),
+            });
+        }
+    }
+    timers
+}
+
+/// The mode the device is in: the one whose command it reports following, else its
+/// autonomous default, else the first.
+pub(crate) fn current_mode<'a>(
+    modes: &'a Modes,
+    readings: Option<&Readings>,
+) -> Option<&'a ModeSpec> {
+    let reported = readings.and_then(|r| r.active.as_ref());
+    reported
+        .and_then(|active| modes.modes.iter().find(|m| m.command == *active))
+        .or_else(|| modes.modes.iter().find(|m| m.is_default))
+        .or_else(|| modes.modes.first())
+}
+
+/// OMBC.Status.
+pub(crate) fn status(mode: Id, factor: f64, previous: Option<Id>, now: Timestamp) -> ombc::Status {
+    ombc::Status {
+        message_id: mint_id(),
+        active_operation_mode_id: mode,
+        operation_mode_factor: factor.clamp(0.0, 1.0),
+        previous_operation_mode_id: previous,
+        transition_timestamp: previous.map(|_| now),
+    }
+}
+
+/// When each running timer finishes.
+#[derive(Debug, Default)]
+pub(crate) struct Timers {
+    finish: HashMap<Id, Timestamp>,
+}
+
+impl Timers {
+    /// Start the timers of the move `from` → `to` at `now`; returns the TimerStatus
+    /// messages to send.
+    pub(crate) fn start(
+        &mut self,
+        ids: &mut IdBook,
+        modes: &Modes,
+        from: Id,
+        to: Id,
+        now: Timestamp,
+    ) -> Vec<ombc::TimerStatus> {
+        let (Some(from), Some(to)) = (
+            modes.by_id(ids, from).cloned(),
+            modes.by_id(ids, to).cloned(),
+        ) else {
+            return Vec::new();
+        };
+        let (start, _) = modes.timers_of(ids, &from, &to);
+        let durations: HashMap<Id, Duration> = timers(ids, modes)
+            .into_iter()
+            .map(|t| (t.id, t.duration))
+            .collect();
+        let mut statuses = Vec::new();
+        for timer in start {
+            let finished_at = durations
+                .get(&timer)
+                .and_then(|d| now.checked_add(*d))
+                .unwrap_or(now);
+            self.finish.insert(timer, finished_at);
+            statuses.push(ombc::TimerStatus {
+                message_id: mint_id(),
+                timer_id: timer,
+                finished_at,
+            });
+        }
+        statuses
+    }
+
+    /// The first timer that still runs at `at` and blocks the move `from` → `to`.
+    fn blocking(
+        &self,
+        ids: &mut IdBook,
+        modes: &Modes,
+        from: &ModeSpec,
+        to: &ModeSpec,
+        at: Timestamp,
+    ) -> Option<(Id, Timestamp)> {
+        let (_, block) = modes.timers_of(ids, from, to);
+        block
+            .into_iter()
+            .filter_map(|t| self.finish.get(&t).map(|f| (t, *f)))
+            .find(|(_, finished)| *finished > at)
+    }
+}
+
+/// An OMBC.Instruction as the mode's command.
+pub(crate) fn plan(
+    instructed: &Instructed,
+    ids: &mut IdBook,
+    modes: &Modes,
+    timers: &Timers,
+    active: Option<Id>,
+    now: Timestamp,
+) -> Result<Planned, String> {
+    let Message::OmbcInstruction(instruction) = &instructed.message else {
+        return Err("not an OMBC.Instruction".to_string());
+    };
+    let target = modes
+        .by_id(ids, instruction.operation_mode_id)
+        .cloned()
+        .ok_or_else(|| {
+            format!(
+                "{} is not a mode of this device",
+                instruction.operation_mode_id
+            )
+        })?;
+    let from = active.and_then(|id| modes.by_id(ids, id).cloned());
+    if let Some(from) = from.filter(|f| f.name != target.name) {
+        let at = instruction.execution_time.max(now);
+        if let Some((timer, finished)) = timers.blocking(ids, modes, &from, &target, at) {
+            return Err(format!(
+                "switching from {} to {} is blocked by timer {timer} until {finished}",
+                from.name, target.name
+            ));
+        }
+    }
+    let factor = instruction.operation_mode_factor;
+    let command = command_at(&target, factor);
+    Ok(Planned {
+        id: instruction.id,
+        execute_at: instruction.execution_time,
+        summary: format!("{}: {}", target.label, command.summary()),
+        steps: vec![Step {
+            at: instruction.execution_time,
+            command,
+        }],
+        ends_at: None,
+        effect: Effect::OmbcMode {
+            mode: instruction.operation_mode_id,
+            factor,
+        },
+        seq: 0,
+    })
+}
+
+/// The mode's command at a factor: a setpoint or a charging current is interpolated over
+/// the mode's power range; anything else is the mode's command as it stands.
+fn command_at(mode: &ModeSpec, factor: f64) -> Command {
+    let range = NumberRange::new(mode.min_w, mode.max_w);
+    let watts = range.at_factor(factor.clamp(0.0, 1.0));
+    match &mode.command {
+        Command::SetPower { .. } => Command::SetPower { watts },
+        Command::SetCurrent { amps, phases } if mode.max_w > mode.min_w && mode.max_w > 0.0 => {
+            Command::SetCurrent {
+                amps: amps * watts / mode.max_w,
+                phases: *phases,
+            }
+        }
+        other => other.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mode(name: &str, command: Command, min_w: f64, max_w: f64) -> ModeSpec {
+        ModeSpec {
+            name: name.to_string(),
+            label: name.to_string(),
+            min_w,
+            max_w,
+            command,
+            is_default: name == "normal",
+        }
+    }
+
+    #[test]
+    fn charger_current_is_interpolated_and_sg_ready_is_not() {
+        let charger = mode(
+            "3p",
+            Command::SetCurrent {
+                amps: 16.0,
+                phases: 3,
+            },
+            4140.0,
+            11040.0,
+        );
+        assert_eq!(
+            command_at(&charger, 1.0),
+            Command::SetCurrent {
+                amps: 16.0,
+                phases: 3
+            }
+        );
+        let sg = mode(
+            "boost",
+            Command::SetMode {
+                mode: "boost".into(),
+            },
+            2000.0,
+            3000.0,
+        );
+        assert_eq!(command_at(&sg, 0.3), sg.command);
+    }
+
+    #[test]
+    fn every_pair_has_a_transition_with_timers() {
+        let modes = Modes {
+            modes: vec![
+                mode("normal", Command::Release, 0.0, 1000.0),
+                mode(
+                    "boost",
+                    Command::SetMode {
+                        mode: "boost".into(),
+                    },
+                    2000.0,
+                    3000.0,
+                ),
+                mode("off", Command::SetMode { mode: "off".into() }, 0.0, 0.0),
+            ],
+            min_on_s: 600,
+            min_off_s: 300,
+        };
+        let mut ids = IdBook::default();
+        let system = system_description(&mut ids, &modes, Timestamp::UNIX_EPOCH);
+        assert_eq!(system.transitions.len(), 6);
+        assert_eq!(system.timers.len(), 4);
+        assert!(system.timers.iter().all(|t| t.id.as_uuid().is_some()));
+    }
+}

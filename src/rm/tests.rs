@@ -1,0 +1,1 @@
+//! End-to-end tests of the virtual RM against a real s2-kit CemSession.
