@@ -181,10 +181,16 @@ impl Planner {
             CemEvent::InstructionStatus(update) => {
                 tracing::info!(resource = ?self.resource, instruction = %update.instruction_id, status = ?update.status_type, "demo CEM: instruction status");
             }
-            CemEvent::Refused { kind, status, report } => {
+            CemEvent::Refused {
+                kind,
+                status,
+                report,
+            } => {
                 tracing::warn!(resource = ?self.resource, ?kind, ?status, diagnostic = ?report.diagnostic_label(), "demo CEM: refused a message");
             }
-            CemEvent::Nacked { status, diagnostic, .. } => {
+            CemEvent::Nacked {
+                status, diagnostic, ..
+            } => {
                 tracing::warn!(resource = ?self.resource, ?status, ?diagnostic, "demo CEM: the resource refused a message");
             }
             _ => {}
@@ -266,7 +272,10 @@ impl Planner {
             .iter()
             .filter(|r| r.commodity_quantity == quantity && !r.abnormal_condition_only)
         {
-            let (start, end) = (range.range_boundary.start_of_range, range.range_boundary.end_of_range);
+            let (start, end) = (
+                range.range_boundary.start_of_range,
+                range.range_boundary.end_of_range,
+            );
             let (lo, hi) = (start.min(end), start.max(end));
             match range.limit_type {
                 // The most permissive floor is the lowest one.

@@ -108,7 +108,11 @@ pub async fn cem(listen: SocketAddr) -> anyhow::Result<ExitCode> {
     let listener = TcpListener::bind(listen).await?;
     tracing::info!(addr = %listener.local_addr()?, "demo CEM listening; point a gateway's [cem] url at ws://ADDR/s2/{{resource_id}}");
     let shutdown = CancellationToken::new();
-    let serve = tokio::spawn(cem::serve(listener, DemoCemConfig::default(), shutdown.clone()));
+    let serve = tokio::spawn(cem::serve(
+        listener,
+        DemoCemConfig::default(),
+        shutdown.clone(),
+    ));
     let _ = tokio::signal::ctrl_c().await;
     shutdown.cancel();
     let _ = serve.await;
@@ -129,7 +133,8 @@ pub fn demo_config(cem_addr: SocketAddr) -> anyhow::Result<Config> {
 
 /// `s2gw demo`: every simulated device against the demo CEM, with a live view.
 pub async fn demo(duration: Option<Duration>, plain: bool) -> anyhow::Result<ExitCode> {
-    init_tracing("warn", true);
+    // The view is the output; log lines would tear it. RUST_LOG brings them back.
+    init_tracing("off", true);
     let shutdown = CancellationToken::new();
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let cem_addr = listener.local_addr()?;

@@ -35,18 +35,19 @@ fn power_label(view: &RmView) -> String {
     match &view.readings {
         _ if !view.available => "unavailable".to_string(),
         None => "-".to_string(),
-        Some(readings) => {
-            let mut text = format!("{:>8.0} W", readings.power_w);
-            if let Some(soc) = readings.soc {
-                let _ = write!(text, " {soc:>3.0}%");
-            }
-            text
-        }
+        Some(readings) => match readings.soc {
+            Some(soc) => format!("{:.0} W {soc:>3.0}%", readings.power_w),
+            None => format!("{:.0} W", readings.power_w),
+        },
     }
 }
 
 /// The whole view as text: a header, one line per device, the traffic summary.
-pub fn render(views: &[RmView], counters: &BTreeMap<String, RouteCounters>, uptime: Duration) -> String {
+pub fn render(
+    views: &[RmView],
+    counters: &BTreeMap<String, RouteCounters>,
+    uptime: Duration,
+) -> String {
     let mut out = String::new();
     let secs = uptime.as_secs();
     let _ = writeln!(
@@ -59,17 +60,21 @@ pub fn render(views: &[RmView], counters: &BTreeMap<String, RouteCounters>, upti
     );
     let _ = writeln!(
         out,
-        "{:<16} {:>14}  {:<8}  {:<28}  {:<16}",
-        "DEVICE", "POWER", "CONTROL", "ACTIVE", "S2 LINK"
+        "{:<16} {:>14}  {:<8}  {:<30}  {:>7}  {:<16}",
+        "DEVICE", "POWER", "CONTROL", "ACTIVE", "OK/FAIL", "S2 LINK"
     );
     for view in views {
         let _ = writeln!(
             out,
-            "{:<16} {:>14}  {:<8}  {:<28}  {:<16}",
+            "{:<16} {:>14}  {:<8}  {:<30}  {:>7}  {:<16}",
             clip(&view.name, 16),
             power_label(view),
             control_type_label(view.control_type),
-            clip(view.active.as_deref().unwrap_or("autonomous"), 28),
+            clip(view.active.as_deref().unwrap_or("autonomous"), 30),
+            format!(
+                "{}/{}",
+                view.instructions_executed, view.instructions_failed
+            ),
             link_label(&view.link)
         );
     }
@@ -91,7 +96,11 @@ pub fn traffic_summary(counters: &BTreeMap<String, RouteCounters>) -> String {
     }
     let mut kinds: Vec<_> = total.by_kind.into_iter().collect();
     kinds.sort_by(|a, b| b.1.cmp(&a.1));
-    let top: Vec<String> = kinds.iter().take(6).map(|(k, n)| format!("{k} {n}")).collect();
+    let top: Vec<String> = kinds
+        .iter()
+        .take(6)
+        .map(|(k, n)| format!("{k} {n}"))
+        .collect();
     format!(
         "S2 traffic: {} RM->CEM, {} CEM->RM, {} refused at the edge\n  {}\n",
         total.rm_to_cem,

@@ -13,8 +13,8 @@ use s2gw_core::{CancellationToken, Endpoint};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::bus::taps::{Counters, TrafficLog};
 use crate::bus::Bus;
+use crate::bus::taps::{Counters, TrafficLog};
 use crate::config::{CemLink, CemTransport, Config, DeviceSection};
 use crate::rm::{self, RmView, VirtualRmConfig};
 
@@ -66,7 +66,15 @@ impl Gateway {
             tasks.push(task);
             views.push(view);
             let link = link_for(config, &device.cem)?;
-            attach_cem(config, link, resource, cem_side, server.as_mut(), &shutdown, &mut tasks)?;
+            attach_cem(
+                config,
+                link,
+                resource,
+                cem_side,
+                server.as_mut(),
+                &shutdown,
+                &mut tasks,
+            )?;
         }
         for native in &config.natives {
             let resource = Resource {
@@ -80,7 +88,15 @@ impl Gateway {
             // Native RMs dial /s2/rm/<id>: the name an installer wrote, not a UUID.
             server.add_native_rm(native.id.clone(), rm_side);
             let link = link_for(config, &native.cem)?;
-            attach_cem(config, link, resource, cem_side, Some(server), &shutdown, &mut tasks)?;
+            attach_cem(
+                config,
+                link,
+                resource,
+                cem_side,
+                Some(server),
+                &shutdown,
+                &mut tasks,
+            )?;
         }
         if let Some(server) = server {
             tasks.push(server.spawn(shutdown.clone()));
@@ -129,7 +145,13 @@ fn start_device(
     rm_config.instruction_processing_delay = device.profile.instruction_processing_delay;
     rm_config.manufacturer = device.profile.manufacturer.clone();
     rm_config.model = device.profile.model.clone();
-    rm::spawn_virtual_rm(rm_config, hardware, endpoint, Arc::new(rm::SystemClock), shutdown)
+    rm::spawn_virtual_rm(
+        rm_config,
+        hardware,
+        endpoint,
+        Arc::new(rm::SystemClock),
+        shutdown,
+    )
 }
 
 /// The two names of one resource: the config's `id` and the S2 `resource_id`.

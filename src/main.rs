@@ -21,7 +21,12 @@ enum Command {
     /// Run the gateway daemon (under systemd: Type=notify, with watchdog).
     Run {
         /// The configuration file.
-        #[arg(short, long, value_name = "FILE", default_value = "/etc/s2gw/s2gw.toml")]
+        #[arg(
+            short,
+            long,
+            value_name = "FILE",
+            default_value = "/etc/s2gw/s2gw.toml"
+        )]
         config: PathBuf,
     },
     /// Validate a configuration and its profiles without touching any device; lists
