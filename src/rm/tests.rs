@@ -137,6 +137,16 @@ struct Harness {
 
 impl Harness {
     async fn start(device: TestDevice, cem_config: CemConfig) -> Self {
+        let state = device.state.clone();
+        Self::start_with(Box::new(device), state, cem_config).await
+    }
+
+    /// Any device; `state` records commands only for a [`TestDevice`].
+    async fn start_with(
+        device: Box<dyn Device>,
+        state: Arc<Mutex<DeviceState>>,
+        cem_config: CemConfig,
+    ) -> Self {
         // Logs show with `--nocapture`; RUST_LOG picks the level (warnings by default).
         let _ = tracing_subscriber::fmt()
             .with_env_filter(
@@ -150,10 +160,9 @@ impl Harness {
         ));
         let (endpoint, peer) = Endpoint::pair(64);
         let shutdown = CancellationToken::new();
-        let state = device.state.clone();
         let (task, view) = spawn_virtual_rm(
             VirtualRmConfig::new(RESOURCE, "test battery"),
-            Box::new(device),
+            device,
             endpoint,
             clock.clone(),
             shutdown.clone(),
@@ -182,7 +191,12 @@ impl Harness {
 
     /// A session with `control_type` selected.
     async fn selected(device: TestDevice, control_type: ControlType) -> Self {
-        let mut h = Self::start(device, CemConfig::default()).await;
+        let h = Self::start(device, CemConfig::default()).await;
+        h.select(control_type).await
+    }
+
+    async fn select(self, control_type: ControlType) -> Self {
+        let mut h = self;
         let now = h.now();
         h.cem.select_control_type(control_type, now).unwrap();
         h.pump().await;
@@ -295,6 +309,13 @@ impl Harness {
     /// Send a PEBC envelope (lower limits, one minute each) starting `delay` from now.
     async fn curtail(&mut self, delay: Duration, lower: &[f64]) -> Id {
         let constraints = self.power_constraints();
+        // The upper limit left open: the top of the UPPER_LIMIT range.
+        let upper = constraints
+            .allowed_limit_ranges
+            .iter()
+            .find(|r| r.limit_type == pebc::PowerEnvelopeLimitType::UpperLimit)
+            .map(|r| r.range_boundary.end_of_range)
+            .unwrap();
         let start = self
             .now()
             .checked_add(S2Duration::from_millis(delay.as_millis() as u64))
@@ -311,7 +332,7 @@ impl Harness {
                 commodity_quantity: super::pebc::QUANTITY,
                 power_envelope_elements: lower
                     .iter()
-                    .map(|l| pebc::PowerEnvelopeElement::new(S2Duration::from_secs(60), *l, 5000.0))
+                    .map(|l| pebc::PowerEnvelopeElement::new(S2Duration::from_secs(60), *l, upper))
                     .collect(),
             }],
         };
@@ -819,4 +840,55 @@ fn the_clock_types_are_usable_as_trait_objects() {
         Arc::new(TokioClock::starting_at(SystemTime::UNIX_EPOCH)),
     ];
     assert_eq!(clocks.len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_simulated_pv_inverter_is_curtailed_and_released() {
+    use s2gw_sim::{SimConfig, SimModel};
+    // 2025-06-15 12:00 UTC: the simulated sun is up.
+    let start = UNIX_EPOCH + Duration::from_secs(1_749_988_800);
+    let sim_clock = Arc::new(s2gw_sim::TokioClock::new(start));
+    let mut config = SimConfig::new(SimModel::Pv);
+    config.cloudiness = Some(0.0);
+    let device = s2gw_sim::build("pv-1", &config, sim_clock);
+    let state = Arc::new(Mutex::new(DeviceState::default()));
+    let h = Harness::start_with(device, state, CemConfig::default()).await;
+    let mut h = h.select(ControlType::PowerEnvelopeBasedControl).await;
+    h.advance(Duration::from_secs(2)).await;
+    let producing = h
+        .view
+        .borrow()
+        .readings
+        .as_ref()
+        .map(|r| r.power_w)
+        .unwrap();
+    assert!(
+        producing < -1000.0,
+        "the sun should shine at noon: {producing} W"
+    );
+
+    let id = h.curtail(Duration::ZERO, &[-500.0]).await;
+    assert_eq!(h.statuses(id).last(), Some(&InstructionStatus::Succeeded));
+    h.advance(Duration::from_secs(5)).await;
+    let curtailed = h
+        .view
+        .borrow()
+        .readings
+        .as_ref()
+        .map(|r| r.power_w)
+        .unwrap();
+    assert!(curtailed >= -510.0, "curtailed to 500 W: {curtailed} W");
+
+    // After the one-minute envelope the inverter produces freely again.
+    h.advance(Duration::from_secs(60)).await;
+    let released = h
+        .view
+        .borrow()
+        .readings
+        .as_ref()
+        .map(|r| r.power_w)
+        .unwrap();
+    assert!(released < -1000.0, "released: {released} W");
+    assert_eq!(h.view.borrow().releases, 1);
+    h.stop().await;
 }
