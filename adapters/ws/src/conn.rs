@@ -166,7 +166,9 @@ where
             }
             () = tokio::time::sleep_until(dead_at) => {
                 warn!(%label, ?dead_after, "no frame or pong from the peer: dead peer");
-                close(ws, CloseCode::Away, "no pong").await;
+                // A dead peer will not answer the close frame: send it and go.
+                let frame = CloseFrame { code: CloseCode::Away, reason: "no pong".into() };
+                let _ = tokio::time::timeout(CLOSE_GRACE, ws.close(Some(frame))).await;
                 return Ended::Lost(format!("dead peer: nothing received for {dead_after:?}"));
             }
             incoming = ws.next() => {
