@@ -607,6 +607,37 @@ fn local_profile_dir_overrides_a_builtin() {
     assert_eq!(sim.rated_w, Some(300.0));
 }
 
+#[test]
+fn check_validates_unused_profiles_too() {
+    let case = Case::new(&format!("{CEM}{DEV}"))
+        .with_file(
+            "profiles/unused.toml",
+            "name = \"unused\"\nkind = \"toaster\"\ncontrol_types = [\"PEBC\"]\n",
+        )
+        .with_file("profiles/README.md", "not a profile");
+    // `run` does not care about a profile nobody uses…
+    assert!(case.load(&[]).is_ok());
+    // …but `check` reports it.
+    let e = config::check_with_env(&case.path(), &[]).unwrap_err();
+    assert_eq!(e.errors.len(), 1, "{e}");
+    assert_has(
+        &e,
+        &case.dir.path().join("profiles/unused.toml"),
+        "kind",
+        "unknown kind `toaster`",
+    );
+    // Used and broken: reported once, not twice.
+    let used = Case::new(&format!(
+        "{CEM}[[device]]\nid = \"t\"\nprofile = \"broken\"\ncem = \"home\"\n[device.sim]\nmodel = \"meter\"\n"
+    ))
+    .with_file("profiles/broken.toml", "name = \"broken\"\nkind = \"toaster\"\ncontrol_types = [\"PEBC\"]\n[sim]\nmodel = \"meter\"\n");
+    let e = config::check_with_env(&used.path(), &[]).unwrap_err();
+    let kind_errors = e.errors.iter().filter(|x| x.key == "kind").count();
+    assert_eq!(kind_errors, 1, "{e}");
+    // The shipped reference, with the repo's profiles directory next to it, checks clean.
+    config::check_with_env(&repo_file("config/s2gw.toml"), &[]).unwrap_or_else(|e| panic!("{e}"));
+}
+
 fn repo_file(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
 }

@@ -376,6 +376,58 @@ pub fn load_str_with_env(
     load_inner(text, origin, map_env(env))
 }
 
+/// What `s2gw check -c FILE` runs: [`load`], plus every `profiles/*.toml` next to the
+/// config file validated even when no device uses it yet, so a broken profile is found
+/// before a device is pointed at it. [`load`] (what `run` uses) skips unused profiles, so
+/// a stray file cannot keep the daemon from starting.
+pub fn check(path: &Path) -> Result<Config, ConfigErrors> {
+    with_profile_dir(path, load(path))
+}
+
+/// Like [`check`], with `env` in place of the process environment.
+pub fn check_with_env(path: &Path, env: &[(&str, &str)]) -> Result<Config, ConfigErrors> {
+    with_profile_dir(path, load_with_env(path, env))
+}
+
+fn with_profile_dir(
+    path: &Path,
+    loaded: Result<Config, ConfigErrors>,
+) -> Result<Config, ConfigErrors> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.join("profiles"),
+        _ => PathBuf::from("profiles"),
+    };
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    let mut extra = Vec::new();
+    for file in files {
+        if let Err(e) = load_profile(&file) {
+            extra.extend(e.errors);
+        }
+    }
+    match loaded {
+        Ok(config) if extra.is_empty() => Ok(config),
+        Ok(_) => Err(ConfigErrors { errors: extra }),
+        Err(mut e) => {
+            // A used profile's errors are already there; report each problem once.
+            for x in extra {
+                if !e.errors.contains(&x) {
+                    e.errors.push(x);
+                }
+            }
+            Err(e)
+        }
+    }
+}
+
 /// Load and validate one profile file on its own (for `s2gw check` on a profile).
 pub fn load_profile(path: &Path) -> Result<Profile, ConfigErrors> {
     let text = read_config_file(path)?;
