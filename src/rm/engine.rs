@@ -128,7 +128,7 @@ impl Engine {
         // Rule 3: read before anything is written.
         let now = self.now();
         self.poll(now).await;
-        self.to_bus(BusEvent::Up).await;
+        self.send_to_bus(BusEvent::Up).await;
         self.publish_view();
         loop {
             let sleep = tokio::time::sleep(self.sleep_for());
@@ -294,7 +294,7 @@ impl Engine {
     // The bus and the session
     // ----------------------------------------------------------------------------------
 
-    async fn to_bus(&mut self, event: BusEvent) {
+    async fn send_to_bus(&mut self, event: BusEvent) {
         if self.bus.send(event).await.is_err() {
             tracing::debug!(resource = %self.resource_id, "bus closed; event dropped");
         }
@@ -391,7 +391,7 @@ impl Engine {
         }
         for text in frames {
             match Frame::from_own_text(text) {
-                Ok(frame) => self.to_bus(BusEvent::Frame(frame)).await,
+                Ok(frame) => self.send_to_bus(BusEvent::Frame(frame)).await,
                 Err(error) => {
                     tracing::error!(resource = %self.resource_id, %error, "s2-kit produced a frame it cannot decode");
                 }
@@ -462,7 +462,7 @@ impl Engine {
         if let Some(reconnect) = close {
             // The ReceptionStatus for the SessionRequest goes out before the close.
             self.flush().await;
-            self.to_bus(BusEvent::Close {
+            self.send_to_bus(BusEvent::Close {
                 reconnect,
                 reason: reason.to_string(),
             })

@@ -125,13 +125,7 @@ impl Link {
                 return;
             }
             // Every Up is paired with a Down, so the RM side always knows where it stands.
-            let _ = self
-                .endpoint
-                .tx
-                .send(BusEvent::Down {
-                    reason: reason.clone(),
-                })
-                .await;
+            conn::announce_down(&self.endpoint, &outcome).await;
             match outcome.ended {
                 Ended::Shutdown | Ended::BusGone => return,
                 Ended::CloseRequested { reconnect: true } => pause = None,

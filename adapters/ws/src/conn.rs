@@ -166,7 +166,9 @@ where
             }
             () = tokio::time::sleep_until(dead_at) => {
                 warn!(%label, ?dead_after, "no frame or pong from the peer: dead peer");
-                close(ws, CloseCode::Away, "no pong").await;
+                // A dead peer will not answer the close frame: send it and go.
+                let frame = CloseFrame { code: CloseCode::Away, reason: "no pong".into() };
+                let _ = tokio::time::timeout(CLOSE_GRACE, ws.close(Some(frame))).await;
                 return Ended::Lost(format!("dead peer: nothing received for {dead_after:?}"));
             }
             incoming = ws.next() => {
@@ -273,12 +275,7 @@ where
     match session.edge.inbound(text, Timestamp::now()) {
         Ok(frame) => {
             debug!(label = %session.label, kind = ?frame.kind(), "received");
-            session
-                .endpoint
-                .tx
-                .send(BusEvent::Frame(frame))
-                .await
-                .map_err(|_| Ended::BusGone)?;
+            to_bus(ws, session, BusEvent::Frame(frame)).await?;
             Ok(true)
         }
         Err(rejection) => refuse(ws, session, rejection).await.map(|()| false),
@@ -305,12 +302,26 @@ where
     if let Some(reply) = rejection.reply() {
         send_frame(ws, session, &reply).await.map_err(Ended::Lost)?;
     }
-    session
-        .endpoint
-        .tx
-        .send(BusEvent::Rejected(rejection))
-        .await
-        .map_err(|_| Ended::BusGone)
+    to_bus(ws, session, BusEvent::Rejected(rejection)).await
+}
+
+/// Hand an event to the bus. A full bus holds the connection back (backpressure), but
+/// never past shutdown.
+async fn to_bus<S>(
+    ws: &mut WebSocketStream<S>,
+    session: &mut Session<'_>,
+    event: BusEvent,
+) -> Result<(), Ended>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    tokio::select! {
+        sent = session.endpoint.tx.send(event) => sent.map_err(|_| Ended::BusGone),
+        () = session.shutdown.cancelled() => {
+            close(ws, CloseCode::Away, "gateway shutting down").await;
+            Err(Ended::Shutdown)
+        }
+    }
 }
 
 /// Send one frame, shown to the edge first. A send that cannot complete within
@@ -336,6 +347,19 @@ where
 /// The close code for "going away", for callers outside this module.
 pub(crate) fn away() -> CloseCode {
     CloseCode::Away
+}
+
+/// Tell the bus a connection ended. At shutdown the bus may no longer be draining its
+/// channels, so the `Down` is then only offered, never waited for.
+pub(crate) async fn announce_down(endpoint: &Endpoint, outcome: &Outcome) {
+    let event = BusEvent::Down {
+        reason: outcome.down_reason(),
+    };
+    if matches!(outcome.ended, Ended::Shutdown) {
+        let _ = endpoint.tx.try_send(event);
+    } else {
+        let _ = endpoint.tx.send(event).await;
+    }
 }
 
 /// Send a close frame and give the peer a moment to answer it.

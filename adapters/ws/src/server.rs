@@ -385,7 +385,7 @@ async fn slot_task(
                 if matches!(outcome.ended, Ended::BusGone) {
                     return;
                 }
-                let _ = endpoint.tx.send(BusEvent::Down { reason }).await;
+                conn::announce_down(&endpoint, &outcome).await;
                 // Free the slot only now, after Down: a reconnecting peer's Up must come
                 // after the previous connection's Down.
                 drop(claim);

@@ -1,5 +1,11 @@
 //! Shared test helpers: loopback peers, guarded waits and S2 fixtures.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    dead_code,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::result_large_err
+)]
 
 use std::future::Future;
 use std::time::Duration;

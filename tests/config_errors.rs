@@ -1,0 +1,946 @@
+//! Configuration loading: a table of bad configs with the errors each must produce, the
+//! shipped configs, environment overrides, secrets, profiles, and the systemd unit.
+//!
+//! Every load here goes through `load_with_env`/`load_str_with_env` with an explicit
+//! environment, because tests run in parallel and must not share the process environment.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure is the report
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use s2gw::config::{
+    self, CemTransport, ConfigErrors, Connection, DEMO_TOML, ProfileSource, derive_resource_id,
+};
+use s2gw_core::s2::ControlType;
+
+/// A CEM link every case can route to.
+const CEM: &str = r#"
+[cem.home]
+url = "ws://127.0.0.1:9/s2/{resource_id}"
+"#;
+
+/// One valid device.
+const DEV: &str = r#"
+[[device]]
+id = "pv"
+profile = "sim-pv"
+cem = "home"
+[device.sim]
+model = "pv"
+"#;
+
+/// A temp dir holding `s2gw.toml` with `text`, plus extra files.
+struct Case {
+    dir: tempfile::TempDir,
+}
+
+impl Case {
+    fn new(text: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("s2gw.toml"), text).unwrap();
+        Self { dir }
+    }
+
+    fn with_file(self, name: &str, text: &str) -> Self {
+        let path = self.dir.path().join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).unwrap();
+        }
+        std::fs::write(path, text).unwrap();
+        self
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.path().join("s2gw.toml")
+    }
+
+    fn load(&self, env: &[(&str, &str)]) -> Result<config::Config, ConfigErrors> {
+        config::load_with_env(&self.path(), env)
+    }
+
+    fn errors(&self, env: &[(&str, &str)]) -> ConfigErrors {
+        match self.load(env) {
+            Ok(c) => panic!("expected errors, loaded {c:#?}"),
+            Err(e) => e,
+        }
+    }
+}
+
+/// Asserts that `errors` has one for `key` in `file` whose reason contains `fragment`.
+fn assert_has(errors: &ConfigErrors, file: &Path, key: &str, fragment: &str) {
+    let found = errors
+        .errors
+        .iter()
+        .any(|e| e.file == file && e.key == key && e.reason.contains(fragment));
+    assert!(
+        found,
+        "no error {}: {key}: …{fragment}… in:\n{errors}",
+        file.display()
+    );
+}
+
+/// The table: (what, config text, key, distinctive part of the reason). Every case must
+/// produce at least that error, against the config file.
+const BAD: &[(&str, &str, &str, &str)] = &[
+    (
+        "unknown key in [gateway]",
+        "[gateway]\nnmae = \"x\"\n",
+        "gateway.nmae",
+        "unknown key (did you mean `name`?)",
+    ),
+    (
+        "unknown top-level section",
+        "[gatway]\nname = \"x\"\n",
+        "gatway",
+        "unknown key (did you mean `gateway`?)",
+    ),
+    (
+        "[device] instead of [[device]]",
+        "![device]\nid = \"x\"\n",
+        "device",
+        "expected an array of tables (write [[device]]), found a table",
+    ),
+    (
+        "wrong type",
+        "[gateway]\nmax_frame_bytes = \"big\"\n",
+        "gateway.max_frame_bytes",
+        "expected an integer, found a string",
+    ),
+    (
+        "frame limit too small",
+        "[gateway]\nmax_frame_bytes = 10\n",
+        "gateway.max_frame_bytes",
+        "must be at least 1024 bytes, got 10",
+    ),
+    (
+        "negative integer",
+        "[gateway]\nmax_frame_bytes = -1\n",
+        "gateway.max_frame_bytes",
+        "must be an integer between 0 and 67108864, got -1",
+    ),
+    (
+        "bad log filter",
+        "[gateway]\nlog_level = \"s2gw=loud\"\n",
+        "gateway.log_level",
+        "not a valid tracing filter",
+    ),
+    (
+        "missing required key",
+        "[[device]]\nid = \"pv2\"\ncem = \"home\"\n[device.sim]\nmodel = \"pv\"\n",
+        "device[1].profile",
+        "missing required key",
+    ),
+    (
+        "duplicate device id",
+        "[[device]]\nid = \"pv\"\nprofile = \"sim-pv\"\ncem = \"home\"\n[device.sim]\nmodel = \"pv\"\n",
+        "device[1].id",
+        "duplicate id `pv` (also device[0].id)",
+    ),
+    (
+        "device and native share an id",
+        "[server]\nlisten = \"127.0.0.1:0\"\n[[native]]\nid = \"pv\"\ncem = \"home\"\n",
+        "native[0].id",
+        "duplicate id `pv` (also device[0].id)",
+    ),
+    (
+        "invalid id",
+        "[[device]]\nid = \"pv roof\"\nprofile = \"sim-pv\"\ncem = \"home\"\n[device.sim]\nmodel = \"pv\"\n",
+        "device[1].id",
+        "`pv roof` is not a valid id: 1 to 48 of [A-Za-z0-9_-]",
+    ),
+    (
+        "unknown cem reference",
+        "[[device]]\nid = \"ev\"\nprofile = \"sim-ev\"\ncem = \"away\"\n[device.sim]\nmodel = \"ev\"\n",
+        "device[1].cem",
+        "unknown cem link `away` (defined: home)",
+    ),
+    (
+        "unknown profile",
+        "[[device]]\nid = \"x\"\nprofile = \"sim-nope\"\ncem = \"home\"\n[device.sim]\nmodel = \"pv\"\n",
+        "device[1].profile",
+        "unknown profile `sim-nope`: not a built-in profile (sim-pv, sim-ev, sim-battery, sim-heat-pump, sim-meter)",
+    ),
+    (
+        "profile file that does not exist",
+        "[[device]]\nid = \"x\"\nprofile = \"vendor/inverter.toml\"\ncem = \"home\"\n[device.sim]\nmodel = \"pv\"\n",
+        "device[1].profile",
+        "cannot read profile file",
+    ),
+    (
+        "missing token_file",
+        "[cem.away]\nurl = \"ws://h/s2\"\ntoken_file = \"missing.token\"\n",
+        "cem.away.token_file",
+        "missing.token: No such file or directory",
+    ),
+    (
+        "plaintext token in the file",
+        "[cem.away]\nurl = \"ws://h/s2\"\ntoken = \"hunter2\"\n",
+        "cem.away.token",
+        "plaintext secrets are not accepted in the config file: put the token in a file and set token_file, or set the environment variable S2GW_CEM__AWAY__TOKEN",
+    ),
+    (
+        "plaintext server token",
+        "[server]\nlisten = \"127.0.0.1:0\"\ntoken = \"hunter2\"\n",
+        "server.token",
+        "S2GW_SERVER__TOKEN",
+    ),
+    (
+        "bad url scheme",
+        "[cem.away]\nurl = \"http://192.168.1.10/s2\"\n",
+        "cem.away.url",
+        "url scheme must be ws:// or wss://, got http://",
+    ),
+    (
+        "not a url",
+        "[cem.away]\nurl = \"192.168.1.10\"\n",
+        "cem.away.url",
+        "it must start with ws:// or wss://",
+    ),
+    (
+        "unknown url placeholder",
+        "[cem.away]\nurl = \"ws://h/s2/{device}\"\n",
+        "cem.away.url",
+        "unknown placeholder `{device}`",
+    ),
+    (
+        "ws-client without url",
+        "[cem.away]\ntransport = \"ws-client\"\n",
+        "cem.away.url",
+        "missing required key",
+    ),
+    (
+        "ping interval too short",
+        "[cem.away]\nurl = \"ws://h/s2\"\nping_interval_s = 10\n",
+        "cem.away.ping_interval_s",
+        "must be at least 50 seconds, got 10",
+    ),
+    (
+        "dead_after not after ping",
+        "[cem.away]\nurl = \"ws://h/s2\"\nping_interval_s = 60\ndead_after_s = 60\n",
+        "cem.away.dead_after_s",
+        "must be longer than ping_interval_s (60 s), got 60",
+    ),
+    (
+        "ca_file on plain ws",
+        "[cem.away]\nurl = \"ws://h/s2\"\nca_file = \"s2gw.toml\"\n",
+        "cem.away.ca_file",
+        "ca_file only applies to wss:// urls",
+    ),
+    (
+        "bad pin",
+        "[cem.away]\nurl = \"wss://h/s2\"\npin_sha256 = \"ab:cd\"\n",
+        "cem.away.pin_sha256",
+        "expected a SHA-256 fingerprint",
+    ),
+    (
+        "unknown transport",
+        "[cem.away]\ntransport = \"carrier-pigeon\"\n",
+        "cem.away.transport",
+        "unknown transport `carrier-pigeon`",
+    ),
+    (
+        "bad cem link name",
+        "[cem.Home-Lan]\nurl = \"ws://h/s2\"\n",
+        "cem.Home-Lan",
+        "a CEM link name must be 1 to 32 of [a-z0-9_]",
+    ),
+    (
+        "tls cert without key",
+        "[server]\nlisten = \"127.0.0.1:0\"\ntls_cert_file = \"s2gw.toml\"\n",
+        "server.tls_cert_file",
+        "tls_cert_file is set but tls_key_file is not: give both or neither",
+    ),
+    (
+        "tls file missing",
+        "[server]\nlisten = \"127.0.0.1:0\"\ntls_cert_file = \"cert.pem\"\ntls_key_file = \"s2gw.toml\"\n",
+        "server.tls_cert_file",
+        "cert.pem does not exist",
+    ),
+    (
+        "listen on a host name",
+        "[server]\nlisten = \"localhost:8080\"\n",
+        "server.listen",
+        "`localhost:8080` is not an IP address and port",
+    ),
+    (
+        "native without [server]",
+        "[[native]]\nid = \"washer\"\ncem = \"home\"\n",
+        "native[0]",
+        "a native RM connects to the gateway's S2 server at /s2/rm/<id>, but there is no [server] section",
+    ),
+    (
+        "ws-server without [server]",
+        "[cem.inbound]\ntransport = \"ws-server\"\n",
+        "cem.inbound.transport",
+        "transport \"ws-server\" needs a [server] section",
+    ),
+    (
+        "url on a ws-server link",
+        "[server]\nlisten = \"127.0.0.1:0\"\n[cem.inbound]\ntransport = \"ws-server\"\nurl = \"ws://h/s2\"\n",
+        "cem.inbound.url",
+        "url only applies to transport \"ws-client\"",
+    ),
+    (
+        "sim parameter out of range",
+        "[[device]]\nid = \"pv2\"\nprofile = \"sim-pv\"\ncem = \"home\"\n[device.sim]\nmodel = \"pv\"\nrated_w = -5\n",
+        "device[1].sim.rated_w",
+        "must be a number greater than 0, got -5",
+    ),
+    (
+        "sim parameter for another model",
+        "[[device]]\nid = \"bat\"\nprofile = \"sim-battery\"\ncem = \"home\"\n[device.sim]\nmodel = \"battery\"\nphases = 3\n",
+        "device[1].sim.phases",
+        "does not apply to model battery",
+    ),
+    (
+        "sim parameter misspelt",
+        "[[device]]\nid = \"pv2\"\nprofile = \"sim-pv\"\ncem = \"home\"\n[device.sim]\nmodel = \"pv\"\nrated_watts = 5000\n",
+        "device[1].sim.rated_watts",
+        "unknown key (did you mean `rated_w`?)",
+    ),
+    (
+        "sim parameter of the wrong type",
+        "[[device]]\nid = \"pv2\"\nprofile = \"sim-pv\"\ncem = \"home\"\n[device.sim]\nmodel = \"pv\"\nrated_w = \"lots\"\n",
+        "device[1].sim.rated_w",
+        "invalid type: string \"lots\"",
+    ),
+    (
+        "unknown sim model",
+        "[[device]]\nid = \"pv2\"\nprofile = \"sim-pv\"\ncem = \"home\"\n[device.sim]\nmodel = \"windmill\"\n",
+        "device[1].sim.model",
+        "unknown variant `windmill`",
+    ),
+    (
+        "sim model does not fit the profile",
+        "[[device]]\nid = \"pv2\"\nprofile = \"sim-meter\"\ncem = \"home\"\n[device.sim]\nmodel = \"pv\"\n",
+        "device[1].sim.model",
+        "sim model `pv` does not fit profile `sim-meter` of kind meter",
+    ),
+    (
+        "control type not offered by the profile",
+        "[[device]]\nid = \"pv2\"\nprofile = \"sim-pv\"\ncem = \"home\"\ncontrol_types = [\"PEBC\", \"FRBC\"]\n[device.sim]\nmodel = \"pv\"\n",
+        "device[1].control_types[1]",
+        "FRBC is not offered by profile `sim-pv` (it offers PEBC, NOT_CONTROLABLE)",
+    ),
+    (
+        "control type misspelt the English way",
+        "[[device]]\nid = \"pv2\"\nprofile = \"sim-pv\"\ncem = \"home\"\ncontrol_types = [\"NOT_CONTROLLABLE\"]\n[device.sim]\nmodel = \"pv\"\n",
+        "device[1].control_types[0]",
+        "S2 spells it NOT_CONTROLABLE (one L)",
+    ),
+    (
+        "no adapter section",
+        "[[device]]\nid = \"pv2\"\nprofile = \"sim-pv\"\ncem = \"home\"\n",
+        "device[1]",
+        "no connection section: add [device.sim]",
+    ),
+    (
+        "two adapter sections",
+        "[[device]]\nid = \"pv2\"\nprofile = \"sim-pv\"\ncem = \"home\"\n[device.sim]\nmodel = \"pv\"\n[device.modbus]\nhost = \"10.0.0.5\"\n",
+        "device[1]",
+        "more than one connection section (sim, modbus): a device has exactly one",
+    ),
+    (
+        "future adapter",
+        "[[device]]\nid = \"pv2\"\nprofile = \"sim-pv\"\ncem = \"home\"\n[device.mqtt]\ntopic = \"x\"\n",
+        "device[1].mqtt",
+        "the `mqtt` adapter is not available in this build yet (only `sim` is)",
+    ),
+    (
+        "measurement faster than polling",
+        "[[device]]\nid = \"pv2\"\nprofile = \"sim-pv\"\ncem = \"home\"\npoll_interval_s = 10\nmeasurement_interval_s = 5\n[device.sim]\nmodel = \"pv\"\n",
+        "device[1].measurement_interval_s",
+        "must not be shorter than poll_interval_s (10 s)",
+    ),
+    (
+        "bad resource id",
+        "[[device]]\nid = \"pv2\"\nresource_id = \"has space\"\nprofile = \"sim-pv\"\ncem = \"home\"\n[device.sim]\nmodel = \"pv\"\n",
+        "device[1].resource_id",
+        "`has space` is not an S2 id",
+    ),
+    (
+        "duplicate resource id",
+        "[[device]]\nid = \"pv2\"\nresource_id = \"r1\"\nprofile = \"sim-pv\"\ncem = \"home\"\n[device.sim]\nmodel = \"pv\"\n\
+         [[device]]\nid = \"pv3\"\nresource_id = \"r1\"\nprofile = \"sim-pv\"\ncem = \"home\"\n[device.sim]\nmodel = \"pv\"\n",
+        "device[2].resource_id",
+        "duplicate resource_id r1 (also device[1])",
+    ),
+];
+
+#[test]
+fn every_bad_config_reports_its_error() {
+    let mut failures = Vec::new();
+    for (what, text, key, fragment) in BAD {
+        // Each case is appended to a valid base (one link, one device, so a case's own
+        // device is device[1]); TOML lets tables come in any order. A case that cannot
+        // coexist with the base starts with `!` and stands alone.
+        let full = match text.strip_prefix('!') {
+            Some(alone) => alone.to_string(),
+            None => format!("{CEM}{DEV}{text}"),
+        };
+        let case = Case::new(&full);
+        match case.load(&[]) {
+            Ok(_) => failures.push(format!("{what}: loaded without errors")),
+            Err(errors) => {
+                let hit = errors
+                    .errors
+                    .iter()
+                    .any(|e| e.file == case.path() && e.key == *key && e.reason.contains(fragment));
+                if !hit {
+                    failures.push(format!(
+                        "{what}: wanted {key}: …{fragment}…, got:\n{errors}"
+                    ));
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[test]
+fn syntax_error_names_the_line() {
+    let case = Case::new("[gateway]\nname = \"x\"\nlog_level = \n");
+    let errors = case.errors(&[]);
+    assert_eq!(errors.errors.len(), 1, "{errors}");
+    let e = &errors.errors[0];
+    assert_eq!(e.file, case.path());
+    assert!(e.key.starts_with("line 3, column"), "{e}");
+    assert!(e.reason.starts_with("TOML syntax error: "), "{e}");
+}
+
+#[test]
+fn display_is_one_line_per_error() {
+    let case = Case::new(&format!(
+        "[gateway]\nnmae = 1\n{CEM}[[device]]\nid = \"x\"\ncem = \"nowhere\"\n"
+    ));
+    let errors = case.errors(&[]);
+    let text = errors.to_string();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), errors.errors.len());
+    let file = case.path().display().to_string();
+    assert!(
+        lines.contains(
+            &format!("{file}: gateway.nmae: unknown key (did you mean `name`?)").as_str()
+        ),
+        "{text}"
+    );
+    assert!(
+        lines.contains(&format!("{file}: device[0].profile: missing required key").as_str()),
+        "{text}"
+    );
+    assert!(
+        lines.contains(
+            &format!("{file}: device[0].cem: unknown cem link `nowhere` (defined: home)").as_str()
+        ),
+        "{text}"
+    );
+    assert!(
+        lines.contains(&format!("{file}: device[0]: no connection section: add [device.sim] (the only adapter in this build)").as_str()),
+        "{text}"
+    );
+}
+
+#[test]
+fn all_errors_are_collected_not_just_the_first() {
+    let text = r#"
+[gateway]
+max_frame_bytes = "big"
+colour = "blue"
+
+[cem.home]
+url = "http://x/s2"
+ping_interval_s = 5
+token_file = "nope.token"
+
+[[device]]
+id = "a"
+profile = "sim-nope"
+cem = "home"
+[device.sim]
+model = "pv"
+
+[[device]]
+id = "a"
+profile = "sim-pv"
+cem = "elsewhere"
+[device.sim]
+model = "pv"
+rated_w = -1
+
+[[native]]
+id = "n"
+cem = "home"
+"#;
+    let case = Case::new(text);
+    let e = case.errors(&[]);
+    let p = case.path();
+    assert_has(&e, &p, "gateway.max_frame_bytes", "expected an integer");
+    assert_has(&e, &p, "gateway.colour", "unknown key");
+    assert_has(&e, &p, "cem.home.url", "ws:// or wss://");
+    assert_has(&e, &p, "cem.home.ping_interval_s", "at least 50");
+    assert_has(&e, &p, "cem.home.token_file", "nope.token");
+    assert_has(&e, &p, "device[0].profile", "unknown profile `sim-nope`");
+    assert_has(&e, &p, "device[1].id", "duplicate id `a`");
+    assert_has(&e, &p, "device[1].cem", "unknown cem link `elsewhere`");
+    assert_has(&e, &p, "device[1].sim.rated_w", "greater than 0");
+    assert_has(&e, &p, "native[0]", "no [server] section");
+    // A link with errors is still known: referring to it is not a second error.
+    assert!(!e.errors.iter().any(|x| x.key == "device[0].cem"), "{e}");
+}
+
+#[test]
+fn empty_config_has_nothing_to_serve() {
+    let case = Case::new("");
+    let e = case.errors(&[]);
+    assert_has(
+        &e,
+        &case.path(),
+        "device",
+        "no [[device]] or [[native]] entries",
+    );
+}
+
+#[test]
+fn unreadable_file_is_one_error() {
+    let e = config::load_with_env(Path::new("/nonexistent/s2gw.toml"), &[]).unwrap_err();
+    assert_eq!(e.errors.len(), 1);
+    assert_eq!(e.errors[0].key, "");
+    assert!(
+        e.to_string()
+            .starts_with("/nonexistent/s2gw.toml: cannot read the file: "),
+        "{e}"
+    );
+}
+
+#[test]
+fn profile_errors_name_the_profile_file() {
+    let profile = r#"
+name = "my-inverter"
+kind = "windmill"
+control_types = ["PEBC", "PEBC", "DDBC"]
+instruction_processing_delay_ms = "fast"
+colour = "red"
+[sim]
+model = "pv"
+rated_w = 0
+"#;
+    let case = Case::new(&format!(
+        "{CEM}[[device]]\nid = \"inv\"\nprofile = \"profiles/my-inverter.toml\"\ncem = \"home\"\n[device.sim]\nmodel = \"pv\"\n"
+    ))
+    .with_file("profiles/my-inverter.toml", profile);
+    let e = case.errors(&[]);
+    let pf = case.dir.path().join("profiles/my-inverter.toml");
+    assert_has(&e, &pf, "kind", "unknown kind `windmill`");
+    assert_has(&e, &pf, "control_types[1]", "PEBC is listed twice");
+    assert_has(
+        &e,
+        &pf,
+        "control_types[2]",
+        "control type DDBC is not supported by s2gw",
+    );
+    assert_has(
+        &e,
+        &pf,
+        "instruction_processing_delay_ms",
+        "expected an integer",
+    );
+    assert_has(&e, &pf, "colour", "unknown key");
+    assert_has(
+        &e,
+        &case.path(),
+        "device[0].profile",
+        "is invalid (see its errors)",
+    );
+}
+
+#[test]
+fn profile_defaults_that_fail_validation_name_the_profile_file() {
+    let profile = "name = \"weak-pv\"\nkind = \"pv_inverter\"\ncontrol_types = [\"PEBC\"]\n[sim]\nmodel = \"pv\"\nrated_w = 0\n";
+    let case = Case::new(&format!(
+        "{CEM}[[device]]\nid = \"inv\"\nprofile = \"weak-pv\"\ncem = \"home\"\n[device.sim]\nmodel = \"pv\"\n"
+    ))
+    .with_file("profiles/weak-pv.toml", profile);
+    let e = case.errors(&[]);
+    let pf = case.dir.path().join("profiles/weak-pv.toml");
+    assert_has(&e, &pf, "sim.rated_w", "greater than 0");
+    // The device overriding the bad default fixes it.
+    let fixed = Case::new(&format!(
+        "{CEM}[[device]]\nid = \"inv\"\nprofile = \"weak-pv\"\ncem = \"home\"\n[device.sim]\nmodel = \"pv\"\nrated_w = 800\n"
+    ))
+    .with_file("profiles/weak-pv.toml", profile);
+    let config = fixed.load(&[]).unwrap();
+    let Connection::Sim(sim) = &config.devices[0].connection;
+    assert_eq!(sim.rated_w, Some(800.0));
+    assert_eq!(
+        config.devices[0].profile.source,
+        ProfileSource::File(fixed.dir.path().join("profiles/weak-pv.toml"))
+    );
+}
+
+#[test]
+fn profile_without_sim_table_cannot_drive_a_sim_device() {
+    let profile = "name = \"bare\"\nkind = \"meter\"\ncontrol_types = [\"NOT_CONTROLABLE\"]\n";
+    let case = Case::new(&format!(
+        "{CEM}[[device]]\nid = \"m\"\nprofile = \"./bare.toml\"\ncem = \"home\"\n[device.sim]\nmodel = \"meter\"\n"
+    ))
+    .with_file("bare.toml", profile);
+    let e = case.errors(&[]);
+    assert_has(
+        &e,
+        &case.path(),
+        "device[0].sim",
+        "profile `bare` has no [sim] table",
+    );
+}
+
+#[test]
+fn local_profile_dir_overrides_a_builtin() {
+    let profile = "name = \"sim-pv\"\nkind = \"pv_inverter\"\ncontrol_types = [\"NOT_CONTROLABLE\"]\n[sim]\nmodel = \"pv\"\nrated_w = 300\n";
+    let case = Case::new(&format!("{CEM}{DEV}")).with_file("profiles/sim-pv.toml", profile);
+    let config = case.load(&[]).unwrap();
+    assert_eq!(
+        config.devices[0].control_types,
+        vec![ControlType::NotControllable]
+    );
+    let Connection::Sim(sim) = &config.devices[0].connection;
+    assert_eq!(sim.rated_w, Some(300.0));
+}
+
+#[test]
+fn check_validates_unused_profiles_too() {
+    let case = Case::new(&format!("{CEM}{DEV}"))
+        .with_file(
+            "profiles/unused.toml",
+            "name = \"unused\"\nkind = \"toaster\"\ncontrol_types = [\"PEBC\"]\n",
+        )
+        .with_file("profiles/README.md", "not a profile");
+    // `run` does not care about a profile nobody uses…
+    assert!(case.load(&[]).is_ok());
+    // …but `check` reports it.
+    let e = config::check_with_env(&case.path(), &[]).unwrap_err();
+    assert_eq!(e.errors.len(), 1, "{e}");
+    assert_has(
+        &e,
+        &case.dir.path().join("profiles/unused.toml"),
+        "kind",
+        "unknown kind `toaster`",
+    );
+    // Used and broken: reported once, not twice.
+    let used = Case::new(&format!(
+        "{CEM}[[device]]\nid = \"t\"\nprofile = \"broken\"\ncem = \"home\"\n[device.sim]\nmodel = \"meter\"\n"
+    ))
+    .with_file("profiles/broken.toml", "name = \"broken\"\nkind = \"toaster\"\ncontrol_types = [\"PEBC\"]\n[sim]\nmodel = \"meter\"\n");
+    let e = config::check_with_env(&used.path(), &[]).unwrap_err();
+    let kind_errors = e.errors.iter().filter(|x| x.key == "kind").count();
+    assert_eq!(kind_errors, 1, "{e}");
+    // The shipped reference, with the repo's profiles directory next to it, checks clean.
+    config::check_with_env(&repo_file("config/s2gw.toml"), &[]).unwrap_or_else(|e| panic!("{e}"));
+}
+
+fn repo_file(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+#[test]
+fn reference_config_loads_as_shipped() {
+    let config = config::load_with_env(&repo_file("config/s2gw.toml"), &[])
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.gateway.name, "s2gw");
+    assert_eq!(config.gateway.max_frame_bytes, 1_048_576);
+    assert_eq!(config.gateway.log_level, "info");
+    assert!(config.server.is_some());
+    assert_eq!(config.cem.len(), 2);
+    assert_eq!(config.cem["cloud"].transport, CemTransport::WsServer);
+    assert_eq!(config.devices.len(), 5);
+    assert_eq!(config.natives.len(), 1);
+    let pv = &config.devices[0];
+    assert_eq!(pv.name, "Roof PV");
+    assert_eq!(pv.poll_interval, Duration::from_secs(1));
+    assert_eq!(pv.measurement_interval, Duration::from_secs(10));
+    assert_eq!(
+        pv.control_types,
+        vec![
+            ControlType::PowerEnvelopeBasedControl,
+            ControlType::NotControllable
+        ]
+    );
+    assert_eq!(
+        pv.resource_id.as_str(),
+        derive_resource_id("s2gw", "pv-roof").as_str()
+    );
+    assert_eq!(
+        config.cem["home"]
+            .url_for(&pv.resource_id, &pv.id)
+            .as_deref(),
+        Some(format!("ws://192.168.1.10:8000/s2/{}", pv.resource_id).as_str())
+    );
+    assert!(!config.summary().is_empty());
+}
+
+#[test]
+fn every_builtin_profile_file_loads() {
+    for (name, _) in config::BUILTIN_PROFILES {
+        let p = config::load_profile(&repo_file(&format!("config/profiles/{name}.toml")))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(&p.name, name);
+    }
+}
+
+#[test]
+fn demo_config_loads_with_one_of_each() {
+    let config = config::load_str_with_env(DEMO_TOML, Path::new("<demo>/demo.toml"), &[])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut models: Vec<&str> = config
+        .devices
+        .iter()
+        .map(|d| {
+            let Connection::Sim(sim) = &d.connection;
+            sim.model.as_str()
+        })
+        .collect();
+    models.sort_unstable();
+    assert_eq!(models, ["battery", "ev", "heat_pump", "meter", "pv"]);
+    assert!(config.devices.iter().all(|d| d.cem == "demo"));
+    match &config.cem["demo"].transport {
+        CemTransport::WsClient { url, .. } => {
+            assert!(url.starts_with("ws://127.0.0.1:0/"), "{url}")
+        }
+        other => panic!("{other:?}"),
+    }
+    // The process-environment entry point accepts it too.
+    assert!(config::load_str(DEMO_TOML, Path::new("<demo>/demo.toml")).is_ok());
+}
+
+#[test]
+fn environment_overrides_the_file() {
+    let case = Case::new(&format!("[gateway]\nlog_level = \"info\"\n{CEM}{DEV}"));
+    let config = case
+        .load(&[
+            ("S2GW_GATEWAY__LOG_LEVEL", "debug"),
+            ("S2GW_CEM__HOME__PING_INTERVAL_S", "90"),
+            ("S2GW_CEM__HOME__URL", "wss://cem.example/s2/{id}"),
+            ("S2GW_CEM__HOME__TOKEN", "123456"),
+            // Not below a section: left to the command line.
+            ("S2GW_CONFIG", "/etc/s2gw/s2gw.toml"),
+            ("HOME", "/root"),
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.gateway.log_level, "debug");
+    let home = &config.cem["home"];
+    assert_eq!(home.ping_interval, Duration::from_secs(90));
+    assert_eq!(home.token.as_ref().map(|t| t.expose()), Some("123456"));
+    let pv = &config.devices[0];
+    assert_eq!(
+        home.url_for(&pv.resource_id, &pv.id).as_deref(),
+        Some("wss://cem.example/s2/pv")
+    );
+}
+
+#[test]
+fn environment_token_wins_over_token_file() {
+    let case = Case::new(&format!("{CEM}token_file = \"absent.token\"\n{DEV}"));
+    // The file does not exist, but the environment's token makes reading it unnecessary.
+    let config = case
+        .load(&[("S2GW_CEM__HOME__TOKEN", "from-env")])
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        config.cem["home"].token.as_ref().map(|t| t.expose()),
+        Some("from-env")
+    );
+    // Without it, the missing file is an error naming the path.
+    let e = case.errors(&[]);
+    assert_has(&e, &case.path(), "cem.home.token_file", "absent.token");
+}
+
+#[test]
+fn environment_errors_name_the_variable() {
+    let case = Case::new(&format!("{CEM}{DEV}"));
+    let e = case.errors(&[
+        ("S2GW_GATEWAY__MAX_FRAME_BYTES", "lots"),
+        ("S2GW_DEVICE__PV__NAME", "x"),
+        ("S2GW_BOGUS__KEY", "1"),
+    ]);
+    assert_has(
+        &e,
+        &case.path(),
+        "gateway.max_frame_bytes",
+        "expected an integer, found a string (set by environment variable S2GW_GATEWAY__MAX_FRAME_BYTES)",
+    );
+    assert_has(
+        &e,
+        &case.path(),
+        "device.pv.name",
+        "cannot override [[device]] entries",
+    );
+    assert_has(&e, &case.path(), "bogus", "unknown key");
+}
+
+#[test]
+fn token_file_is_read_and_never_printed() {
+    let case = Case::new(&format!(
+        "[server]\nlisten = \"127.0.0.1:8080\"\ntoken_file = \"secrets/server.token\"\n\
+         [cem.home]\nurl = \"wss://cem.example/s2\"\ntoken_file = \"/TOKEN\"\n{DEV}"
+    ))
+    .with_file("secrets/server.token", "s3rver-s3cret\n")
+    .with_file("cem.token", "c3m-s3cret\n");
+    // Absolute path for the CEM's token, relative for the server's.
+    let abs = case.dir.path().join("cem.token");
+    let text = std::fs::read_to_string(case.path())
+        .unwrap()
+        .replace("/TOKEN", abs.to_str().unwrap());
+    std::fs::write(case.path(), text).unwrap();
+
+    let config = case.load(&[]).unwrap_or_else(|e| panic!("{e}"));
+    let server = config.server.as_ref().unwrap();
+    assert_eq!(
+        server.token.as_ref().map(|t| t.expose()),
+        Some("s3rver-s3cret")
+    );
+    assert_eq!(
+        config.cem["home"].token.as_ref().map(|t| t.expose()),
+        Some("c3m-s3cret")
+    );
+    let debug = format!("{config:?} {config:#?}");
+    assert!(
+        !debug.contains("s3cret"),
+        "a secret leaked into Debug output"
+    );
+    assert!(debug.contains("Secret(***)"));
+}
+
+#[test]
+fn empty_token_file_is_an_error() {
+    let case = Case::new(&format!("{CEM}token_file = \"empty.token\"\n{DEV}"))
+        .with_file("empty.token", "\n");
+    let e = case.errors(&[]);
+    assert_has(&e, &case.path(), "cem.home.token_file", "is empty");
+}
+
+#[test]
+fn resource_ids_default_to_stable_uuids() {
+    let case = Case::new(&format!(
+        "[gateway]\nname = \"garage\"\n{CEM}{DEV}[[device]]\nid = \"own\"\nresource_id = \"my-resource\"\nprofile = \"sim-meter\"\ncem = \"home\"\n[device.sim]\nmodel = \"meter\"\n"
+    ));
+    let a = case.load(&[]).unwrap();
+    let b = case.load(&[]).unwrap();
+    assert_eq!(
+        a.devices[0].resource_id.as_str(),
+        b.devices[0].resource_id.as_str()
+    );
+    assert_eq!(
+        a.devices[0].resource_id.as_str(),
+        derive_resource_id("garage", "pv").as_str()
+    );
+    let uuid = uuid::Uuid::parse_str(a.devices[0].resource_id.as_str()).unwrap();
+    assert_eq!(uuid.get_version_num(), 5);
+    assert_eq!(a.devices[1].resource_id.as_str(), "my-resource");
+    // The gateway name is part of the derivation.
+    assert_ne!(
+        derive_resource_id("garage", "pv").as_str(),
+        derive_resource_id("s2gw", "pv").as_str()
+    );
+}
+
+#[test]
+fn relative_paths_resolve_against_the_config_dir() {
+    let case = Case::new(&format!(
+        "[gateway]\nstate_dir = \"state\"\ntraffic_log = \"log/t.s2log\"\n{CEM}{DEV}"
+    ));
+    let config = case.load(&[]).unwrap();
+    assert_eq!(config.gateway.state_dir, case.dir.path().join("state"));
+    assert_eq!(
+        config.gateway.traffic_log,
+        Some(case.dir.path().join("log/t.s2log"))
+    );
+    assert_eq!(config.source, case.path());
+}
+
+/// The systemd unit: the directives the daemon and the hardening rely on.
+mod systemd_unit {
+    use super::repo_file;
+
+    fn directives() -> Vec<(String, String, String)> {
+        let text = std::fs::read_to_string(repo_file("systemd/s2gw.service")).unwrap();
+        let mut section = String::new();
+        let mut out = Vec::new();
+        for line in text.lines() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+                continue;
+            }
+            if line.starts_with('[') && line.ends_with(']') {
+                section = line[1..line.len() - 1].to_string();
+                continue;
+            }
+            let (k, v) = line
+                .split_once('=')
+                .unwrap_or_else(|| panic!("not a directive: {line}"));
+            out.push((section.clone(), k.trim().to_string(), v.trim().to_string()));
+        }
+        out
+    }
+
+    fn values(all: &[(String, String, String)], key: &str) -> Vec<String> {
+        all.iter()
+            .filter(|(s, k, _)| s == "Service" && k == key)
+            .map(|(_, _, v)| v.clone())
+            .collect()
+    }
+
+    #[test]
+    fn unit_has_the_required_directives() {
+        let all = directives();
+        let expect = [
+            ("Type", "notify"),
+            (
+                "ExecStart",
+                "/usr/local/bin/s2gw run -c /etc/s2gw/s2gw.toml",
+            ),
+            ("WatchdogSec", "30"),
+            ("NotifyAccess", "main"),
+            ("Restart", "on-failure"),
+            ("RestartSec", "5"),
+            ("DynamicUser", "yes"),
+            ("SupplementaryGroups", "dialout"),
+            ("StateDirectory", "s2gw"),
+            ("ConfigurationDirectory", "s2gw"),
+            ("NoNewPrivileges", "yes"),
+            ("ProtectSystem", "strict"),
+            ("ProtectHome", "yes"),
+            ("PrivateTmp", "yes"),
+            ("CapabilityBoundingSet", ""),
+            ("AmbientCapabilities", ""),
+            (
+                "RestrictAddressFamilies",
+                "AF_UNIX AF_INET AF_INET6 AF_BLUETOOTH AF_NETLINK",
+            ),
+            ("ProtectKernelTunables", "yes"),
+            ("ProtectControlGroups", "yes"),
+            ("RestrictNamespaces", "yes"),
+            ("LockPersonality", "yes"),
+            ("MemoryDenyWriteExecute", "yes"),
+            ("SystemCallFilter", "@system-service"),
+            ("DevicePolicy", "closed"),
+            ("DeviceAllow", "char-ttyUSB rw"),
+            ("DeviceAllow", "char-ttyACM rw"),
+            ("KillSignal", "SIGTERM"),
+        ];
+        for (key, value) in expect {
+            let got = values(&all, key);
+            assert!(
+                got.iter().any(|v| v == value),
+                "[Service] {key}={value} missing (have {got:?})"
+            );
+        }
+        assert!(
+            !values(&all, "TimeoutStopSec").is_empty(),
+            "TimeoutStopSec missing"
+        );
+        assert!(
+            all.iter()
+                .any(|(s, k, v)| s == "Install" && k == "WantedBy" && v == "multi-user.target"),
+            "WantedBy=multi-user.target missing"
+        );
+    }
+}
