@@ -15,14 +15,17 @@ use s2_kit::types::frbc;
 use s2gw::bus::Bus;
 use s2gw_core::BusEvent;
 use s2gw_core::s2::{
-    Commodity, CommodityQuantity, Edge, EnergyManagementRole, Frame, Id, Message,
-    PowerMeasurement, PowerValue, Timestamp, encode, mint_id,
+    Commodity, CommodityQuantity, Edge, EnergyManagementRole, Frame, Id, Message, PowerMeasurement,
+    PowerValue, Timestamp, encode, mint_id,
 };
 
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let scale = if full { 1 } else { 1000 };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(error) => {
             eprintln!("cannot start tokio: {error}");
@@ -32,9 +35,16 @@ fn main() {
 
     let measurement = encode(&power_measurement());
     let description = encode(&large_frbc_description());
-    println!("s2gw throughput (one core per measurement, debug assertions {})", cfg!(debug_assertions));
+    println!(
+        "s2gw throughput (one core per measurement, debug assertions {})",
+        cfg!(debug_assertions)
+    );
     codec_rate("PowerMeasurement", &measurement, 200_000 / scale);
-    codec_rate("FRBC.SystemDescription (large)", &description, 2_000 / scale.min(100));
+    codec_rate(
+        "FRBC.SystemDescription (large)",
+        &description,
+        2_000 / scale.min(100),
+    );
     runtime.block_on(bus_latency(100_000 / scale));
 }
 
@@ -115,7 +125,10 @@ fn codec_rate(name: &str, text: &str, iterations: usize) {
     // A fresh message id each time would be more work than the edge itself; the edge
     // does not refuse a repeated id, the session behind it does.
     if let Err(rejection) = edge.inbound(text, now) {
-        eprintln!("{name}: the bench message is refused: {}", rejection.diagnostic);
+        eprintln!(
+            "{name}: the bench message is refused: {}",
+            rejection.diagnostic
+        );
         std::process::exit(1);
     }
     let started = Instant::now();

@@ -84,7 +84,8 @@ fn systemd_notify(state: &[sd_notify::NotifyState]) {
 
 /// `s2gw check -c FILE`: validate, list every error, exit 1 on any.
 pub fn check(path: &Path) -> anyhow::Result<ExitCode> {
-    match config::load(path) {
+    // `check`, not `load`: it also validates profile files no device uses yet.
+    match config::check(path) {
         Ok(config) => {
             println!(
                 "{}: OK ({} devices, {} native RMs, {} CEM links)",
@@ -155,7 +156,7 @@ pub async fn demo(duration: Option<Duration>, plain: bool) -> anyhow::Result<Exi
                 let view = crate::demo::render(&gateway.snapshot(), &gateway.counters.snapshot(), started.elapsed());
                 if redraw {
                     print!("\x1b[2J\x1b[H{view}");
-                } else if started.elapsed().as_secs() % 5 == 0 {
+                } else if started.elapsed().as_secs().is_multiple_of(5) {
                     println!("{view}");
                 }
             }

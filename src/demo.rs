@@ -95,7 +95,7 @@ pub fn traffic_summary(counters: &BTreeMap<String, RouteCounters>) -> String {
         }
     }
     let mut kinds: Vec<_> = total.by_kind.into_iter().collect();
-    kinds.sort_by(|a, b| b.1.cmp(&a.1));
+    kinds.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
     let top: Vec<String> = kinds
         .iter()
         .take(6)

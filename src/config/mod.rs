@@ -37,7 +37,6 @@
 
 mod profile;
 mod reader;
-mod sha1;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -334,15 +333,8 @@ impl Config {
 /// UUID of `"<gateway_name>/<id>"` in [`RESOURCE_ID_NAMESPACE`]. Stable across restarts
 /// and machines, and a UUID because s2-python peers parse resource ids as UUIDs.
 pub fn derive_resource_id(gateway_name: &str, id: &str) -> Id {
-    let mut data = RESOURCE_ID_NAMESPACE.as_bytes().to_vec();
-    data.extend_from_slice(format!("{gateway_name}/{id}").as_bytes());
-    let hash = sha1::digest(&data);
-    let mut bytes = [0u8; 16];
-    bytes.copy_from_slice(&hash[..16]);
-    let uuid = uuid::Builder::from_sha1_bytes(bytes).into_uuid();
-    let text = uuid.hyphenated().to_string();
-    // A hyphenated UUID is 36 characters of [0-9a-f-], always a valid S2 id.
-    Id::parse(&text).unwrap_or(Id::NIL)
+    let name = format!("{gateway_name}/{id}");
+    Id::from_uuid(uuid::Uuid::new_v5(&RESOURCE_ID_NAMESPACE, name.as_bytes()))
 }
 
 /// Load and validate the config file at `path`, with the process environment's `S2GW_*`

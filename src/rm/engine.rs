@@ -98,7 +98,7 @@ impl Engine {
             view,
             resource_id,
             offered,
-            ids: IdBook::default(),
+            ids: IdBook::for_resource(resource_id.as_str()),
             session: None,
             link: LinkState::Down,
             control: None,

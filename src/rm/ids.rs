@@ -2,24 +2,47 @@
 //!
 //! Peers built on s2-python and `s2energy` parse every id as a UUID, and a CEM keeps
 //! plans keyed by actuator and operation-mode ids, so the ids must be UUIDs and must not
-//! change between two descriptions of the same thing. They are minted the first time a
-//! name is asked for and then kept for the life of the virtual RM (uuid v5 would make
-//! them stable across restarts too, but the workspace builds `uuid` with v4 only).
+//! change between two descriptions of the same thing — nor across a gateway restart, after
+//! which a CEM resumes with the plan it had. Each id is a UUID v5 of the engine's name for
+//! the thing, in a namespace of the resource's own.
 
 use std::collections::HashMap;
 
-use s2gw_core::s2::{Id, mint_id};
+use s2gw_core::s2::Id;
 
-/// Minted ids, by the engine's own name for the thing.
-#[derive(Debug, Default)]
+/// The namespace every resource's namespace is derived from (a random v4, fixed forever).
+const ENGINE_NAMESPACE: uuid::Uuid =
+    uuid::Uuid::from_u128(0x6f1e_2a43_9b7c_4d0e_8a55_3c2d_1b0f_9e87);
+
+/// Ids by the engine's own name for the thing, derived once and cached.
+#[derive(Debug)]
 pub(crate) struct IdBook {
+    namespace: uuid::Uuid,
     ids: HashMap<String, Id>,
 }
 
+impl Default for IdBook {
+    fn default() -> Self {
+        Self::for_resource("")
+    }
+}
+
 impl IdBook {
-    /// The id for `name`, minted on first use.
+    /// The ids of one resource: the same resource id always gives the same ids.
+    pub(crate) fn for_resource(resource_id: &str) -> Self {
+        Self {
+            namespace: uuid::Uuid::new_v5(&ENGINE_NAMESPACE, resource_id.as_bytes()),
+            ids: HashMap::new(),
+        }
+    }
+
+    /// The id for `name`.
     pub(crate) fn get(&mut self, name: &str) -> Id {
-        *self.ids.entry(name.to_string()).or_insert_with(mint_id)
+        let namespace = self.namespace;
+        *self
+            .ids
+            .entry(name.to_string())
+            .or_insert_with(|| Id::from_uuid(uuid::Uuid::new_v5(&namespace, name.as_bytes())))
     }
 }
 
@@ -34,5 +57,12 @@ mod tests {
         assert!(a.as_uuid().is_some());
         assert_eq!(book.get("frbc.actuator"), a);
         assert_ne!(book.get("frbc.mode.idle"), a);
+    }
+
+    #[test]
+    fn ids_survive_a_restart_and_differ_between_resources() {
+        let a = IdBook::for_resource("r1").get("frbc.actuator");
+        assert_eq!(IdBook::for_resource("r1").get("frbc.actuator"), a);
+        assert_ne!(IdBook::for_resource("r2").get("frbc.actuator"), a);
     }
 }
