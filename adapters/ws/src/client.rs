@@ -4,7 +4,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use s2gw_core::s2::EnergyManagementRole;
+use s2gw_core::s2::{EnergyManagementRole, MessageKind};
 use s2gw_core::{Backoff, BusEvent, CancellationToken, Edge, Endpoint, Frame};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
@@ -215,6 +215,14 @@ impl Link {
                 if was_up { Idle::RmDown } else { Idle::Continue }
             }
             Some(BusEvent::Frame(frame)) => {
+                // Every session starts with the RM's Handshake. Anything else arriving
+                // while nothing waits belongs to a session the lost connection ended (the
+                // RM had not yet heard the Down); sending it into the next session would
+                // put a message before that session's handshake.
+                if self.queue.is_empty() && frame.kind() != MessageKind::Handshake {
+                    debug!(label = %self.label, kind = %frame.kind().as_str(), "dropping a frame of an ended session");
+                    return Idle::Continue;
+                }
                 if self.queue.len() >= QUEUE_LIMIT {
                     warn!(
                         label = %self.label,

@@ -9,7 +9,10 @@ use common::*;
 use futures_util::SinkExt;
 use s2_kit::io::{Driver, WebSocket};
 use s2_kit::session::{CemEvent, RmEvent};
-use s2gw_core::s2::{MessageKind, ReceptionStatusValues, Timestamp};
+use s2gw_core::s2::{
+    CommodityQuantity, Message, MessageKind, PowerMeasurement, PowerValue, ReceptionStatusValues,
+    Timestamp,
+};
 use s2gw_core::{BusEvent, CancellationToken, Endpoint, EndpointPeer, Frame, Secret};
 use s2gw_ws::{ClientConfig, spawn_client};
 use tokio::net::TcpListener;
@@ -249,6 +252,44 @@ async fn the_link_redials_after_the_cem_restarts_on_the_same_port() {
         MessageKind::Handshake
     );
 
+    link.stop().await;
+}
+
+#[tokio::test]
+async fn frames_of_an_ended_session_are_not_sent_into_the_next_one() {
+    let listener = listener().await;
+    let addr = listener.local_addr().unwrap();
+    let mut link = start(config(&listener));
+    to_adapter(&link.peer, BusEvent::Up).await;
+    let (ws, _) = accept(&listener).await;
+    expect_up(&mut link.peer).await;
+    drop(ws);
+    drop(listener);
+    expect_down(&mut link.peer).await;
+
+    // The RM had not heard the Down yet: a measurement of the old session, then the
+    // Handshake that opens the next one.
+    let stale = Frame::new(Message::PowerMeasurement(PowerMeasurement {
+        message_id: s2gw_core::s2::mint_id(),
+        measurement_timestamp: Timestamp::now(),
+        values: vec![PowerValue {
+            commodity_quantity: CommodityQuantity::ElectricPowerL1,
+            value: 1.0,
+        }],
+    }));
+    to_adapter(&link.peer, BusEvent::Frame(stale)).await;
+    let (_, handshake) = rm_session();
+    for frame in handshake {
+        to_adapter(&link.peer, BusEvent::Frame(frame)).await;
+    }
+
+    let listener = TcpListener::bind(addr).await.unwrap();
+    let (mut ws, _) = accept(&listener).await;
+    expect_up(&mut link.peer).await;
+    match read_message(&mut ws).await {
+        Message::Handshake(_) => {}
+        other => panic!("the next session must open with the Handshake, got {other:?}"),
+    }
     link.stop().await;
 }
 
