@@ -197,7 +197,11 @@ fn attach_cem(
             let Some(server) = server else {
                 anyhow::bail!("a ws-server CEM link needs a [server] section");
             };
-            server.add_cem_slot(resource.resource_id.to_string(), endpoint);
+            let resource_id = resource.resource_id.to_string();
+            match &link.token {
+                Some(token) => server.add_cem_slot_with_token(resource_id, endpoint, token.clone()),
+                None => server.add_cem_slot(resource_id, endpoint),
+            }
         }
     }
     Ok(())

@@ -76,6 +76,8 @@ struct PendingSlot {
     role: Role,
     resource_id: String,
     endpoint: Endpoint,
+    /// The token this slot's peer must present instead of the server's, if any.
+    token: Option<Secret>,
 }
 
 /// What the upgrade tasks know about a slot.
@@ -83,6 +85,8 @@ struct PendingSlot {
 struct SlotDoor {
     /// Set while a connection holds the slot.
     busy: Arc<AtomicBool>,
+    /// The slot's own bearer token, which replaces the server's for this path.
+    token: Option<Secret>,
     /// Where an upgraded connection is handed to the slot's task.
     handoff: mpsc::Sender<Handoff>,
 }
@@ -128,16 +132,27 @@ impl Server {
     /// Accept a native RM for `resource_id` on `/s2/rm/<resource_id>`: its connection plays
     /// the RM side of that resource on `endpoint`.
     pub fn add_native_rm(&mut self, resource_id: String, endpoint: Endpoint) {
-        self.add(Role::Rm, resource_id, endpoint);
+        self.add(Role::Rm, resource_id, endpoint, None);
     }
 
     /// Accept a CEM for `resource_id` on `/s2/cem/<resource_id>`: its connection plays the
     /// CEM side of that resource on `endpoint`.
     pub fn add_cem_slot(&mut self, resource_id: String, endpoint: Endpoint) {
-        self.add(Role::Cem, resource_id, endpoint);
+        self.add(Role::Cem, resource_id, endpoint, None);
     }
 
-    fn add(&mut self, role: Role, resource_id: String, endpoint: Endpoint) {
+    /// Like [`add_cem_slot`](Self::add_cem_slot), but the CEM must present `token`
+    /// (instead of the server's own token): one CEM's credential opens only its slots.
+    pub fn add_cem_slot_with_token(
+        &mut self,
+        resource_id: String,
+        endpoint: Endpoint,
+        token: Secret,
+    ) {
+        self.add(Role::Cem, resource_id, endpoint, Some(token));
+    }
+
+    fn add(&mut self, role: Role, resource_id: String, endpoint: Endpoint, token: Option<Secret>) {
         let path = match role {
             Role::Rm => format!("/s2/rm/{resource_id}"),
             Role::Cem => format!("/s2/cem/{resource_id}"),
@@ -146,6 +161,7 @@ impl Server {
             role,
             resource_id,
             endpoint,
+            token,
         };
         if self.slots.insert(path.clone(), slot).is_some() {
             warn!(%path, "a slot was registered twice: the later one wins");
@@ -175,7 +191,15 @@ impl Server {
         for (path, slot) in slots {
             let (handoff, connections) = mpsc::channel(1);
             let busy = Arc::new(AtomicBool::new(false));
-            doors.insert(path, SlotDoor { busy, handoff });
+            let token = slot.token.clone();
+            doors.insert(
+                path,
+                SlotDoor {
+                    busy,
+                    token,
+                    handoff,
+                },
+            );
             slot_tasks.spawn(slot_task(
                 slot,
                 connections,
@@ -285,8 +309,12 @@ impl Shared {
         claimed: &mut Option<(Claim, mpsc::Sender<Handoff>)>,
     ) -> Result<Response, ErrorResponse> {
         let path = request.uri().path();
+        let door = self.doors.get(path);
         // Authentication first, so an unauthenticated peer learns nothing about paths.
-        if let Some(expected) = &self.bearer {
+        let expected = door
+            .and_then(|door| door.token.as_ref())
+            .or(self.bearer.as_ref());
+        if let Some(expected) = expected {
             let presented = request
                 .headers()
                 .get(header::AUTHORIZATION)
@@ -302,7 +330,7 @@ impl Shared {
                 return Err(refusal);
             }
         }
-        let Some(door) = self.doors.get(path) else {
+        let Some(door) = door else {
             warn!(%peer, %path, "refused: no such S2 endpoint");
             return Err(refuse(StatusCode::NOT_FOUND, "no S2 endpoint at this path"));
         };
@@ -351,6 +379,7 @@ async fn slot_task(
         role,
         resource_id,
         mut endpoint,
+        token: _,
     } = slot;
     let (label, peer_role) = match role {
         Role::Rm => (format!("{resource_id} native-rm"), EnergyManagementRole::Rm),

@@ -222,6 +222,32 @@ async fn the_bearer_token_is_checked_in_the_upgrade() {
 }
 
 #[tokio::test]
+async fn a_cem_slot_with_its_own_token_accepts_only_that_token() {
+    trace();
+    let mut server = Server::bind(ServerConfig {
+        bearer: Some(Secret::new("server-token")),
+        ..ServerConfig::default()
+    })
+    .await
+    .unwrap();
+    let (endpoint, mut cem) = Endpoint::pair(64);
+    server.add_cem_slot_with_token("r9".to_string(), endpoint, Secret::new("cem-token"));
+    let url = format!("ws://{}/s2/cem/r9", server.local_addr());
+    let shutdown = CancellationToken::new();
+    let task = server.spawn(shutdown.clone());
+
+    let server_token = dial_with(&url, Some("Bearer server-token"))
+        .await
+        .unwrap_err();
+    assert_eq!(status_of(server_token), 401);
+    let _ok = dial_with(&url, Some("Bearer cem-token")).await.unwrap();
+    expect_up(&mut cem).await;
+
+    shutdown.cancel();
+    guard("the server to stop", task).await.unwrap();
+}
+
+#[tokio::test]
 async fn a_cem_slot_checks_frames_and_closes_when_the_rm_goes() {
     let mut running = serve(ServerConfig {
         max_frame_bytes: 1024,
