@@ -1,0 +1,13 @@
+//! BLE adapter for s2gw: BTHome v2 sensors and GATT-mapped devices.
+//!
+//! Everything that needs no radio builds without BlueZ: the [`bthome`] decoder, the
+//! config types ([`BleConnection`], [`BleProfile`]), the GATT value codecs ([`gatt`]) and
+//! the mapping of advertisements and characteristic values to [`s2gw_core::Readings`]
+//! ([`SensorState`], [`PacketFilter`]). The `bluez` feature (default on) adds the
+//! btleplug-backed [`Device`](s2gw_core::Device) and [`build`].
+
+pub mod bindkey;
+pub mod bthome;
+
+pub use bindkey::{BindKey, BindKeyError};
+pub mod gatt;
