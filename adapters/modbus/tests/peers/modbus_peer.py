@@ -1,0 +1,153 @@
+"""Modbus TCP device simulators for the s2gw-modbus tests (pymodbus 3.16).
+
+Usage: modbus_peer.py PORT KIND [options]
+  KIND: sunspec | abb | sdm630
+  sunspec: --base N --models 1,103,123 [--preset-limit PCT] [--fc6-only]
+           [--fail-writes] [--ignore-writes]
+
+Every write request is printed to stdout as one JSON line
+{"fc": 16, "address": 40247, "values": [600]} so the test can see exactly which
+function codes and registers the gateway used. The test waits for readiness by
+connecting with retries.
+"""
+
+import argparse
+import asyncio
+import json
+import struct
+import sys
+
+from pymodbus.constants import ExcCodes
+from pymodbus.server import ModbusTcpServer
+from pymodbus.simulator import DataType, SimData, SimDevice
+
+
+def s16(v):
+    return v & 0xFFFF
+
+
+def text(s, regs):
+    b = s.encode().ljust(regs * 2, b"\0")
+    return [int.from_bytes(b[i:i + 2], "big") for i in range(0, regs * 2, 2)]
+
+
+def u32(v):
+    return [(v >> 16) & 0xFFFF, v & 0xFFFF]
+
+
+def f32(v):
+    hi, lo = struct.unpack(">HH", struct.pack(">f", v))
+    return [hi, lo]
+
+
+def f64(v):
+    return list(struct.unpack(">HHHH", struct.pack(">d", v)))
+
+
+def model(mid, length, points):
+    regs = [mid, length] + [0] * length
+    for offset, words in points.items():
+        regs[offset:offset + len(words)] = words
+    return regs
+
+
+def sunspec_models(preset):
+    lim123 = [1000, 1] if preset is None else [preset * 10, 1]
+    ena123 = 0 if preset is None else 1
+    pct704 = 10000 if preset is None else preset * 100
+    ena704 = 0 if preset is None else 1
+    return {
+        1: model(1, 66, {2: text("s2gw-test", 16), 18: text("Inverter 5000", 16),
+                         42: text("1.2.3", 8), 50: text("SN0001", 16)}),
+        103: model(103, 50, {14: [12345], 15: [s16(-1)], 16: [5000], 17: [s16(-2)],
+                             24: u32(123456), 26: [0], 31: [13000], 32: [s16(-1)],
+                             38: [4]}),
+        120: model(120, 26, {3: [5000], 4: [0]}),
+        121: model(121, 30, {2: [5000], 22: [0]}),
+        123: model(123, 24, {5: [lim123[0]], 7: [0], 9: [ena123], 23: [s16(-1)]}),
+        124: model(124, 24, {2: [5000], 8: [655], 18: [0], 22: [s16(-1)],
+                             25: [s16(-1)]}),
+        704: model(704, 65, {14: [ena704], 15: [pct704], 16: [10000], 17: [0],
+                             18: u32(0), 54: [s16(-2)], 55: [0]}),
+    }
+
+
+def sunspec(base, ids, preset):
+    models = sunspec_models(preset)
+    regs = [0x5375, 0x6E53]
+    for mid in ids:
+        regs += models[mid]
+    regs += [0xFFFF, 0]
+    return {"hr": [(base, regs)]}
+
+
+def abb():
+    # ABB Terra AC: holding registers, two words each.
+    regs = {0x400C: u32(2), 0x400E: u32(16000), 0x4010: u32(16000),
+            0x4012: u32(15900), 0x4014: u32(16100), 0x401C: u32(11040),
+            0x401E: u32(4321), 0x4100: u32(32000)}
+    return {"hr": [(a, v) for a, v in regs.items()]}
+
+
+def sdm630():
+    # Eastron SDM630: float32 input registers.
+    regs = {0x0000: f32(230.1), 0x0002: f32(229.8), 0x0004: f32(231.0),
+            0x000C: f32(1000.5), 0x000E: f32(-200.25), 0x0010: f32(300.0),
+            0x0034: f32(1100.25), 0x0156: f32(12345.5)}
+    return {"ir": [(a, v) for a, v in regs.items()]}
+
+
+def blocks(spec):
+    def sims(key):
+        return [SimData(a, values=v, datatype=DataType.REGISTERS)
+                for a, v in sorted(spec.get(key, []))]
+    # Coils and discrete inputs are unused by these devices, but the tuple needs them.
+    bits = [SimData(0, values=[False] * 16, datatype=DataType.BITS)]
+    hr = sims("hr") or [SimData(0, values=[0], datatype=DataType.REGISTERS)]
+    ir = sims("ir") or [SimData(0, values=[0], datatype=DataType.REGISTERS)]
+    return (bits, list(bits), hr, ir)
+
+
+def make_action(args):
+    async def action(fc, start, address, count, registers, values):
+        if values is None:
+            return None
+        print(json.dumps({"fc": fc, "address": address,
+                          "values": [int(v) for v in values]}), flush=True)
+        if args.fail_writes:
+            return ExcCodes.DEVICE_FAILURE
+        if args.fc6_only and fc == 16 and count == 1:
+            return ExcCodes.ILLEGAL_ADDRESS
+        if args.ignore_writes:
+            # Acknowledge but keep the old values: the read-back must notice.
+            values[:] = registers[address - start:address - start + count]
+        return None
+    return action
+
+
+async def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("port", type=int)
+    p.add_argument("kind", choices=["sunspec", "abb", "sdm630"])
+    p.add_argument("--base", type=int, default=40000)
+    p.add_argument("--models", default="1,103,123")
+    p.add_argument("--preset-limit", type=int)
+    p.add_argument("--fc6-only", action="store_true")
+    p.add_argument("--fail-writes", action="store_true")
+    p.add_argument("--ignore-writes", action="store_true")
+    args = p.parse_args()
+    if args.kind == "sunspec":
+        ids = [int(m) for m in args.models.split(",")]
+        spec = sunspec(args.base, ids, args.preset_limit)
+    else:
+        spec = abb() if args.kind == "abb" else sdm630()
+    device = SimDevice(0, simdata=blocks(spec), action=make_action(args))
+    server = ModbusTcpServer(device, address=("127.0.0.1", args.port))
+    await server.serve_forever()
+
+
+if __name__ == "__main__":
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        sys.exit(0)
