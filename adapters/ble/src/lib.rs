@@ -10,4 +10,9 @@ pub mod bindkey;
 pub mod bthome;
 
 pub use bindkey::{BindKey, BindKeyError};
+pub mod config;
 pub mod gatt;
+pub mod state;
+
+pub use config::{BleConnection, BleProfile, BleSource, GattMode, GattReading, ReadingField};
+pub use state::{PacketFilter, SensorState};
