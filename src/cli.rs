@@ -185,6 +185,8 @@ fn init_tracing(level: &str, quiet_demo: bool) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour codes are noise in journald and in files.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(!quiet_demo);
     // Under journald the timestamp is the journal's own.
     let result = if std::env::var_os("JOURNAL_STREAM").is_some() {

@@ -26,15 +26,26 @@ pub(crate) fn offered_control_types(
     config: &VirtualRmConfig,
     info: &DeviceInfo,
 ) -> Vec<ControlType> {
-    let mut offered: Vec<ControlType> = Vec::new();
-    for capability in &info.control {
-        let control_type = control_type_of(capability);
-        let wanted =
-            config.control_types.is_empty() || config.control_types.contains(&control_type);
-        if wanted && !offered.contains(&control_type) {
-            offered.push(control_type);
-        }
-    }
+    let supported: Vec<ControlType> = info.control.iter().map(control_type_of).collect();
+    // The configured list (the profile's, or the device's narrowing of it) is in order of
+    // preference, and a CEM that takes the first type offered must get the most useful
+    // one; without a list, the device's own order stands.
+    let mut offered: Vec<ControlType> = if config.control_types.is_empty() {
+        supported.clone()
+    } else {
+        config
+            .control_types
+            .iter()
+            .copied()
+            .filter(|wanted| supported.contains(wanted))
+            .collect()
+    };
+    let mut seen = Vec::new();
+    offered.retain(|t| {
+        let first = !seen.contains(t);
+        seen.push(*t);
+        first
+    });
     if offered.is_empty() {
         offered.push(ControlType::NotControllable);
     }
@@ -123,4 +134,45 @@ pub(crate) fn details(
 /// An S2 duration (milliseconds) for a std one, saturating.
 pub(crate) fn s2_duration(duration: std::time::Duration) -> Duration {
     Duration::from_millis(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use s2gw_core::device::ControlCapability;
+
+    #[test]
+    fn the_configured_order_of_preference_wins_over_the_devices_order() {
+        let info = DeviceInfo {
+            control: vec![
+                ControlCapability::NotControllable,
+                ControlCapability::PowerEnvelope {
+                    min_w: -5000.0,
+                    max_w: 0.0,
+                },
+            ],
+            ..DeviceInfo::default()
+        };
+        let mut config = VirtualRmConfig::new("r", "r");
+        assert_eq!(
+            offered_control_types(&config, &info),
+            [
+                ControlType::NotControllable,
+                ControlType::PowerEnvelopeBasedControl
+            ]
+        );
+        config.control_types = vec![
+            ControlType::PowerEnvelopeBasedControl,
+            ControlType::FillRateBasedControl,
+            ControlType::NotControllable,
+        ];
+        // FRBC is not something this device can do, so it is not offered.
+        assert_eq!(
+            offered_control_types(&config, &info),
+            [
+                ControlType::PowerEnvelopeBasedControl,
+                ControlType::NotControllable
+            ]
+        );
+    }
 }
