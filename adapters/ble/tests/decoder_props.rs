@@ -1,5 +1,7 @@
 //! Property tests: no bytes from the air can panic the decoder or the GATT codecs.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use proptest::prelude::*;
 use s2gw_ble::bthome::{decode, encode};
 use s2gw_ble::gatt::{Endian, Template, ValueFormat, decode_value};
