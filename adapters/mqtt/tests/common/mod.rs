@@ -214,6 +214,8 @@ fn write_certs(dir: &tempfile::TempDir) -> PathBuf {
 pub struct Peer {
     pub client: AsyncClient,
     pub rx: mpsc::UnboundedReceiver<(String, Bytes, bool)>,
+    /// Messages skipped while looking for another topic, kept in order for later.
+    stash: std::collections::VecDeque<(String, Bytes, bool)>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -246,7 +248,12 @@ impl Peer {
         for filter in filters {
             client.subscribe(*filter, QoS::AtLeastOnce).await.unwrap();
         }
-        Peer { client, rx, task }
+        Peer {
+            client,
+            rx,
+            stash: Default::default(),
+            task,
+        }
     }
 
     pub async fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>, retain: bool) {
@@ -256,8 +263,13 @@ impl Peer {
             .unwrap();
     }
 
-    /// The next message on `topic`, skipping others.
+    /// The next message on `topic`; messages on other topics are kept for later.
     pub async fn next_on(&mut self, topic: &str) -> (Bytes, bool) {
+        if let Some(at) = self.stash.iter().position(|(t, _, _)| t == topic)
+            && let Some((_, payload, retained)) = self.stash.remove(at)
+        {
+            return (payload, retained);
+        }
         loop {
             let (t, payload, retained) = guard(&format!("a message on {topic}"), self.rx.recv())
                 .await
@@ -265,6 +277,7 @@ impl Peer {
             if t == topic {
                 return (payload, retained);
             }
+            self.stash.push_back((t, payload, retained));
         }
     }
 
