@@ -134,6 +134,14 @@ pub fn coalesce(spans: &[Span], max_gap: u16, max_block: u16) -> Vec<Span> {
     out
 }
 
+/// How many of `spans` a block covers.
+fn block_spans(block: Span, spans: &[Span]) -> usize {
+    spans
+        .iter()
+        .filter(|s| s.table == block.table && s.address >= block.address && s.end() <= block.end())
+        .count()
+}
+
 /// How reads are grouped.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Coalescing {
@@ -368,7 +376,16 @@ impl Poller {
                 self.store(block, &words);
                 Ok(1)
             }
-            Err(ModbusError::Exception { code: 2, .. }) => {
+            Err(ModbusError::Exception { code: 2, .. }) if block_spans(block, spans) > 1 => {
+                // The device refuses reads across unmapped registers: stop reading
+                // through holes for good, rather than paying for it on every poll.
+                if self.coalescing.max_gap > 0 {
+                    tracing::info!(
+                        unit = self.unit.id,
+                        "device refuses reads across holes; max_gap set to 0"
+                    );
+                    self.coalescing.max_gap = 0;
+                }
                 let inside: Vec<Span> = spans
                     .iter()
                     .copied()

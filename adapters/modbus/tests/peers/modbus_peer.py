@@ -91,10 +91,14 @@ def abb():
 
 def sdm630():
     # Eastron SDM630: float32 input registers.
-    regs = {0x0000: f32(230.1), 0x0002: f32(229.8), 0x0004: f32(231.0),
-            0x000C: f32(1000.5), 0x000E: f32(-200.25), 0x0010: f32(300.0),
-            0x0034: f32(1100.25), 0x0156: f32(12345.5)}
-    return {"ir": [(a, v) for a, v in regs.items()]}
+    # The meter answers for its whole range (unlisted registers read 0), so reads
+    # across holes work, as on the real meter.
+    regs = [0] * 0x0160
+    for a, v in {0x0000: f32(230.1), 0x0002: f32(229.8), 0x0004: f32(231.0),
+                 0x000C: f32(1000.5), 0x000E: f32(-200.25), 0x0010: f32(300.0),
+                 0x0034: f32(1100.25), 0x0156: f32(12345.5)}.items():
+        regs[a:a + 2] = v
+    return {"ir": [(0, regs)]}
 
 
 def blocks(spec):

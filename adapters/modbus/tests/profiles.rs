@@ -1,0 +1,52 @@
+//! Every shipped Modbus profile parses and validates; broken ones are reported by key.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use s2gw_modbus::ModbusConfig;
+
+#[test]
+fn shipped_profiles_validate() {
+    for name in [
+        "modbus-sunspec-inverter",
+        "modbus-sunspec-storage",
+        "modbus-abb-terra-ac",
+        "modbus-alfen-eve",
+        "modbus-sg-ready",
+        "modbus-sdm630",
+    ] {
+        let p = common::profile(name);
+        assert_eq!(p.validate(), Vec::<(String, String)>::new(), "{name}");
+    }
+}
+
+fn config(text: &str) -> Result<ModbusConfig, Vec<(String, String)>> {
+    let table: BTreeMap<String, toml::Value> = toml::from_str(text).unwrap();
+    ModbusConfig::from_table(table)
+}
+
+#[test]
+fn connection_and_profile_keys_are_split_and_checked() {
+    let c = config("tcp = \"10.0.0.2:502\"\nunit = 3\naddress_base = 1\n[registers.p]\ntable = \"input\"\naddress = 1\n[readings]\npower = \"p\"").unwrap();
+    assert_eq!(c.connection.unit(), 3);
+    assert!(c.validate().is_empty(), "{:?}", c.validate());
+    assert!(
+        config("tcp = \"x:1\"\nbogus = 1").is_err(),
+        "unknown keys are refused"
+    );
+    let bad = config(
+        "serial = \"/dev/ttyUSB0\"\nbaud = 9600\nunit = 250\n[registers.p]\ntable = \"coil\"\naddress = 0\ntype = \"f32\"\nwrite = \"fc16\"\n[readings]\npower = \"q\"",
+    )
+    .unwrap();
+    let keys: Vec<String> = bad.validate().into_iter().map(|(k, _)| k).collect();
+    for k in [
+        "unit",
+        "address_base",
+        "registers.p.type",
+        "registers.p.write",
+        "readings.power",
+    ] {
+        assert!(keys.iter().any(|x| x == k), "{k} not reported in {keys:?}");
+    }
+}
