@@ -2,6 +2,9 @@
 //! live one, a disconnect in the middle of a request, garbage frames; and the map
 //! profiles that have no pymodbus peer (SG-Ready, Alfen Eve).
 
+// Helpers outside #[test] functions fail loudly too.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use std::sync::Arc;

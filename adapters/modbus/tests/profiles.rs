@@ -1,5 +1,8 @@
 //! Every shipped Modbus profile parses and validates; broken ones are reported by key.
 
+// Helpers outside #[test] functions fail loudly too.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use std::collections::BTreeMap;

@@ -1,6 +1,9 @@
 //! Against pymodbus 3.16 device simulators: SunSpec inverters at 40000 (1+103+123) and
 //! 50000 (1+103+704), an ABB Terra AC and an SDM630.
 
+// Helpers outside #[test] functions fail loudly too.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use common::{PyPeer, Seen, profile, unit};

@@ -2,6 +2,8 @@
 //! tokio-modbus server with fault injection.
 
 #![allow(dead_code)]
+// Test scaffolding: failing loudly is the point.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::HashMap;
 use std::future::Future;
