@@ -16,3 +16,8 @@ pub mod state;
 
 pub use config::{BleConnection, BleProfile, BleSource, GattMode, GattReading, ReadingField};
 pub use state::{PacketFilter, SensorState};
+
+#[cfg(feature = "bluez")]
+mod bluez;
+#[cfg(feature = "bluez")]
+pub use bluez::{BleDevice, BleError, build, check_bluez};

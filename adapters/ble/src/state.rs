@@ -125,6 +125,17 @@ impl SensorState {
         self.problem = Some(problem.into());
     }
 
+    /// Whether there are values younger than the staleness limit.
+    pub fn is_fresh(&self, now: Instant) -> bool {
+        self.updated
+            .is_some_and(|u| now.saturating_duration_since(u) <= self.stale_after)
+    }
+
+    /// Why the last attempt to get values failed, if it did.
+    pub fn problem(&self) -> Option<&str> {
+        self.problem.as_deref()
+    }
+
     /// The mode the `state` reading says the device is in.
     pub fn active_mode(&self) -> Option<&GattMode> {
         let state = self.state?;

@@ -1,0 +1,4 @@
+//! stub
+#![allow(missing_docs)]
+pub struct DeviceState;
+pub struct StateMirror;
