@@ -10,12 +10,12 @@
 
 use std::time::{Duration, Instant};
 
-use s2_kit::types::common::{NumberRange, PowerRange, Transition};
+use s2_kit::types::common::{ControlType, NumberRange, PowerRange, SelectControlType, Transition};
 use s2_kit::types::frbc;
 use s2gw::bus::Bus;
 use s2gw_core::BusEvent;
 use s2gw_core::s2::{
-    Commodity, CommodityQuantity, Edge, EnergyManagementRole, Frame, Id, Message, PowerMeasurement,
+    Commodity, CommodityQuantity, Edge, EnergyManagementRole, Frame, Message, PowerMeasurement,
     PowerValue, Timestamp, encode, mint_id,
 };
 
@@ -39,10 +39,11 @@ fn main() {
         "s2gw throughput (one core per measurement, debug assertions {})",
         cfg!(debug_assertions)
     );
-    codec_rate("PowerMeasurement", &measurement, 200_000 / scale);
+    codec_rate("PowerMeasurement", &measurement, None, 200_000 / scale);
     codec_rate(
         "FRBC.SystemDescription (large)",
         &description,
+        Some(ControlType::FillRateBasedControl),
         2_000 / scale.min(100),
     );
     runtime.block_on(bus_latency(100_000 / scale));
@@ -118,10 +119,18 @@ fn large_frbc_description() -> Message {
 }
 
 /// What one inbound frame costs at the edge, and re-encoding it on the way out.
-fn codec_rate(name: &str, text: &str, iterations: usize) {
+fn codec_rate(name: &str, text: &str, selected: Option<ControlType>, iterations: usize) {
     let iterations = iterations.max(1);
     let mut edge = Edge::new(EnergyManagementRole::Rm, 4 * 1024 * 1024);
     let now = Timestamp::now();
+    // A description is only legal once the CEM (this side) selected its control type.
+    if let Some(control_type) = selected {
+        let select = Message::SelectControlType(SelectControlType {
+            message_id: mint_id(),
+            control_type,
+        });
+        edge.outbound(&Frame::new(select), now);
+    }
     // A fresh message id each time would be more work than the edge itself; the edge
     // does not refuse a repeated id, the session behind it does.
     if let Err(rejection) = edge.inbound(text, now) {
@@ -172,5 +181,4 @@ async fn bus_latency(iterations: usize) {
         pick(0.99).as_secs_f64() * 1e6,
         samples.len()
     );
-    let _ = Id::NIL;
 }
