@@ -34,7 +34,7 @@ mod wire;
 pub use bridge::{BridgeData, spawn_bridge};
 pub use client::{Inbound, LinkStatus, Mqtt, MqttHandle};
 pub use config::{MqttConfig, Protocol, TlsConfig};
-pub use device::{CommandMap, MqttDevice, MqttDeviceConfig, ReadingMap};
+pub use device::{CommandMap, CurrentMap, ModeMap, MqttDevice, MqttDeviceConfig, ReadingMap};
 pub use mirror::{DeviceState, StateMirror};
 pub use s2gw_core::Secret;
 pub use s2link::{add_native_rm, spawn_cem_link};
