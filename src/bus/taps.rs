@@ -74,7 +74,8 @@ impl Tap for Counters {
 /// s2-kit ignores the extra field. Writing happens on a thread of its own so the bus
 /// never waits for a disk.
 pub struct TrafficLog {
-    lines: std::sync::mpsc::Sender<String>,
+    lines: Option<std::sync::mpsc::Sender<String>>,
+    writer: Option<std::thread::JoinHandle<()>>,
     path: PathBuf,
 }
 
@@ -87,11 +88,12 @@ impl TrafficLog {
             .open(path)?;
         let (lines, rx) = std::sync::mpsc::channel::<String>();
         let owned = path.to_path_buf();
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("s2gw-traffic-log".into())
             .spawn(move || write_lines(file, rx, &owned))?;
         Ok(Self {
-            lines,
+            lines: Some(lines),
+            writer: Some(writer),
             path: path.to_path_buf(),
         })
     }
@@ -135,7 +137,20 @@ impl Tap for TrafficLog {
             serde_json::Value::String(resource_id.to_string()),
             frame.text()
         );
-        let _ = self.lines.send(line);
+        if let Some(lines) = &self.lines {
+            let _ = lines.send(line);
+        }
+    }
+}
+
+impl Drop for TrafficLog {
+    /// The last route is gone (the gateway is stopping): write what is still queued
+    /// before the process exits, so a recording never loses its last messages.
+    fn drop(&mut self) {
+        drop(self.lines.take());
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
     }
 }
 
@@ -144,4 +159,61 @@ impl Tap for TrafficLog {
 pub struct StandardTaps {
     /// Per-resource counters.
     pub counters: Arc<Counters>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use s2gw_core::s2::{EnergyManagementRole, Frame, Message, mint_id, offered_versions};
+
+    fn handshake() -> Frame {
+        Frame::new(Message::Handshake(s2_kit::types::common::Handshake {
+            message_id: mint_id(),
+            role: EnergyManagementRole::Rm,
+            supported_protocol_versions: Some(offered_versions()),
+        }))
+    }
+
+    #[test]
+    fn the_traffic_log_is_an_s2log_s2_kit_reads_back_complete() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("traffic.s2log");
+        let log = TrafficLog::open(&path).unwrap();
+        let frames: Vec<Frame> = (0..100).map(|_| handshake()).collect();
+        for frame in &frames {
+            log.observe("r1", Side::Rm, &BusEvent::Frame(frame.clone()));
+        }
+        log.observe("r1", Side::Cem, &BusEvent::Up);
+        // Dropping the last handle writes everything still queued.
+        drop(log);
+
+        let text = std::fs::read_to_string(&path).unwrap();
+        let entries = s2_kit::testing::read_s2log(&text);
+        assert_eq!(
+            entries.len(),
+            100,
+            "one transcript line per frame, nothing else"
+        );
+        assert!(
+            entries
+                .iter()
+                .all(|e| e.direction == s2_kit::testing::Direction::RmToCem)
+        );
+        let json = |t: &str| serde_json::from_str::<serde_json::Value>(t).unwrap();
+        assert_eq!(json(&entries[42].text), json(frames[42].text()));
+        assert!(text.lines().all(|l| l.contains(r#""resource":"r1""#)));
+    }
+
+    #[test]
+    fn counters_count_per_resource_and_direction() {
+        let counters = Counters::default();
+        counters.observe("a", Side::Rm, &BusEvent::Frame(handshake()));
+        counters.observe("a", Side::Cem, &BusEvent::Up);
+        counters.observe("b", Side::Cem, &BusEvent::Frame(handshake()));
+        let snapshot = counters.snapshot();
+        assert_eq!(snapshot["a"].rm_to_cem, 1);
+        assert_eq!(snapshot["a"].ups, 1);
+        assert_eq!(snapshot["b"].cem_to_rm, 1);
+        assert_eq!(snapshot["b"].by_kind["Handshake"], 1);
+    }
 }

@@ -1034,23 +1034,39 @@ pub fn strip_ansi(text: &str) -> String {
     out
 }
 
-impl Drop for Daemon {
-    fn drop(&mut self) {
+impl Daemon {
+    /// SIGTERM, and wait for the process to exit (killed after 10 s); the temp directory
+    /// stays until the `Daemon` is dropped. Returns whether it exited by itself.
+    pub fn stop(&mut self) -> bool {
+        self.terminate()
+    }
+
+    fn terminate(&mut self) -> bool {
         if let Ok(None) = self.child.try_wait() {
             let _ = Command::new("kill")
                 .arg("-TERM")
                 .arg(self.child.id().to_string())
                 .status();
             let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            // A child process has no async exit notification here; polling its status is
+            // the wait, bounded by the deadline.
             while std::time::Instant::now() < deadline {
                 if let Ok(Some(_)) = self.child.try_wait() {
-                    return;
+                    return true;
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
             let _ = self.child.kill();
             let _ = self.child.wait();
+            return false;
         }
+        true
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.terminate();
     }
 }
 
