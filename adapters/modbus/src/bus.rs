@@ -418,7 +418,10 @@ impl BusTask {
         self.ensure_connected(unit, timeout).await?;
         // Computed first: `&self` must not live across an await (the client is not Sync).
         let resume = self.pace();
-        tokio::time::sleep_until(resume).await;
+        // A zero-length sleep still waits for the timer's next millisecond tick.
+        if resume > Instant::now() {
+            tokio::time::sleep_until(resume).await;
+        }
         let Some(conn) = self.conn.as_mut() else {
             return Err(self.link_error("not connected".to_string()));
         };
@@ -477,7 +480,10 @@ impl BusTask {
                 self.conn = Some(conn);
                 self.reconnect.reset();
                 self.reconnect_at = None;
-                tokio::time::sleep(self.settings().connect_delay).await;
+                let delay = self.settings().connect_delay;
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
                 Ok(())
             }
             Err(error) => {
