@@ -94,6 +94,15 @@ pub fn check(path: &Path) -> anyhow::Result<ExitCode> {
                 config.natives.len(),
                 config.cem.len()
             );
+            // The config is valid for a full build; this binary cannot run all of it.
+            let unsupported = crate::devices::unsupported(&config);
+            if !unsupported.is_empty() {
+                eprintln!(
+                    "warning: BLE device(s) {} are valid, but this s2gw was built without BLE \
+                     support (cargo feature `ble`): `s2gw run` refuses to start them",
+                    unsupported.join(", ")
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Err(errors) => {

@@ -4,14 +4,54 @@ use std::sync::Arc;
 
 use s2gw_core::Device;
 
-use crate::config::{Connection, DeviceSection};
+use crate::config::{Config, Connection, DeviceSection};
+
+/// Whether this build can drive BLE devices (the `ble` cargo feature: BlueZ over D-Bus).
+pub const BLE_BUILT_IN: bool = cfg!(feature = "ble");
+
+/// The devices of `config` this build cannot drive: BLE devices when the `ble` feature is
+/// off. The gateway refuses to start with any (a device that can never work is a config
+/// for another build, better said at once than by a silent never-available resource).
+pub fn unsupported(config: &Config) -> Vec<&str> {
+    config
+        .devices
+        .iter()
+        .filter(|d| matches!(d.connection, Connection::Ble(_)) && !BLE_BUILT_IN)
+        .map(|d| d.id.as_str())
+        .collect()
+}
 
 /// The device a `[[device]]` section describes, ready for its virtual RM.
 ///
 /// Building never touches the device: connecting, and reconnecting with back-off, is the
-/// adapter's job once the virtual RM starts reading.
-pub fn build(device: &DeviceSection) -> Box<dyn Device> {
-    match &device.connection {
+/// adapter's job once the virtual RM starts reading. Fails only for a device this build
+/// cannot drive (see [`unsupported`]).
+pub fn build(device: &DeviceSection) -> anyhow::Result<Box<dyn Device>> {
+    Ok(match &device.connection {
         Connection::Sim(sim) => s2gw_sim::build(&device.id, sim, Arc::new(s2gw_sim::SystemClock)),
-    }
+        Connection::Modbus(m) => s2gw_modbus::build(&device.id, &m.connection, &m.profile),
+        Connection::Ble(ble) => build_ble(device, ble)?,
+    })
+}
+
+#[cfg(feature = "ble")]
+fn build_ble(
+    device: &DeviceSection,
+    ble: &crate::config::BleSection,
+) -> anyhow::Result<Box<dyn Device>> {
+    // The profile, not the adapter's guess from its readings, says what the device is.
+    let built = s2gw_ble::BleDevice::new(&device.id, &ble.connection, &ble.profile)
+        .with_kind(device.profile.kind);
+    Ok(Box::new(built))
+}
+
+#[cfg(not(feature = "ble"))]
+fn build_ble(
+    device: &DeviceSection,
+    _ble: &crate::config::BleSection,
+) -> anyhow::Result<Box<dyn Device>> {
+    anyhow::bail!(
+        "BLE device `{}` cannot start: this s2gw was built without the `ble` feature",
+        device.id
+    )
 }

@@ -35,6 +35,7 @@ impl Gateway {
     /// (a server address that cannot be bound, a traffic log that cannot be opened);
     /// devices and CEMs that are unreachable are retried in the background.
     pub async fn start(config: &Config, shutdown: CancellationToken) -> anyhow::Result<Self> {
+        refuse_unsupported(config)?;
         let counters = Arc::new(Counters::default());
         let mut bus = Bus::new();
         bus.add_tap(counters.clone());
@@ -55,6 +56,7 @@ impl Gateway {
         let server_addr = server.as_ref().map(s2gw_ws::Server::local_addr);
 
         let mut tasks = Vec::new();
+        check_ble(config, &shutdown, &mut tasks);
         let mut views = Vec::new();
         for device in &config.devices {
             let resource = Resource {
@@ -62,7 +64,7 @@ impl Gateway {
                 resource_id: device.resource_id.as_str(),
             };
             let (rm_side, cem_side) = bus.route(resource.resource_id);
-            let (task, view) = start_device(device, rm_side, shutdown.clone());
+            let (task, view) = start_device(device, rm_side, shutdown.clone())?;
             tasks.push(task);
             views.push(view);
             let link = link_for(config, &device.cem)?;
@@ -132,12 +134,58 @@ fn link_for<'a>(config: &'a Config, name: &str) -> anyhow::Result<&'a CemLink> {
         .with_context(|| format!("no [cem.{name}] link"))
 }
 
+/// Devices this build cannot drive stop the start, all named at once.
+fn refuse_unsupported(config: &Config) -> anyhow::Result<()> {
+    let unsupported = crate::devices::unsupported(config);
+    if !unsupported.is_empty() {
+        anyhow::bail!(
+            "BLE device(s) {} cannot start: this s2gw was built without BLE support (cargo \
+             feature `ble`); remove them from the config or run a build with BLE",
+            unsupported.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// Ask BlueZ once, in the background, whether BLE can work at all, and say so in the log
+/// naming the BLE devices affected. Nothing waits for it: the other adapters start at
+/// once, and the BLE devices retry on their own (they stay unavailable meanwhile).
+#[cfg(feature = "ble")]
+fn check_ble(config: &Config, shutdown: &CancellationToken, tasks: &mut Vec<JoinHandle<()>>) {
+    let mut by_adapter: BTreeMap<Option<String>, Vec<String>> = BTreeMap::new();
+    for device in &config.devices {
+        if let crate::config::Connection::Ble(ble) = &device.connection {
+            by_adapter
+                .entry(ble.connection.adapter.clone())
+                .or_default()
+                .push(device.id.clone());
+        }
+    }
+    for (adapter, ids) in by_adapter {
+        let shutdown = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            let names: Vec<&str> = ids.iter().map(String::as_str).collect();
+            let check = s2gw_ble::check_bluez(adapter.as_deref(), &names);
+            tokio::select! {
+                () = shutdown.cancelled() => {}
+                result = check => match result {
+                    Ok(found) => tracing::info!(adapter = %found, devices = ?names, "BLE ready"),
+                    Err(error) => tracing::error!(%error, "BLE unavailable"),
+                },
+            }
+        }));
+    }
+}
+
+#[cfg(not(feature = "ble"))]
+fn check_ble(_config: &Config, _shutdown: &CancellationToken, _tasks: &mut Vec<JoinHandle<()>>) {}
+
 fn start_device(
     device: &DeviceSection,
     endpoint: Endpoint,
     shutdown: CancellationToken,
-) -> (JoinHandle<()>, watch::Receiver<RmView>) {
-    let hardware = crate::devices::build(device);
+) -> anyhow::Result<(JoinHandle<()>, watch::Receiver<RmView>)> {
+    let hardware = crate::devices::build(device)?;
     let mut rm_config = VirtualRmConfig::new(device.resource_id.as_str(), device.name.clone());
     rm_config.control_types = device.control_types.clone();
     rm_config.poll_interval = device.poll_interval;
@@ -145,13 +193,13 @@ fn start_device(
     rm_config.instruction_processing_delay = device.profile.instruction_processing_delay;
     rm_config.manufacturer = device.profile.manufacturer.clone();
     rm_config.model = device.profile.model.clone();
-    rm::spawn_virtual_rm(
+    Ok(rm::spawn_virtual_rm(
         rm_config,
         hardware,
         endpoint,
         Arc::new(rm::SystemClock),
         shutdown,
-    )
+    ))
 }
 
 /// The two names of one resource: the config's `id` and the S2 `resource_id`.

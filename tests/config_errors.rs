@@ -159,7 +159,7 @@ const BAD: &[(&str, &str, &str, &str)] = &[
         "unknown profile",
         "[[device]]\nid = \"x\"\nprofile = \"sim-nope\"\ncem = \"home\"\n[device.sim]\nmodel = \"pv\"\n",
         "device[1].profile",
-        "unknown profile `sim-nope`: not a built-in profile (sim-pv, sim-ev, sim-battery, sim-heat-pump, sim-meter)",
+        "unknown profile `sim-nope`: not a built-in profile (sim-pv, sim-ev, sim-battery, sim-heat-pump, sim-meter, modbus-sunspec-inverter, modbus-sunspec-storage, modbus-abb-terra-ac, modbus-alfen-eve, modbus-sg-ready, modbus-sdm630, ble-bthome-meter, ble-relay)",
     ),
     (
         "profile file that does not exist",
@@ -333,7 +333,7 @@ const BAD: &[(&str, &str, &str, &str)] = &[
         "no adapter section",
         "[[device]]\nid = \"pv2\"\nprofile = \"sim-pv\"\ncem = \"home\"\n",
         "device[1]",
-        "no connection section: add [device.sim]",
+        "no connection section: add one of [device.sim], [device.modbus], [device.ble]",
     ),
     (
         "two adapter sections",
@@ -345,7 +345,7 @@ const BAD: &[(&str, &str, &str, &str)] = &[
         "future adapter",
         "[[device]]\nid = \"pv2\"\nprofile = \"sim-pv\"\ncem = \"home\"\n[device.mqtt]\ntopic = \"x\"\n",
         "device[1].mqtt",
-        "the `mqtt` adapter is not available in this build yet (only `sim` is)",
+        "the `mqtt` adapter is not available in this build yet (available: sim, modbus, ble)",
     ),
     (
         "measurement faster than polling",
@@ -365,6 +365,104 @@ const BAD: &[(&str, &str, &str, &str)] = &[
          [[device]]\nid = \"pv3\"\nresource_id = \"r1\"\nprofile = \"sim-pv\"\ncem = \"home\"\n[device.sim]\nmodel = \"pv\"\n",
         "device[2].resource_id",
         "duplicate resource_id r1 (also device[1])",
+    ),
+    (
+        "modbus: unknown key in a register map",
+        "[[device]]\nid = \"m\"\nprofile = \"modbus-sdm630\"\ncem = \"home\"\n[device.modbus]\ntcp = \"127.0.0.1:502\"\n\
+         [device.modbus.registers.power]\ntable = \"input\"\naddress = 52\ntype = \"f32\"\nscael = 2\n",
+        "device[1].modbus.registers.power.scael",
+        "unknown key (did you mean `scale`?)",
+    ),
+    (
+        "modbus: endpoint without a port",
+        "[[device]]\nid = \"m\"\nprofile = \"modbus-sdm630\"\ncem = \"home\"\n[device.modbus]\ntcp = \"meter.local\"\n",
+        "device[1].modbus.tcp",
+        "expected HOST:PORT, got \"meter.local\"",
+    ),
+    (
+        "modbus: no bus at all",
+        "[[device]]\nid = \"m\"\nprofile = \"modbus-sdm630\"\ncem = \"home\"\n[device.modbus]\nunit = 3\n",
+        "device[1].modbus.tcp",
+        "one of tcp, rtu_over_tcp or serial is required",
+    ),
+    (
+        "modbus: unit id out of range",
+        "[[device]]\nid = \"m\"\nprofile = \"modbus-sdm630\"\ncem = \"home\"\n[device.modbus]\ntcp = \"127.0.0.1:502\"\nunit = 300\n",
+        "device[1].modbus.unit",
+        "300",
+    ),
+    (
+        "modbus: unknown device key",
+        "[[device]]\nid = \"m\"\nprofile = \"modbus-sdm630\"\ncem = \"home\"\n[device.modbus]\ntcp = \"127.0.0.1:502\"\nhost = \"10.0.0.5\"\n",
+        "device[1].modbus.host",
+        "unknown key",
+    ),
+    (
+        "modbus: serial keys on a TCP device",
+        "[[device]]\nid = \"m\"\nprofile = \"modbus-sdm630\"\ncem = \"home\"\n[device.modbus]\ntcp = \"127.0.0.1:502\"\nbaud = 9600\n",
+        "device[1].modbus.baud",
+        "applies to a serial line only",
+    ),
+    (
+        "modbus: SunSpec writes with a coil function code",
+        "[[device]]\nid = \"m\"\nprofile = \"modbus-sunspec-inverter\"\ncem = \"home\"\n[device.modbus]\ntcp = \"127.0.0.1:502\"\nsunspec = { write = \"fc5\" }\n",
+        "device[1].modbus.sunspec.write",
+        "SunSpec points are registers: fc6 or fc16",
+    ),
+    (
+        "modbus: profile without [modbus]",
+        "[[device]]\nid = \"m\"\nprofile = \"sim-pv\"\ncem = \"home\"\n[device.modbus]\ntcp = \"127.0.0.1:502\"\n",
+        "device[1].modbus",
+        "profile `sim-pv` has no [modbus] table",
+    ),
+    (
+        "ble: bindkey and bindkey_file both given",
+        "[[device]]\nid = \"b\"\nprofile = \"ble-bthome-meter\"\ncem = \"home\"\n[device.ble]\naddress = \"AA:BB:CC:DD:EE:FF\"\n\
+         bindkey = \"231d39c1d7cc1ab1aee224cd096db932\"\nbindkey_file = \"key.txt\"\n",
+        "device[1].ble.bindkey_file",
+        "give either `bindkey` or `bindkey_file`, not both",
+    ),
+    (
+        "ble: neither address nor name",
+        "[[device]]\nid = \"b\"\nprofile = \"ble-bthome-meter\"\ncem = \"home\"\n[device.ble]\nstale_after_s = 60\n",
+        "device[1].ble.address",
+        "give `address` (or `name`)",
+    ),
+    (
+        "ble: bad address",
+        "[[device]]\nid = \"b\"\nprofile = \"ble-bthome-meter\"\ncem = \"home\"\n[device.ble]\naddress = \"AA:BB:CC\"\n",
+        "device[1].ble.address",
+        "`AA:BB:CC` is not a Bluetooth address",
+    ),
+    (
+        "ble: misspelt key",
+        "[[device]]\nid = \"b\"\nprofile = \"ble-bthome-meter\"\ncem = \"home\"\n[device.ble]\nadress = \"AA:BB:CC:DD:EE:FF\"\n",
+        "device[1].ble.adress",
+        "unknown key (did you mean `address`?)",
+    ),
+    (
+        "ble: short bindkey",
+        "[[device]]\nid = \"b\"\nprofile = \"ble-bthome-meter\"\ncem = \"home\"\n[device.ble]\nname = \"meter\"\nbindkey = \"abcd\"\n",
+        "device[1].ble.bindkey",
+        "a bindkey is 32 hexadecimal digits (16 bytes); got 4 characters",
+    ),
+    (
+        "ble: bindkey file missing (relative to the config)",
+        "[[device]]\nid = \"b\"\nprofile = \"ble-bthome-meter\"\ncem = \"home\"\n[device.ble]\nname = \"meter\"\nbindkey_file = \"no-such.key\"\n",
+        "device[1].ble.bindkey_file",
+        "cannot read bindkey file",
+    ),
+    (
+        "ble: profile without [ble]",
+        "[[device]]\nid = \"b\"\nprofile = \"modbus-sdm630\"\ncem = \"home\"\n[device.ble]\nname = \"meter\"\n",
+        "device[1].ble",
+        "profile `modbus-sdm630` has no [ble] table",
+    ),
+    (
+        "modbus and ble on one device",
+        "[[device]]\nid = \"b\"\nprofile = \"ble-bthome-meter\"\ncem = \"home\"\n[device.ble]\nname = \"meter\"\n[device.modbus]\ntcp = \"127.0.0.1:502\"\n",
+        "device[1]",
+        "more than one connection section (modbus, ble)",
     ),
 ];
 
@@ -436,7 +534,7 @@ fn display_is_one_line_per_error() {
         "{text}"
     );
     assert!(
-        lines.contains(&format!("{file}: device[0]: no connection section: add [device.sim] (the only adapter in this build)").as_str()),
+        lines.contains(&format!("{file}: device[0]: no connection section: add one of [device.sim], [device.modbus], [device.ble]").as_str()),
         "{text}"
     );
 }
@@ -570,7 +668,9 @@ fn profile_defaults_that_fail_validation_name_the_profile_file() {
     ))
     .with_file("profiles/weak-pv.toml", profile);
     let config = fixed.load(&[]).unwrap();
-    let Connection::Sim(sim) = &config.devices[0].connection;
+    let Connection::Sim(sim) = &config.devices[0].connection else {
+        panic!("not a sim device")
+    };
     assert_eq!(sim.rated_w, Some(800.0));
     assert_eq!(
         config.devices[0].profile.source,
@@ -603,7 +703,9 @@ fn local_profile_dir_overrides_a_builtin() {
         config.devices[0].control_types,
         vec![ControlType::NotControllable]
     );
-    let Connection::Sim(sim) = &config.devices[0].connection;
+    let Connection::Sim(sim) = &config.devices[0].connection else {
+        panic!("not a sim device")
+    };
     assert_eq!(sim.rated_w, Some(300.0));
 }
 
@@ -636,6 +738,281 @@ fn check_validates_unused_profiles_too() {
     assert_eq!(kind_errors, 1, "{e}");
     // The shipped reference, with the repo's profiles directory next to it, checks clean.
     config::check_with_env(&repo_file("config/s2gw.toml"), &[]).unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// A `[[device]]` table for `profile` with the given connection section.
+fn adapter_device(id: &str, profile: &str, section: &str) -> String {
+    format!("[[device]]\nid = \"{id}\"\nprofile = \"{profile}\"\ncem = \"home\"\n{section}\n")
+}
+
+#[test]
+fn modbus_profile_errors_name_the_profile_file_and_key() {
+    let profile = r#"
+name = "my-meter"
+kind = "meter"
+control_types = ["NOT_CONTROLABLE"]
+[modbus]
+address_base = 1
+timeout_ms = 5
+[modbus.registers.power]
+table = "input"
+address = 0
+type = "f32"
+[modbus.registers.energy]
+table = "input"
+address = 10
+type = "f32"
+poll = "sometimes"
+[modbus.registers.relay]
+table = "input"
+address = 20
+write = "fc6"
+[modbus.registers.bad]
+table = "holding"
+adress = 3
+[modbus.readings]
+power = "power"
+soc = "missing"
+"#;
+    let case = Case::new(&format!(
+        "{CEM}{}",
+        adapter_device("m", "my-meter", "[device.modbus]\ntcp = \"127.0.0.1:502\"")
+    ))
+    .with_file("profiles/my-meter.toml", profile);
+    let e = config::check_with_env(&case.path(), &[]).unwrap_err();
+    let pf = case.dir.path().join("profiles/my-meter.toml");
+    // Type-level problems: each one, with its key, all at once.
+    assert_has(
+        &e,
+        &pf,
+        "modbus.registers.bad.adress",
+        "did you mean `address`?",
+    );
+    assert_has(&e, &pf, "modbus.registers.energy.poll", "sometimes");
+    assert_has(&e, &case.path(), "device[0].profile", "is invalid");
+
+    // With those fixed, the adapter's own validation speaks, still against the profile.
+    let fixed = profile
+        .replace("poll = \"sometimes\"\n", "")
+        .replace("adress = 3", "address = 3");
+    let case = case.with_file("profiles/my-meter.toml", &fixed);
+    let e = config::check_with_env(&case.path(), &[]).unwrap_err();
+    assert_has(
+        &e,
+        &pf,
+        "modbus.registers.power.address",
+        "must be 1..=65536",
+    );
+    assert_has(
+        &e,
+        &pf,
+        "modbus.registers.relay.write",
+        "cannot write the input table",
+    );
+    assert_has(
+        &e,
+        &pf,
+        "modbus.readings.soc",
+        "no register named \"missing\"",
+    );
+    assert_has(&e, &pf, "modbus.timeout_ms", "between 10 and 60000");
+    assert!(
+        !e.errors.iter().any(|x| x.key == "modbus.tcp"),
+        "a profile names no bus; that is the device's job:\n{e}"
+    );
+}
+
+#[test]
+fn a_device_override_is_blamed_on_the_config_not_the_profile() {
+    let case = Case::new(&format!(
+        "{CEM}{}",
+        adapter_device(
+            "pv",
+            "modbus-sunspec-inverter",
+            "[device.modbus]\ntcp = \"127.0.0.1:502\"\nmax_block = 0"
+        )
+    ));
+    let e = case.errors(&[]);
+    assert_has(
+        &e,
+        &case.path(),
+        "device[0].modbus.max_block",
+        "must be 1..=125",
+    );
+    assert_eq!(e.errors.len(), 1, "{e}");
+}
+
+#[test]
+fn ble_profile_errors_name_the_profile_file_and_key() {
+    let profile = r#"
+name = "my-relay"
+kind = "load"
+control_types = ["OMBC"]
+[ble]
+source = "gatt"
+service_uuid = "not-a-uuid"
+[[ble.readings]]
+field = "state"
+characteristic = "2a19"
+format = "u8"
+[[ble.modes]]
+name = "on"
+min_w = 0
+max_w = 100
+characteristic = "2a19"
+payload = "01"
+[[ble.modes]]
+name = "off"
+min_w = 0
+max_w = 0
+characteristic = "2a19"
+payload = "zz"
+"#;
+    let case = Case::new(&format!(
+        "{CEM}{}",
+        adapter_device(
+            "r",
+            "my-relay",
+            "[device.ble]\naddress = \"AA:BB:CC:DD:EE:FF\""
+        )
+    ))
+    .with_file("profiles/my-relay.toml", profile);
+    let e = case.errors(&[]);
+    let pf = case.dir.path().join("profiles/my-relay.toml");
+    assert_has(&e, &pf, "ble.service_uuid", "`not-a-uuid` is not a UUID");
+    assert_has(
+        &e,
+        &pf,
+        "ble.modes",
+        "exactly one mode must be `default = true`",
+    );
+    assert_has(&e, &pf, "ble.modes[1].payload", "");
+    // A typo inside an array of tables is found with its index.
+    let typo = profile.replace("format = \"u8\"", "formt = \"u8\"");
+    let case = case.with_file("profiles/my-relay.toml", &typo);
+    let e = case.errors(&[]);
+    let keys: Vec<&str> = e.errors.iter().map(|x| x.key.as_str()).collect();
+    assert!(
+        keys.iter()
+            .any(|k| k.starts_with("ble.readings") && k.ends_with("formt")),
+        "{e}"
+    );
+}
+
+#[test]
+fn shipped_adapter_profiles_load_and_check_clean() {
+    let devices = [
+        adapter_device(
+            "pv",
+            "modbus-sunspec-inverter",
+            "[device.modbus]\ntcp = \"127.0.0.1:502\"\nunit = 126\nsunspec = { write = \"fc6\" }",
+        ),
+        adapter_device(
+            "battery",
+            "modbus-sunspec-storage",
+            "[device.modbus]\nrtu_over_tcp = \"127.0.0.1:8899\"",
+        ),
+        adapter_device(
+            "wallbox",
+            "modbus-abb-terra-ac",
+            "[device.modbus]\ntcp = \"127.0.0.1:502\"\nunit = 2",
+        ),
+        adapter_device(
+            "eve",
+            "modbus-alfen-eve",
+            "[device.modbus]\ntcp = \"127.0.0.1:502\"\nunit = 1",
+        ),
+        adapter_device(
+            "heat-pump",
+            "modbus-sg-ready",
+            "[device.modbus]\nserial = \"/dev/ttyUSB0\"\nbaud = 19200\nparity = \"even\"",
+        ),
+        adapter_device(
+            "grid",
+            "modbus-sdm630",
+            "[device.modbus]\nserial = \"/dev/ttyUSB0\"\nunit = 2",
+        ),
+        adapter_device(
+            "plug",
+            "ble-bthome-meter",
+            "[device.ble]\naddress = \"54:48:E6:8F:80:A5\"\nbindkey_file = \"keys/plug.key\"",
+        ),
+        adapter_device(
+            "relay",
+            "ble-relay",
+            "[device.ble]\nname = \"Boiler relay\"",
+        ),
+    ];
+    let case = Case::new(&format!("{CEM}{}", devices.concat()))
+        .with_file("keys/plug.key", "231d39c1d7cc1ab1aee224cd096db932\n");
+    let config = config::check_with_env(&case.path(), &[]).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.devices.len(), 8);
+    let adapters: Vec<&str> = config
+        .devices
+        .iter()
+        .map(|d| d.connection.adapter())
+        .collect();
+    assert_eq!(
+        adapters,
+        [
+            "modbus", "modbus", "modbus", "modbus", "modbus", "modbus", "ble", "ble"
+        ]
+    );
+    // The device's keys merged over the profile's, key by key.
+    let Connection::Modbus(pv) = &config.devices[0].connection else {
+        panic!("pv is not a modbus device")
+    };
+    assert_eq!(pv.connection.unit, Some(126));
+    let sunspec = pv.profile.sunspec.as_ref().unwrap();
+    assert_eq!(format!("{:?}", sunspec.write), "Some(Fc6)");
+    // BLE: not merged; the bindkey file is found next to the config.
+    let Connection::Ble(plug) = &config.devices[6].connection else {
+        panic!("plug is not a BLE device")
+    };
+    assert_eq!(
+        plug.connection.bindkey_file.as_deref(),
+        Some(case.dir.path().join("keys/plug.key").as_path())
+    );
+    assert!(plug.connection.load_bindkey().unwrap().is_some());
+    assert_eq!(plug.profile.stale_after_s, Some(300));
+    assert!(
+        config
+            .summary()
+            .contains("modbus tcp://127.0.0.1:502 unit 126")
+    );
+    assert!(config.summary().contains("ble 54:48:E6:8F:80:A5"));
+}
+
+#[test]
+fn the_cli_check_accepts_the_shipped_adapter_profiles() {
+    let case = Case::new(&format!(
+        "{CEM}{}{}",
+        adapter_device(
+            "grid",
+            "modbus-sdm630",
+            "[device.modbus]\ntcp = \"127.0.0.1:502\""
+        ),
+        adapter_device(
+            "plug",
+            "ble-bthome-meter",
+            "[device.ble]\naddress = \"54:48:E6:8F:80:A5\""
+        )
+    ));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_s2gw"))
+        .args(["check", "-c"])
+        .arg(case.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("OK (2 devices"), "{stdout}");
+    if cfg!(feature = "ble") {
+        assert!(!stderr.contains("without BLE"), "{stderr}");
+    } else {
+        // Valid config, but this build cannot drive it: said, not hidden.
+        assert!(stderr.contains("warning: BLE device(s) plug"), "{stderr}");
+    }
 }
 
 fn repo_file(rel: &str) -> PathBuf {
@@ -695,7 +1072,9 @@ fn demo_config_loads_with_one_of_each() {
         .devices
         .iter()
         .map(|d| {
-            let Connection::Sim(sim) = &d.connection;
+            let Connection::Sim(sim) = &d.connection else {
+                panic!("{} is not a sim device", d.id)
+            };
             sim.model.as_str()
         })
         .collect();

@@ -35,6 +35,7 @@
 //! A bare name is looked up first as `profiles/NAME.toml` next to the config file (so an
 //! installation can override a built-in), then among the [`BUILTIN_PROFILES`].
 
+mod adapters;
 mod profile;
 mod reader;
 
@@ -265,6 +266,52 @@ pub struct DeviceSection {
 pub enum Connection {
     /// `[device.sim]` merged over the profile's `[sim]`.
     Sim(SimConfig),
+    /// `[device.modbus]` merged over the profile's `[modbus]`, split into where the device
+    /// is and what its registers are.
+    Modbus(Box<s2gw_modbus::ModbusConfig>),
+    /// `[device.ble]` (which device) next to the profile's `[ble]` (how to read it); not
+    /// merged.
+    Ble(BleSection),
+}
+
+/// A BLE device's two tables.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BleSection {
+    /// `[device.ble]`, `bindkey_file` resolved against the config's directory.
+    pub connection: s2gw_ble::BleConnection,
+    /// The profile's `[ble]`.
+    pub profile: s2gw_ble::BleProfile,
+}
+
+impl Connection {
+    /// The adapter's name, as its table is called (`sim`, `modbus`, `ble`).
+    pub fn adapter(&self) -> &'static str {
+        match self {
+            Connection::Sim(_) => "sim",
+            Connection::Modbus(_) => "modbus",
+            Connection::Ble(_) => "ble",
+        }
+    }
+
+    /// A short description for `s2gw check` (`sim pv`, `modbus tcp://host:502 unit 1`).
+    pub fn describe(&self) -> String {
+        match self {
+            Connection::Sim(sim) => format!("sim {}", sim.model.as_str()),
+            Connection::Modbus(m) => match m.connection.target() {
+                Ok(target) => format!("modbus {target} unit {}", m.connection.unit()),
+                Err(_) => "modbus".to_string(),
+            },
+            Connection::Ble(b) => {
+                let which = b
+                    .connection
+                    .address
+                    .clone()
+                    .or_else(|| b.connection.name.clone())
+                    .unwrap_or_default();
+                format!("ble {which}")
+            }
+        }
+    }
 }
 
 /// `[[native]]`: an RM that speaks S2 itself and connects to `[server]` at `/s2/rm/<id>`.
@@ -307,13 +354,12 @@ impl Config {
                 .iter()
                 .map(|c| control_type_name(*c))
                 .collect();
-            let Connection::Sim(sim) = &d.connection;
             out.push_str(&format!(
-                "\n  device {} ({}): profile {}, sim {}, {} -> cem {}, resource {}",
+                "\n  device {} ({}): profile {}, {}, {} -> cem {}, resource {}",
                 d.id,
                 d.name,
                 d.profile.name,
-                sim.model.as_str(),
+                d.connection.describe(),
                 types.join("/"),
                 d.cem,
                 d.resource_id
@@ -1289,35 +1335,7 @@ impl<'e> Loader<'e> {
             (None, _) => None,
         };
 
-        // The connection section: exactly one adapter table.
-        let sim_table = s.opt_table(self.errors, "sim");
-        let mut adapters: Vec<&str> = Vec::new();
-        if s.raw("sim").is_some() {
-            adapters.push("sim");
-        }
-        for future in profile::FUTURE_ADAPTERS {
-            if table.contains_key(*future) {
-                adapters.push(future);
-            }
-        }
-        if adapters.is_empty() {
-            self.err(
-                path,
-                "no connection section: add [device.sim] (the only adapter in this build)",
-            );
-        } else if adapters.len() > 1 {
-            self.err(
-                path,
-                format!(
-                    "more than one connection section ({}): a device has exactly one",
-                    adapters.join(", ")
-                ),
-            );
-        }
-        let connection = match (sim_table, &profile) {
-            (Some(sim), Some(p)) => self.sim(path, sim, p).map(Connection::Sim),
-            _ => None,
-        };
+        let connection = self.connection(path, &mut s, table, profile.as_deref());
         s.finish(self.errors, profile::future_adapter_hint);
         if self.errors.list.len() > before {
             return None;
@@ -1333,6 +1351,105 @@ impl<'e> Loader<'e> {
             measurement_interval: Duration::from_secs(measurement),
             control_types: control_types?,
             connection: connection?,
+        })
+    }
+
+    /// The connection section: exactly one adapter table, read against the profile.
+    fn connection(
+        &mut self,
+        path: &str,
+        s: &mut Section<'_>,
+        table: &toml::Table,
+        profile: Option<&Profile>,
+    ) -> Option<Connection> {
+        let sim = s.opt_table(self.errors, "sim");
+        let modbus = s.opt_table(self.errors, "modbus");
+        let ble = s.opt_table(self.errors, "ble");
+        let present: Vec<&str> = profile::ADAPTERS
+            .iter()
+            .chain(profile::FUTURE_ADAPTERS)
+            .copied()
+            .filter(|a| table.contains_key(*a))
+            .collect();
+        if present.is_empty() {
+            self.err(
+                path,
+                format!(
+                    "no connection section: add one of [device.{}]",
+                    profile::ADAPTERS.join("], [device.")
+                ),
+            );
+        } else if present.len() > 1 {
+            self.err(
+                path,
+                format!(
+                    "more than one connection section ({}): a device has exactly one",
+                    present.join(", ")
+                ),
+            );
+            return None;
+        }
+        let profile = profile?;
+        if let Some(t) = sim {
+            return self.sim(path, t, profile).map(Connection::Sim);
+        }
+        if let Some(t) = modbus {
+            return self
+                .modbus(path, t, profile)
+                .map(|m| Connection::Modbus(Box::new(m)));
+        }
+        self.ble(path, ble?, profile).map(Connection::Ble)
+    }
+
+    /// The profile lacks the adapter table the device's section needs.
+    fn no_adapter_table(&mut self, path: &str, adapter: &str, profile: &Profile) {
+        self.err(
+            &format!("{path}.{adapter}"),
+            format!(
+                "profile `{}` has no [{adapter}] table, so it cannot describe a {adapter} device",
+                profile.name
+            ),
+        );
+    }
+
+    /// `[device.modbus]` merged over the profile's `[modbus]`.
+    fn modbus(
+        &mut self,
+        path: &str,
+        device: &toml::Table,
+        profile: &Profile,
+    ) -> Option<s2gw_modbus::ModbusConfig> {
+        let Some(defaults) = &profile.modbus else {
+            self.no_adapter_table(path, "modbus", profile);
+            return None;
+        };
+        let origin = self.origin.clone();
+        let whence = adapters::Whence {
+            config: (&origin, path),
+            profile: profile.source.display_path(),
+            device,
+            profile_table: defaults,
+        };
+        adapters::modbus_device(&whence, self.errors)
+    }
+
+    /// `[device.ble]` next to the profile's `[ble]`.
+    fn ble(&mut self, path: &str, device: &toml::Table, profile: &Profile) -> Option<BleSection> {
+        let Some(ble_profile) = &profile.ble else {
+            self.no_adapter_table(path, "ble", profile);
+            return None;
+        };
+        let origin = self.origin.clone();
+        let connection = adapters::ble_connection(
+            device,
+            &format!("{path}.ble"),
+            &origin,
+            &self.base_dir,
+            self.errors,
+        )?;
+        Some(BleSection {
+            connection,
+            profile: ble_profile.clone(),
         })
     }
 

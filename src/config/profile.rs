@@ -1,6 +1,6 @@
 //! Device profiles: what a kind of device is, which S2 control types it offers, and the
-//! adapter defaults (`[sim]`, later `[modbus]`, `[mqtt]`, `[ble]`) a device section is
-//! merged over.
+//! adapter tables: `[sim]` and `[modbus]` (defaults a device section is merged over) and
+//! `[ble]` (how a kind of BLE device is read; the device section only says which device).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -27,11 +27,46 @@ pub const BUILTIN_PROFILES: &[(&str, &str)] = &[
         "sim-meter",
         include_str!("../../config/profiles/sim-meter.toml"),
     ),
+    (
+        "modbus-sunspec-inverter",
+        include_str!("../../config/profiles/modbus-sunspec-inverter.toml"),
+    ),
+    (
+        "modbus-sunspec-storage",
+        include_str!("../../config/profiles/modbus-sunspec-storage.toml"),
+    ),
+    (
+        "modbus-abb-terra-ac",
+        include_str!("../../config/profiles/modbus-abb-terra-ac.toml"),
+    ),
+    (
+        "modbus-alfen-eve",
+        include_str!("../../config/profiles/modbus-alfen-eve.toml"),
+    ),
+    (
+        "modbus-sg-ready",
+        include_str!("../../config/profiles/modbus-sg-ready.toml"),
+    ),
+    (
+        "modbus-sdm630",
+        include_str!("../../config/profiles/modbus-sdm630.toml"),
+    ),
+    (
+        "ble-bthome-meter",
+        include_str!("../../config/profiles/ble-bthome-meter.toml"),
+    ),
+    (
+        "ble-relay",
+        include_str!("../../config/profiles/ble-relay.toml"),
+    ),
 ];
+
+/// The adapter tables a device may use as its connection section in this build.
+pub(crate) const ADAPTERS: &[&str] = &["sim", "modbus", "ble"];
 
 /// Adapter tables a profile or device may carry in later versions; named so that using
 /// one says "not supported yet" rather than "unknown key".
-pub(crate) const FUTURE_ADAPTERS: &[&str] = &["modbus", "mqtt", "ble"];
+pub(crate) const FUTURE_ADAPTERS: &[&str] = &["mqtt"];
 
 /// Where a profile came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,6 +108,11 @@ pub struct Profile {
     /// The `[sim]` defaults, unparsed: a device's `[device.sim]` is merged over them
     /// before the result is read as an `s2gw_sim::SimConfig`.
     pub sim: Option<toml::Table>,
+    /// The `[modbus]` defaults, checked on their own but kept unparsed: a device's
+    /// `[device.modbus]` is merged over them key by key before the result is read.
+    pub modbus: Option<toml::Table>,
+    /// The `[ble]` table: how this kind of BLE device is read and commanded.
+    pub ble: Option<s2gw_ble::BleProfile>,
     /// Where the profile was read from.
     pub source: ProfileSource,
 }
@@ -175,9 +215,12 @@ pub(crate) fn parse_control_types(
 
 /// The hint for a reserved adapter table.
 pub(crate) fn future_adapter_hint(name: &str) -> Option<String> {
-    FUTURE_ADAPTERS
-        .contains(&name)
-        .then(|| format!("the `{name}` adapter is not available in this build yet (only `sim` is)"))
+    FUTURE_ADAPTERS.contains(&name).then(|| {
+        format!(
+            "the `{name}` adapter is not available in this build yet (available: {})",
+            ADAPTERS.join(", ")
+        )
+    })
 }
 
 /// Parse and validate profile text; problems are reported against `source`'s path.
@@ -233,6 +276,12 @@ pub(crate) fn parse_profile(
         .opt_uint(errors, "instruction_processing_delay_ms", 3_600_000)
         .unwrap_or(0);
     let sim = s.opt_table(errors, "sim").cloned();
+    let modbus = s.opt_table(errors, "modbus").cloned();
+    if let Some(table) = &modbus {
+        super::adapters::check_modbus_profile(table, &file, errors);
+    }
+    let ble_table = s.opt_table(errors, "ble");
+    let ble = ble_table.and_then(|t| super::adapters::ble_profile(t, &file, errors));
     s.finish(errors, future_adapter_hint);
     if errors.list.len() > before {
         return None;
@@ -246,6 +295,8 @@ pub(crate) fn parse_profile(
         control_types: control_types?,
         instruction_processing_delay: Duration::from_millis(delay_ms),
         sim,
+        modbus,
+        ble,
         source,
     })
 }

@@ -1,0 +1,332 @@
+//! The adapter tables whose types live in the adapter crates: `[modbus]` / `[device.modbus]`
+//! (s2gw-modbus) and `[ble]` / `[device.ble]` (s2gw-ble).
+//!
+//! Those crates define their tables as serde types with `deny_unknown_fields` and a
+//! `validate()` that returns `(key, reason)` pairs. A whole-table deserialize stops at the
+//! first problem and does not say where it is, so each top-level key (and each register of
+//! a map) is deserialized on its own through `serde_path_to_error`: every bad key is
+//! reported, with its dotted path. Then `validate()` runs on the typed result and its keys
+//! are mapped to the file they were written in.
+//!
+//! Modbus tables merge (the device's `[device.modbus]` over the profile's `[modbus]`, key
+//! by key, as the modbus crate documents); BLE tables do not (the profile's `[ble]` says
+//! how a kind of device is read, the device's `[device.ble]` which device it is).
+
+use std::path::{Path, PathBuf};
+
+use s2gw_ble::{BleConnection, BleProfile};
+use s2gw_modbus::config::CONNECTION_KEYS;
+use s2gw_modbus::{ModbusConfig, ModbusConnection, ModbusProfile};
+use serde::de::DeserializeOwned;
+
+use super::reader::{self, Errors};
+
+/// `(key, reason)`, keys relative to the adapter table.
+pub(crate) type Problems = Vec<(String, String)>;
+
+/// Deserialize `table` as `T`; the error is `(dotted key, reason)`.
+fn typed<T: DeserializeOwned>(table: &toml::Table) -> Result<T, (String, String)> {
+    let value = toml::Value::Table(table.clone());
+    serde_path_to_error::deserialize::<_, T>(value).map_err(|e| {
+        let path = e.path().to_string();
+        let path = if path == "." { String::new() } else { path };
+        located_reason(&path, e.inner())
+    })
+}
+
+/// Turn a serde message into `(key, reason)`: unknown and missing fields name the key
+/// itself, everything else the key the path points at.
+fn located_reason(path: &str, error: &toml::de::Error) -> (String, String) {
+    let message = error.message().trim();
+    let join = |field: &str| {
+        if path.is_empty() || path.ends_with(field) {
+            // The path may already end at the unknown key; don't repeat it.
+            if path.is_empty() {
+                field.to_string()
+            } else {
+                path.to_string()
+            }
+        } else {
+            format!("{path}.{field}")
+        }
+    };
+    if let Some(rest) = message.strip_prefix("unknown field `") {
+        let field = rest.split('`').next().unwrap_or_default();
+        let known: Vec<&str> = rest.split('`').skip(2).step_by(2).collect();
+        let reason = match reader::closest(field, &known) {
+            Some(k) => format!("unknown key (did you mean `{k}`?)"),
+            None if known.is_empty() => "unknown key".to_string(),
+            None => format!("unknown key (known keys: {})", known.join(", ")),
+        };
+        return (join(field), reason);
+    }
+    if let Some(rest) = message.strip_prefix("missing field `") {
+        let field = rest.split('`').next().unwrap_or_default();
+        return (join(field), "missing required key".to_string());
+    }
+    (path.to_string(), message.to_string())
+}
+
+/// Every problem deserializing `table` as `T` would hit, one per top-level key (one per
+/// entry of the map-valued keys in `per_entry`), with `anchor` keys (required ones) kept
+/// in every trial.
+fn every_problem<T: DeserializeOwned>(
+    table: &toml::Table,
+    anchor: &[&str],
+    per_entry: &[&str],
+) -> Problems {
+    let base: toml::Table = table
+        .iter()
+        .filter(|(k, _)| anchor.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let mut problems = Problems::new();
+    let mut trial = |key: &str, value: &toml::Value| {
+        let mut t = base.clone();
+        t.insert(key.to_string(), value.clone());
+        if let Err(p) = typed::<T>(&t)
+            && !problems.contains(&p)
+        {
+            problems.push(p);
+        }
+    };
+    for (key, value) in table {
+        match value {
+            toml::Value::Table(entries) if per_entry.contains(&key.as_str()) => {
+                for (name, entry) in entries {
+                    let mut one = toml::Table::new();
+                    one.insert(name.clone(), entry.clone());
+                    trial(key, &toml::Value::Table(one));
+                }
+            }
+            _ => trial(key, value),
+        }
+    }
+    if problems.is_empty()
+        && let Err(p) = typed::<T>(table)
+    {
+        // A problem only the whole table shows (a required key nobody wrote).
+        problems.push(p);
+    }
+    problems
+}
+
+/// Deserialize with every problem reported, or the value.
+fn read_all<T: DeserializeOwned>(
+    table: &toml::Table,
+    anchor: &[&str],
+    per_entry: &[&str],
+) -> Result<T, Problems> {
+    match typed::<T>(table) {
+        Ok(value) => Ok(value),
+        Err(_) => Err(every_problem::<T>(table, anchor, per_entry)),
+    }
+}
+
+/// Split a `modbus` table into its connection keys and its profile keys.
+fn split_modbus(table: &toml::Table) -> (toml::Table, toml::Table) {
+    table
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .partition(|(k, _)| CONNECTION_KEYS.contains(&k.as_str()))
+}
+
+/// Read a merged `modbus` table into both halves, every problem reported.
+fn read_modbus(table: &toml::Table) -> Result<ModbusConfig, Problems> {
+    let (conn, prof) = split_modbus(table);
+    let connection = read_all::<ModbusConnection>(&conn, &[], &[]);
+    let profile = read_all::<ModbusProfile>(&prof, &[], &["registers"]);
+    match (connection, profile) {
+        (Ok(connection), Ok(profile)) => Ok(ModbusConfig {
+            connection,
+            profile,
+        }),
+        (c, p) => Err(c.err().into_iter().chain(p.err()).flatten().collect()),
+    }
+}
+
+/// Prefix adapter-relative keys with `prefix` (`modbus`, `device[0].ble`).
+fn under(prefix: &str, key: &str) -> String {
+    if key.is_empty() {
+        prefix.to_string()
+    } else {
+        format!("{prefix}.{key}")
+    }
+}
+
+/// Check a profile's `[modbus]` table on its own: the profile keys fully, the connection
+/// keys a profile may carry (timing defaults) except that a profile names no bus.
+pub(crate) fn check_modbus_profile(table: &toml::Table, file: &Path, errors: &mut Errors) {
+    let config = match read_modbus(table) {
+        Ok(config) => config,
+        Err(problems) => {
+            for (key, reason) in problems {
+                errors.push(file, &under("modbus", &key), reason);
+            }
+            return;
+        }
+    };
+    let no_bus = config.connection.target().err();
+    let connection = config
+        .connection
+        .validate()
+        .into_iter()
+        .filter(|(_, reason)| Some(reason) != no_bus.as_ref());
+    for (key, reason) in connection.chain(config.profile.validate()) {
+        errors.push(file, &under("modbus", &key), reason);
+    }
+}
+
+/// Where a key of a merged table was written.
+pub(crate) struct Whence<'a> {
+    /// The config file and the device's path (`device[0]`).
+    pub(crate) config: (&'a Path, &'a str),
+    /// The profile's file.
+    pub(crate) profile: PathBuf,
+    /// The device's own adapter table.
+    pub(crate) device: &'a toml::Table,
+    /// The profile's adapter table.
+    pub(crate) profile_table: &'a toml::Table,
+}
+
+impl Whence<'_> {
+    /// Report `key` where it was written: the device if it wrote it, else the profile if
+    /// that did; a key nobody wrote is missing from the device when it says where the
+    /// device is (naming the bus is the device's job), else from the profile.
+    fn push(&self, errors: &mut Errors, adapter: &str, key: &str, reason: String) {
+        let top = key.split(['.', '[']).next().unwrap_or(key);
+        let in_device = self.device.contains_key(top);
+        let missing_bus = !self.profile_table.contains_key(top) && CONNECTION_KEYS.contains(&top);
+        if top.is_empty() || in_device || missing_bus {
+            let (file, path) = self.config;
+            errors.push(file, &under(&format!("{path}.{adapter}"), key), reason);
+        } else {
+            errors.push(&self.profile, &under(adapter, key), reason);
+        }
+    }
+}
+
+/// Merge `[device.modbus]` over the profile's `[modbus]`, read and validate the result;
+/// problems go to the file each key came from.
+pub(crate) fn modbus_device(whence: &Whence<'_>, errors: &mut Errors) -> Option<ModbusConfig> {
+    let mut merged = whence.profile_table.clone();
+    for (k, v) in whence.device {
+        merged.insert(k.clone(), v.clone());
+    }
+    let config = match read_modbus(&merged) {
+        Ok(config) => config,
+        Err(problems) => {
+            for (key, reason) in problems {
+                whence.push(errors, "modbus", &key, reason);
+            }
+            return None;
+        }
+    };
+    let problems = config.validate();
+    let ok = problems.is_empty();
+    for (key, reason) in problems {
+        whence.push(errors, "modbus", &key, reason);
+    }
+    ok.then_some(config)
+}
+
+/// Read and validate a profile's `[ble]` table.
+pub(crate) fn ble_profile(
+    table: &toml::Table,
+    file: &Path,
+    errors: &mut Errors,
+) -> Option<BleProfile> {
+    let problems = match read_all::<BleProfile>(table, &["source"], &[]) {
+        Ok(profile) => {
+            let problems = profile.validate();
+            if problems.is_empty() {
+                return Some(profile);
+            }
+            problems
+        }
+        Err(problems) => problems,
+    };
+    for (key, reason) in problems {
+        errors.push(file, &under("ble", &key), reason);
+    }
+    None
+}
+
+/// Read and validate a device's `[device.ble]`; `bindkey_file` resolves against
+/// `base_dir` (the config file's directory) before it is read.
+pub(crate) fn ble_connection(
+    table: &toml::Table,
+    key_prefix: &str,
+    file: &Path,
+    base_dir: &Path,
+    errors: &mut Errors,
+) -> Option<BleConnection> {
+    let problems = match read_all::<BleConnection>(table, &[], &[]) {
+        Ok(mut connection) => {
+            if let Some(path) = &connection.bindkey_file
+                && path.is_relative()
+            {
+                connection.bindkey_file = Some(base_dir.join(path));
+            }
+            let problems = connection.validate();
+            if problems.is_empty() {
+                return Some(connection);
+            }
+            problems
+        }
+        Err(problems) => problems,
+    };
+    for (key, reason) in problems {
+        errors.push(file, &under(key_prefix, &key), reason);
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(text: &str) -> toml::Table {
+        toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn every_bad_key_of_a_register_map_is_found_with_its_path() {
+        let t = table(
+            "address_base = 0\nbogus = 1\n[registers.a]\ntable = \"holding\"\naddress = 1\nscal = 2\n\
+             [registers.b]\ntable = \"holding\"\naddress = \"x\"\n",
+        );
+        let problems = read_modbus(&t).unwrap_err();
+        let keys: Vec<&str> = problems.iter().map(|(k, _)| k.as_str()).collect();
+        assert!(keys.contains(&"bogus"), "{problems:?}");
+        assert!(keys.contains(&"registers.a.scal"), "{problems:?}");
+        assert!(keys.contains(&"registers.b.address"), "{problems:?}");
+        let scal = problems.iter().find(|(k, _)| k == "registers.a.scal");
+        assert!(
+            scal.unwrap().1.contains("did you mean `scale`"),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn a_missing_required_key_names_the_key() {
+        let t = table("[registers.a]\ntable = \"holding\"\n");
+        let problems = read_modbus(&t).unwrap_err();
+        assert_eq!(
+            problems,
+            [(
+                "registers.a.address".to_string(),
+                "missing required key".to_string()
+            )]
+        );
+    }
+
+    #[test]
+    fn ble_profile_keys_are_checked_next_to_source() {
+        let mut errors = Errors::new();
+        let t = table("source = \"bthome\"\nstale_after = 3\n");
+        assert!(ble_profile(&t, Path::new("p.toml"), &mut errors).is_none());
+        assert_eq!(errors.list.len(), 1, "{:?}", errors.list);
+        assert_eq!(errors.list[0].key, "ble.stale_after");
+    }
+}
