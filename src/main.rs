@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use s2gw::cli::{RawReadRequest, SerialArgs};
+use s2gw_modbus::{Table, Target, ValueType, WordOrder};
 
 /// Makes Modbus, MQTT, BLE and simulated devices appear to a Customer Energy Manager as
 /// native S2 Resource Managers (S2-ws-json).
@@ -51,6 +53,156 @@ enum Command {
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8765")]
         listen: SocketAddr,
     },
+    /// Installer tools for Modbus devices: find SunSpec models, read raw registers.
+    /// Errors (refused connection, timeout, Modbus exception) exit 1.
+    #[command(subcommand)]
+    Modbus(ModbusTool),
+}
+
+#[derive(Debug, Subcommand)]
+enum ModbusTool {
+    /// Probe for SunSpec (the `SunS` marker at 40000, 0 and 50000), walk the model
+    /// chain and print every model with its key live values.
+    Scan {
+        #[command(flatten)]
+        bus: BusArgs,
+        /// Unit (slave) id (default 1).
+        #[arg(long, value_name = "N")]
+        unit: Option<u8>,
+        /// Per-request timeout in milliseconds.
+        #[arg(long, value_name = "MS", default_value_t = 2000)]
+        timeout_ms: u64,
+    },
+    /// Read raw registers (or bits) and decode them as a type.
+    Read {
+        #[command(flatten)]
+        bus: BusArgs,
+        /// Unit (slave) id.
+        #[arg(long, value_name = "N", default_value_t = 1)]
+        unit: u8,
+        /// The table to read.
+        #[arg(long, value_enum, default_value = "holding")]
+        table: TableArg,
+        /// The first address, 0-based (protocol address: register 40001 is 0).
+        #[arg(long, value_name = "A")]
+        address: u16,
+        /// How many registers; 0 reads exactly the width of --type (strings need it).
+        #[arg(long, value_name = "C", default_value_t = 0)]
+        count: u16,
+        /// How to decode: bool u16 i16 u32 i32 u64 i64 f32 f64 string bitmask16
+        /// bitmask32 acc32 acc64.
+        #[arg(long = "type", value_name = "TYPE", default_value = "u16", value_parser = parse_type)]
+        value_type: ValueType,
+        /// Which register of a multi-register value comes first.
+        #[arg(long, value_enum, default_value = "big")]
+        word_order: WordOrderArg,
+    },
+}
+
+/// Where the bus is: exactly one of --tcp, --rtu-over-tcp and --rtu.
+#[derive(Debug, Args)]
+struct BusArgs {
+    /// Modbus TCP endpoint.
+    #[arg(long, value_name = "HOST:PORT", required_unless_present_any = ["rtu", "rtu_over_tcp"], conflicts_with_all = ["rtu", "rtu_over_tcp"])]
+    tcp: Option<String>,
+    /// RTU framing over a TCP socket (a serial-to-Ethernet converter).
+    #[arg(long, value_name = "HOST:PORT", conflicts_with = "rtu")]
+    rtu_over_tcp: Option<String>,
+    /// RTU on a serial device, e.g. /dev/ttyUSB0.
+    #[arg(long, value_name = "DEVICE")]
+    rtu: Option<String>,
+    /// Serial: bits per second.
+    #[arg(long, value_name = "N", default_value_t = 9600, requires = "rtu")]
+    baud: u32,
+    /// Serial: parity.
+    #[arg(long, value_enum, default_value = "none", requires = "rtu")]
+    parity: ParityArg,
+}
+
+impl BusArgs {
+    fn target(self) -> Target {
+        let serial = SerialArgs {
+            baud: self.baud,
+            parity: match self.parity {
+                ParityArg::None => s2gw_modbus::target::Parity::None,
+                ParityArg::Even => s2gw_modbus::target::Parity::Even,
+                ParityArg::Odd => s2gw_modbus::target::Parity::Odd,
+            },
+        };
+        s2gw::cli::modbus_target(self.tcp, self.rtu_over_tcp, self.rtu, serial)
+    }
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ParityArg {
+    None,
+    Even,
+    Odd,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum TableArg {
+    Holding,
+    Input,
+    Coil,
+    #[value(alias = "discrete_input")]
+    DiscreteInput,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum WordOrderArg {
+    /// Most significant register first (the Modbus and SunSpec norm).
+    #[value(alias = "high_first", alias = "high-first")]
+    Big,
+    /// Least significant register first ("word swapped").
+    #[value(alias = "low_first", alias = "low-first")]
+    Little,
+}
+
+fn parse_type(text: &str) -> Result<ValueType, String> {
+    ValueType::parse(text).ok_or_else(|| {
+        format!(
+            "unknown type `{text}` (bool u16 i16 u32 i32 u64 i64 f32 f64 string bitmask16 \
+             bitmask32 acc32 acc64)"
+        )
+    })
+}
+
+async fn modbus(tool: ModbusTool) -> anyhow::Result<ExitCode> {
+    match tool {
+        ModbusTool::Scan {
+            bus,
+            unit,
+            timeout_ms,
+        } => s2gw::cli::modbus_scan(bus.target(), unit, Duration::from_millis(timeout_ms)).await,
+        ModbusTool::Read {
+            bus,
+            unit,
+            table,
+            address,
+            count,
+            value_type,
+            word_order,
+        } => {
+            let request = RawReadRequest {
+                unit,
+                table: match table {
+                    TableArg::Holding => Table::Holding,
+                    TableArg::Input => Table::Input,
+                    TableArg::Coil => Table::Coil,
+                    TableArg::DiscreteInput => Table::DiscreteInput,
+                },
+                address,
+                count,
+                value_type,
+                word_order: match word_order {
+                    WordOrderArg::Big => WordOrder::HighFirst,
+                    WordOrderArg::Little => WordOrder::LowFirst,
+                },
+            };
+            s2gw::cli::modbus_read(bus.target(), request).await
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -73,6 +225,7 @@ fn main() -> ExitCode {
                 s2gw::cli::demo(duration.map(Duration::from_secs), plain).await
             }
             Command::Cem { listen } => s2gw::cli::cem(listen).await,
+            Command::Modbus(tool) => modbus(tool).await,
         }
     });
     // Give blocking tasks (the traffic-log writer) a moment, never forever.
