@@ -64,6 +64,8 @@ pub(crate) struct Engine {
     retry_at: Timestamp,
     dirty: bool,
     counters: Counters,
+    /// The local switch: whether the CEM may control the device at all.
+    control_allowed: bool,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -116,6 +118,7 @@ impl Engine {
             retry_at: now,
             dirty: false,
             counters: Counters::default(),
+            control_allowed: true,
         }
     }
 
@@ -123,8 +126,11 @@ impl Engine {
     pub(crate) async fn run(
         mut self,
         mut rx: mpsc::Receiver<BusEvent>,
+        mut gate: watch::Receiver<bool>,
         shutdown: CancellationToken,
     ) {
+        self.control_allowed = *gate.borrow_and_update();
+        let mut gate_open = true;
         // Rule 3: read before anything is written.
         let now = self.now();
         self.poll(now).await;
@@ -135,6 +141,14 @@ impl Engine {
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
+                changed = gate.changed(), if gate_open => match changed {
+                    Ok(()) => {
+                        let allowed = *gate.borrow_and_update();
+                        self.on_control_allowed(allowed).await;
+                    }
+                    // The switch's owner is gone; the last setting stays.
+                    Err(_) => gate_open = false,
+                },
                 event = rx.recv() => match event {
                     Some(event) => self.on_bus(event).await,
                     None => {
@@ -318,7 +332,7 @@ impl Engine {
         let now = self.now();
         // The device may have been unreachable when the RM started; ask again.
         self.info = self.device.info();
-        self.offered = describe::offered_control_types(&self.config, &self.info);
+        self.offered = self.offer();
         let details = describe::details(
             &self.config,
             self.resource_id,
@@ -454,7 +468,8 @@ impl Engine {
         tracing::info!(resource = %self.resource_id, %reason, "S2 session closed");
         let close = match &reason {
             CloseReason::PeerRequested(SessionRequestType::Terminate) => Some(false),
-            CloseReason::PeerRequested(SessionRequestType::Reconnect) => Some(true),
+            CloseReason::PeerRequested(SessionRequestType::Reconnect)
+            | CloseReason::LocallyRequested(SessionRequestType::Reconnect) => Some(true),
             CloseReason::TransportClosed | CloseReason::Local => None,
             _ => Some(false),
         };
@@ -469,6 +484,45 @@ impl Engine {
             .await;
         }
         self.end_session();
+    }
+
+    /// What this RM offers now: nothing but measurements while control is switched off.
+    fn offer(&self) -> Vec<ControlType> {
+        if self.control_allowed {
+            describe::offered_control_types(&self.config, &self.info)
+        } else {
+            vec![ControlType::NotControllable]
+        }
+    }
+
+    /// The local switch moved: release if control was taken away, and have the CEM
+    /// reconnect so that the new session announces what is offered now.
+    async fn on_control_allowed(&mut self, allowed: bool) {
+        if allowed == self.control_allowed {
+            return;
+        }
+        self.control_allowed = allowed;
+        tracing::info!(resource = %self.resource_id, allowed, "CEM control switched locally");
+        if !allowed {
+            self.drop_waiting();
+            self.release("CEM control switched off locally").await;
+        }
+        let now = self.now();
+        let diagnostic = if allowed {
+            "CEM control switched on locally: reconnect to see the new offer"
+        } else {
+            "CEM control switched off locally: reconnect to see the new offer"
+        };
+        if let Some(session) = self.session.as_mut()
+            && let Err(error) = session.request_session(
+                SessionRequestType::Reconnect,
+                Some(diagnostic.to_string()),
+                now,
+            )
+        {
+            tracing::warn!(resource = %self.resource_id, %error, "could not ask the CEM to reconnect");
+        }
+        self.drain().await;
     }
 
     async fn stop(&mut self) {
@@ -618,7 +672,12 @@ impl Engine {
     async fn on_instruction(&mut self, instructed: &Instructed) {
         let now = self.now();
         tracing::info!(resource = %self.resource_id, instruction = %instructed.explanation, "instruction received");
-        match self.plan_instruction(instructed, now) {
+        let planned = if self.control_allowed {
+            self.plan_instruction(instructed, now)
+        } else {
+            Err("CEM control is switched off locally".to_string())
+        };
+        match planned {
             Ok(planned) => {
                 self.status(instructed.id, InstructionStatus::Accepted);
                 self.plan.add(planned);

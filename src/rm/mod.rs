@@ -209,9 +209,30 @@ pub fn spawn_virtual_rm(
     clock: Arc<dyn Clock>,
     shutdown: CancellationToken,
 ) -> (JoinHandle<()>, watch::Receiver<RmView>) {
+    // A gate nobody can close: the CEM may always control the device.
+    let (_open, gate) = watch::channel(true);
+    spawn_gated_virtual_rm(config, device, endpoint, clock, gate, shutdown)
+}
+
+/// Like [`spawn_virtual_rm`], with a local switch that can take control away from the CEM
+/// (the Home Assistant "CEM control allowed" switch).
+///
+/// While `control_allowed` is `false` the device runs on its own: the RM releases it at
+/// once, offers only NOT_CONTROLABLE, and refuses every instruction (REJECTED). The CEM
+/// learns of each change through a SessionRequest RECONNECT: the new session's
+/// ResourceManagerDetails carry the new offer, which is the one place S2 lets an RM
+/// change what it offers.
+pub fn spawn_gated_virtual_rm(
+    config: VirtualRmConfig,
+    device: Box<dyn Device>,
+    endpoint: Endpoint,
+    clock: Arc<dyn Clock>,
+    control_allowed: watch::Receiver<bool>,
+    shutdown: CancellationToken,
+) -> (JoinHandle<()>, watch::Receiver<RmView>) {
     let view = RmView::initial(&config, device.info().kind, clock.now());
     let (view_tx, view_rx) = watch::channel(view);
     let engine = engine::Engine::new(config, device, endpoint.tx, clock, view_tx);
-    let handle = tokio::spawn(engine.run(endpoint.rx, shutdown));
+    let handle = tokio::spawn(engine.run(endpoint.rx, control_allowed, shutdown));
     (handle, view_rx)
 }

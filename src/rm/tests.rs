@@ -20,7 +20,9 @@ use s2gw_core::{
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::{Clock, LinkState, RmView, TokioClock, VirtualRmConfig, spawn_virtual_rm};
+use super::{
+    Clock, LinkState, RmView, TokioClock, VirtualRmConfig, spawn_gated_virtual_rm, spawn_virtual_rm,
+};
 
 const RESOURCE: &str = "6f1c1a52-3c1e-4d1a-9a0e-2b0c5c1f0a01";
 
@@ -147,6 +149,21 @@ impl Harness {
         state: Arc<Mutex<DeviceState>>,
         cem_config: CemConfig,
     ) -> Self {
+        Self::start_full(device, state, cem_config, None).await
+    }
+
+    /// With the local "CEM control allowed" switch.
+    async fn start_gated(device: TestDevice, gate: watch::Receiver<bool>) -> Self {
+        let state = device.state.clone();
+        Self::start_full(Box::new(device), state, CemConfig::default(), Some(gate)).await
+    }
+
+    async fn start_full(
+        device: Box<dyn Device>,
+        state: Arc<Mutex<DeviceState>>,
+        cem_config: CemConfig,
+        gate: Option<watch::Receiver<bool>>,
+    ) -> Self {
         // Logs show with `--nocapture`; RUST_LOG picks the level (warnings by default).
         let _ = tracing_subscriber::fmt()
             .with_env_filter(
@@ -160,13 +177,18 @@ impl Harness {
         ));
         let (endpoint, peer) = Endpoint::pair(64);
         let shutdown = CancellationToken::new();
-        let (task, view) = spawn_virtual_rm(
-            VirtualRmConfig::new(RESOURCE, "test battery"),
-            device,
-            endpoint,
-            clock.clone(),
-            shutdown.clone(),
-        );
+        let config = VirtualRmConfig::new(RESOURCE, "test battery");
+        let (task, view) = match gate {
+            Some(gate) => spawn_gated_virtual_rm(
+                config,
+                device,
+                endpoint,
+                clock.clone(),
+                gate,
+                shutdown.clone(),
+            ),
+            None => spawn_virtual_rm(config, device, endpoint, clock.clone(), shutdown.clone()),
+        };
         let mut harness = Self {
             cem: CemSession::new(cem_config),
             peer,
@@ -891,4 +913,61 @@ async fn a_simulated_pv_inverter_is_curtailed_and_released() {
     assert!(released < -1000.0, "released: {released} W");
     assert_eq!(h.view.borrow().releases, 1);
     h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn switching_cem_control_off_releases_and_reoffers_measurements_only() {
+    let (switch, gate) = watch::channel(true);
+    let h = Harness::start_gated(everything(), gate).await;
+    let mut h = h.select(ControlType::PowerEnvelopeBasedControl).await;
+    h.curtail(Duration::ZERO, &[-2000.0]).await;
+
+    switch.send(false).unwrap();
+    h.pump().await;
+    assert_eq!(h.applied(), [limit(-2000.0), Command::Release]);
+    assert!(h.events.iter().any(|e| matches!(
+        e,
+        CemEvent::SessionRequested {
+            request: SessionRequestType::Reconnect,
+            ..
+        }
+    )));
+    assert!(h.from_rm.iter().any(|e| matches!(
+        e,
+        BusEvent::Close {
+            reconnect: true,
+            ..
+        }
+    )));
+
+    // The link reconnects: the new session offers measurements only.
+    let offer = reconnect_and_read_offer(&mut h).await;
+    assert_eq!(offer, [ControlType::NotControllable]);
+
+    // Switched back on: another reconnect, and the full offer again.
+    switch.send(true).unwrap();
+    h.pump().await;
+    let offer = reconnect_and_read_offer(&mut h).await;
+    assert!(
+        offer.contains(&ControlType::PowerEnvelopeBasedControl),
+        "{offer:?}"
+    );
+    h.stop().await;
+}
+
+/// Bring the CEM link up again with a fresh CEM session and return what the RM offers.
+async fn reconnect_and_read_offer(h: &mut Harness) -> Vec<ControlType> {
+    h.peer.tx.send(BusEvent::Up).await.unwrap();
+    h.cem = CemSession::new(CemConfig::default());
+    let now = h.now();
+    h.cem.open(now);
+    h.events.clear();
+    h.pump().await;
+    h.events
+        .iter()
+        .find_map(|e| match e {
+            CemEvent::ResourceDescribed(details) => Some(details.available_control_types.clone()),
+            _ => None,
+        })
+        .expect("the new session describes the resource")
 }
