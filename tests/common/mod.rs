@@ -735,6 +735,11 @@ impl<T: std::fmt::Debug + Clone> Queue<T> {
         }
     }
 
+    /// The oldest item received and not yet taken, without waiting.
+    pub fn try_next(&mut self) -> Option<T> {
+        self.backlog.pop_front().or_else(|| self.rx.try_recv().ok())
+    }
+
     /// Forget everything received so far: later waits see only what comes next.
     pub fn clear(&mut self) {
         self.backlog.clear();

@@ -1,0 +1,612 @@
+//! End-to-end through the gateway: Modbus devices (pymodbus 3.16 simulators started from
+//! adapters/modbus/tests/peers/modbus_peer.py) behind the s2gw daemon process, against the
+//! s2-kit test CEM over loopback WebSockets.
+//!
+//! The modbus crate's own tests drive its `Device`s directly (discovery, write sequences,
+//! faults); these check what only the whole gateway shows: register values arriving as
+//! S2 PowerMeasurements, S2 instructions becoming verified writes and
+//! InstructionStatusUpdates, the fail-safe release on a lost CEM observed on the server,
+//! and the `s2gw modbus` installer tools.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::{CemConn, Daemon, GUARD, Queue, TestCem, ombc_instruction, pebc_instruction};
+use s2_kit::message::{Message, MessageKind};
+use s2_kit::types::common::ControlType;
+use s2_kit::types::{Duration as S2Duration, Id, ProtocolVersion, Timestamp, ombc, pebc};
+use s2gw_modbus::{Table, Target, ValueType, WordOrder};
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+
+const NC: ControlType = ControlType::NotControllable;
+const PEBC: ControlType = ControlType::PowerEnvelopeBasedControl;
+const OMBC: ControlType = ControlType::OperationModeBasedControl;
+
+/// How long a poll-driven effect may take (poll and measurement intervals are 1 s).
+const SOON: Duration = Duration::from_secs(15);
+
+/// SunSpec model chains of the peers, as (model id, length).
+const CHAIN_123: [(u16, u16); 3] = [(1, 66), (103, 50), (123, 24)];
+const CHAIN_704: [(u16, u16); 3] = [(1, 66), (103, 50), (704, 65)];
+
+/// Address of a model's ID register in a chain starting (marker) at `base`.
+fn model_at(base: u16, chain: &[(u16, u16)], id: u16) -> u16 {
+    let mut address = base + 2;
+    for (model, len) in chain {
+        if *model == id {
+            return address;
+        }
+        address += 2 + len;
+    }
+    panic!("model {id} not in the chain")
+}
+
+/// A write the pymodbus peer saw, as it prints it.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+struct Seen {
+    fc: u8,
+    address: u16,
+    values: Vec<i64>,
+}
+
+fn seen(fc: u8, address: u16, values: &[i64]) -> Seen {
+    Seen {
+        fc,
+        address,
+        values: values.to_vec(),
+    }
+}
+
+/// A pymodbus device simulator on a free loopback port.
+struct Peer {
+    port: u16,
+    writes: Queue<Seen>,
+    _child: Child,
+}
+
+impl Peer {
+    /// Start `modbus_peer.py PORT ARGS…` and wait until it accepts connections.
+    async fn start(args: &[&str]) -> Peer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
+        let script = common::workspace().join("adapters/modbus/tests/peers/modbus_peer.py");
+        let mut child = Command::new(common::python())
+            .arg(&script)
+            .arg(port.to_string())
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start the pymodbus peer {script:?}: {e}"));
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Ok(write) = serde_json::from_str::<Seen>(&line) {
+                    let _ = tx.send(write);
+                }
+            }
+        });
+        // Readiness: the port accepts. Bounded; a peer that died says so at once.
+        let deadline = tokio::time::Instant::now() + GUARD;
+        while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "the pymodbus peer {args:?} exited with {status}: is pymodbus 3.16.1 in the \
+                     venv (scripts/python-peers.sh)? See its stderr above"
+                );
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the pymodbus peer {args:?} never listened"
+            );
+            // Poll back-off while Python starts, not a synchronisation: the connect is
+            // the readiness signal.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Peer {
+            port,
+            writes: Queue::new(rx),
+            _child: child,
+        }
+    }
+
+    fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The next write (kept or new) equal to `want`.
+    async fn wait_write(&mut self, want: Seen) -> Seen {
+        let what = format!("the write {want:?}");
+        self.writes.wait_for(&what, |w| *w == want, SOON).await
+    }
+
+    /// Read `count` holding registers at `address` straight from the server.
+    async fn holding(&self, address: u16, count: u16) -> Vec<u16> {
+        let read = s2gw_modbus::read_raw(
+            Target::Tcp(self.addr()),
+            1,
+            Table::Holding,
+            address,
+            count,
+            ValueType::U16,
+            WordOrder::HighFirst,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("reading back {address}+{count}: {e}"));
+        read.words
+    }
+}
+
+/// A `[[device]]` on `peer` with `profile` and extra `[device.modbus]` lines.
+fn device(id: &str, profile: &str, peer: &Peer, extra: &str) -> String {
+    format!(
+        "[[device]]\nid = \"{id}\"\nprofile = \"{profile}\"\ncem = \"test\"\npoll_interval_s = 1\n\
+         measurement_interval_s = 1\n[device.modbus]\ntcp = \"{}\"\ntimeout_ms = 2000\n{extra}\n",
+        peer.addr()
+    )
+}
+
+fn config(cem: &TestCem, devices: &[String]) -> String {
+    format!(
+        "[gateway]\nname = \"s2gw-e2e-modbus\"\nstate_dir = \"@STATE_DIR@\"\n\n\
+         [cem.test]\ntransport = \"ws-client\"\nurl = \"{}\"\n\n{}",
+        cem.url(),
+        devices.concat()
+    )
+}
+
+/// One connection per device, by device name, each past its handshake.
+async fn connect(cem: &mut TestCem, n: usize) -> BTreeMap<String, CemConn> {
+    let mut out = BTreeMap::new();
+    for (_, mut conn) in cem.conns(n, GUARD).await {
+        let (_, details) = conn.handshake().await;
+        out.insert(details.name.clone().unwrap(), conn);
+    }
+    out
+}
+
+fn near(value: f64, target: f64) -> bool {
+    (value - target).abs() < 0.01
+}
+
+/// The status types the gateway sent for `instruction`, in wire order.
+fn statuses_of(conn: &CemConn, instruction: Id) -> Vec<String> {
+    conn.raw_frames()
+        .iter()
+        .map(|t| serde_json::from_str::<Value>(t).unwrap())
+        .filter(|v| {
+            v["message_type"] == "InstructionStatusUpdate"
+                && v["instruction_id"] == instruction.as_str()
+        })
+        .map(|v| v["status_type"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Wait for an InstructionStatusUpdate for `instruction` whose status is in `any`.
+async fn await_status(conn: &mut CemConn, instruction: Id, any: &[&str]) -> String {
+    let id = instruction.as_str().to_string();
+    let frame = conn
+        .frames()
+        .wait_for(
+            &format!("InstructionStatusUpdate {any:?} for {id}"),
+            |v| {
+                v["message_type"] == "InstructionStatusUpdate"
+                    && v["instruction_id"] == *id
+                    && any.iter().any(|s| v["status_type"] == *s)
+            },
+            SOON,
+        )
+        .await;
+    frame["status_type"].as_str().unwrap().to_string()
+}
+
+/// Select PEBC and return the constraints the gateway describes.
+async fn pebc_constraints(conn: &mut CemConn) -> pebc::PowerConstraints {
+    conn.select_ready(PEBC).await;
+    match conn
+        .wait_message(MessageKind::PebcPowerConstraints, SOON)
+        .await
+    {
+        Message::PebcPowerConstraints(c) => *c,
+        other => panic!("expected PEBC.PowerConstraints, got {:?}", other.kind()),
+    }
+}
+
+/// Instruct a production limit of `limit_w` (positive) for an hour; its instruction id.
+async fn limit(conn: &mut CemConn, constraints: &pebc::PowerConstraints, limit_w: f64) -> Id {
+    let instruction = pebc_instruction(
+        constraints,
+        -limit_w,
+        0.0,
+        Timestamp::now(),
+        S2Duration::from_secs(3600),
+    );
+    let id = instruction.id;
+    conn.instruct(instruction).await;
+    id
+}
+
+async fn within_test<F: std::future::Future>(future: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(120), future)
+        .await
+        .expect("the test took too long")
+}
+
+/// SunSpec inverters at 40000 (1+103+123) and 50000 (1+103+704): the measured power is the
+/// W register with W_SF applied; a PEBC production limit becomes the model's writes with
+/// FC16, read back, then SUCCEEDED; a lost CEM releases both limits on the servers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sunspec_inverters_measure_limit_and_release_on_a_lost_cem() {
+    within_test(sunspec_inverters()).await;
+}
+
+async fn sunspec_inverters() {
+    let mut p123 = Peer::start(&["sunspec", "--base", "40000", "--models", "1,103,123"]).await;
+    let mut p704 = Peer::start(&["sunspec", "--base", "50000", "--models", "1,103,704"]).await;
+    let mut cem = TestCem::start(&[ProtocolVersion::V0_0_2_BETA]).await;
+    // Neither chain has model 120/121, so the rating comes from the device section.
+    let rated = "sunspec = { rated_w = 5000 }";
+    let mut daemon = Daemon::start(&config(
+        &cem,
+        &[
+            device("pv-123", "modbus-sunspec-inverter", &p123, rated),
+            device("pv-704", "modbus-sunspec-inverter", &p704, rated),
+        ],
+    ));
+    let mut conns = connect(&mut cem, 2).await;
+
+    // W = 12345, W_SF = -1: 1234.5 W produced, negative in S2.
+    for (name, conn) in &mut conns {
+        conn.select_ready(NC).await;
+        let w = conn
+            .wait_power(&format!("{name}: -1234.5 W"), |w| near(w, -1234.5), SOON)
+            .await;
+        assert!(near(w, -1234.5), "{name}: {w}");
+    }
+    // Rule 3: reading never writes.
+    assert_eq!(
+        p123.writes.try_next(),
+        None,
+        "pv-123 written before any instruction"
+    );
+    assert_eq!(
+        p704.writes.try_next(),
+        None,
+        "pv-704 written before any instruction"
+    );
+
+    // 2500 W of 5000 W: 50 %.
+    let m123 = model_at(40000, &CHAIN_123, 123);
+    let m704 = model_at(50000, &CHAIN_704, 704);
+    for name in ["pv-123", "pv-704"] {
+        let conn = conns.get_mut(name).unwrap();
+        let constraints = pebc_constraints(conn).await;
+        let id = limit(conn, &constraints, 2500.0).await;
+        let last = await_status(conn, id, &["SUCCEEDED", "ABORTED", "REJECTED"]).await;
+        assert_eq!(last, "SUCCEEDED", "{name}: {:?}", statuses_of(conn, id));
+        assert_eq!(
+            statuses_of(conn, id),
+            ["ACCEPTED", "STARTED", "SUCCEEDED"],
+            "{name}"
+        );
+    }
+    // Model 123: revert timer first, then WMaxLimPct (SF -1), then enable; all FC16.
+    for want in [
+        seen(16, m123 + 7, &[120]),
+        seen(16, m123 + 5, &[500]),
+        seen(16, m123 + 9, &[1]),
+    ] {
+        p123.wait_write(want).await;
+    }
+    // Model 704: revert timer (u32), reversion to 100 % disabled, WMaxLimPct (SF -2),
+    // enable last.
+    for want in [
+        seen(16, m704 + 18, &[0, 120]),
+        seen(16, m704 + 16, &[10000]),
+        seen(16, m704 + 17, &[0]),
+        seen(16, m704 + 15, &[5000]),
+        seen(16, m704 + 14, &[1]),
+    ] {
+        p704.wait_write(want).await;
+    }
+    // What the servers hold now: the limits, enabled, with the revert timers (rule 2).
+    assert_eq!(p123.holding(m123 + 5, 5).await, [500, 0, 120, 0, 1]);
+    assert_eq!(
+        p704.holding(m704 + 14, 6).await,
+        [1, 5000, 10000, 0, 0, 120]
+    );
+
+    // The CEM dies: both limits are released on the servers (rule 1).
+    cem.kill().await;
+    p123.wait_write(seen(16, m123 + 9, &[0])).await;
+    p704.wait_write(seen(16, m704 + 14, &[0])).await;
+    assert_eq!(
+        p123.holding(m123 + 9, 1).await,
+        [0],
+        "123 limit still enabled"
+    );
+    assert_eq!(
+        p704.holding(m704 + 14, 1).await,
+        [0],
+        "704 limit still enabled"
+    );
+    daemon.assert_running();
+}
+
+/// An inverter that refuses FC16 for one register: works when the device says FC6.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_fc6_only_inverter_works_when_the_profile_says_fc6() {
+    within_test(fc6_only()).await;
+}
+
+async fn fc6_only() {
+    let mut peer = Peer::start(&["sunspec", "--models", "1,103,123", "--fc6-only"]).await;
+    let mut cem = TestCem::start(&[ProtocolVersion::V0_0_2_BETA]).await;
+    let fc6 = "sunspec = { rated_w = 5000, write = \"fc6\" }";
+    let _daemon = Daemon::start(&config(
+        &cem,
+        &[device("kostal", "modbus-sunspec-inverter", &peer, fc6)],
+    ));
+    let mut conn = connect(&mut cem, 1).await.remove("kostal").unwrap();
+    let constraints = pebc_constraints(&mut conn).await;
+    let id = limit(&mut conn, &constraints, 2000.0).await;
+    let last = await_status(&mut conn, id, &["SUCCEEDED", "ABORTED", "REJECTED"]).await;
+    assert_eq!(last, "SUCCEEDED", "{:?}", statuses_of(&conn, id));
+    let m = model_at(40000, &CHAIN_123, 123);
+    // 40 % with SF -1, written with FC6.
+    peer.wait_write(seen(6, m + 5, &[400])).await;
+    peer.wait_write(seen(6, m + 9, &[1])).await;
+    let mut all = Vec::new();
+    while let Some(write) = peer.writes.try_next() {
+        all.push(write);
+    }
+    assert!(
+        all.iter().all(|w| w.fc == 6),
+        "a write not with FC6: {all:?}"
+    );
+    assert_eq!(peer.holding(m + 5, 1).await, [400]);
+}
+
+/// A device whose writes fail (exception 04) and one that acknowledges writes but keeps
+/// its old values (the read-back catches it): the CEM hears ABORTED or REJECTED, never
+/// SUCCEEDED.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_write_is_reported_to_the_cem() {
+    within_test(failed_writes()).await;
+}
+
+async fn failed_writes() {
+    let failing = Peer::start(&["sunspec", "--models", "1,103,123", "--fail-writes"]).await;
+    let ignoring = Peer::start(&["sunspec", "--models", "1,103,123", "--ignore-writes"]).await;
+    let mut cem = TestCem::start(&[ProtocolVersion::V0_0_2_BETA]).await;
+    let rated = "sunspec = { rated_w = 5000 }";
+    let _daemon = Daemon::start(&config(
+        &cem,
+        &[
+            device("failing", "modbus-sunspec-inverter", &failing, rated),
+            device("ignoring", "modbus-sunspec-inverter", &ignoring, rated),
+        ],
+    ));
+    let mut conns = connect(&mut cem, 2).await;
+    for (name, conn) in &mut conns {
+        let constraints = pebc_constraints(conn).await;
+        let id = limit(conn, &constraints, 1000.0).await;
+        let last = await_status(conn, id, &["SUCCEEDED", "ABORTED", "REJECTED"]).await;
+        assert!(
+            last == "ABORTED" || last == "REJECTED",
+            "{name}: a failed write ended {last} ({:?})",
+            statuses_of(conn, id)
+        );
+    }
+    // The ignoring device still holds no limit.
+    let m = model_at(40000, &CHAIN_123, 123);
+    assert_eq!(ignoring.holding(m + 9, 1).await, [0]);
+}
+
+/// An ABB Terra AC and an SDM630 appear with their measurements; the charger's OMBC step
+/// becomes its current register written with FC16.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abb_terra_ac_and_sdm630_measure_and_the_charger_follows_a_step() {
+    within_test(abb_and_sdm630()).await;
+}
+
+async fn abb_and_sdm630() {
+    let mut abb = Peer::start(&["abb"]).await;
+    let sdm = Peer::start(&["sdm630"]).await;
+    let mut cem = TestCem::start(&[ProtocolVersion::V0_0_2_BETA]).await;
+    let _daemon = Daemon::start(&config(
+        &cem,
+        &[
+            device("wallbox", "modbus-abb-terra-ac", &abb, ""),
+            device("grid", "modbus-sdm630", &sdm, ""),
+        ],
+    ));
+    let mut conns = connect(&mut cem, 2).await;
+
+    // SDM630: 1100.25 W total (f32 input registers), as its three phases add up.
+    let grid = conns.get_mut("grid").unwrap();
+    grid.select_ready(NC).await;
+    grid.wait_power("the SDM630's 1100.25 W", |w| near(w, 1100.25), SOON)
+        .await;
+
+    // ABB: 11040 W (phase currents × 230 V: 3680 + 3657 + 3703 W).
+    let wallbox = conns.get_mut("wallbox").unwrap();
+    wallbox.select_ready(OMBC).await;
+    wallbox
+        .wait_power("the charger's 11040 W", |w| near(w, 11040.0), SOON)
+        .await;
+    let system = match wallbox
+        .wait_message(MessageKind::OmbcSystemDescription, SOON)
+        .await
+    {
+        Message::OmbcSystemDescription(s) => *s,
+        other => panic!("expected OMBC.SystemDescription, got {:?}", other.kind()),
+    };
+    let step = ombc_instruction(&system, "6 A on 3 phase(s)");
+    let id = step.id;
+    wallbox.instruct(step).await;
+    let last = await_status(wallbox, id, &["SUCCEEDED", "ABORTED", "REJECTED"]).await;
+    assert_eq!(last, "SUCCEEDED", "{:?}", statuses_of(wallbox, id));
+    // 6 A in mA, u32 high word first, at 0x4100.
+    abb.wait_write(seen(16, 0x4100, &[0, 6000])).await;
+    assert_eq!(abb.holding(0x4100, 2).await, [0, 6000]);
+    assert_ombc_modes(&system);
+}
+
+/// The charger offers off and its current steps, the maximum as the default.
+fn assert_ombc_modes(system: &ombc::SystemDescription) {
+    let labels: Vec<String> = system
+        .operation_modes
+        .iter()
+        .filter_map(|m| m.diagnostic_label.clone())
+        .collect();
+    for want in ["Charging off", "6 A on 3 phase(s)", "16 A on 3 phase(s)"] {
+        assert!(labels.iter().any(|l| l == want), "no {want}: {labels:?}");
+    }
+}
+
+// ----------------------------------------------------------------------------------------
+// The installer tools
+// ----------------------------------------------------------------------------------------
+
+/// `s2gw ARGS…`: exit success, stdout, stderr.
+async fn s2gw(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_s2gw"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output();
+    let out = tokio::time::timeout(GUARD, out)
+        .await
+        .expect("the s2gw tool hung")
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn modbus_scan_and_read_report_values_and_clear_errors() {
+    within_test(tools()).await;
+}
+
+async fn tools() {
+    let peer = Peer::start(&["sunspec", "--base", "50000", "--models", "1,103,704"]).await;
+    let addr = peer.addr();
+
+    let (ok, out, err) = s2gw(&["modbus", "scan", "--tcp", &addr, "--unit", "1"]).await;
+    assert!(ok, "{err}");
+    assert!(out.contains("marker at 50000 (3 models)"), "{out}");
+    assert!(
+        out.contains("three-phase inverter") && out.contains("1234.500 W"),
+        "{out}"
+    );
+    assert!(out.contains("704"), "{out}");
+
+    // The SunS marker as one u32, and WH (u32 at 103+24) in both word orders.
+    let (ok, out, err) = s2gw(&[
+        "modbus",
+        "read",
+        "--tcp",
+        &addr,
+        "--unit",
+        "1",
+        "--table",
+        "holding",
+        "--address",
+        "50000",
+        "--count",
+        "2",
+        "--type",
+        "u32",
+        "--word-order",
+        "big",
+    ])
+    .await;
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "0x5375 0x6E53 = 1400204883");
+    let wh = (model_at(50000, &CHAIN_704, 103) + 24).to_string();
+    let (ok, out, _) = s2gw(&[
+        "modbus",
+        "read",
+        "--tcp",
+        &addr,
+        "--address",
+        &wh,
+        "--type",
+        "u32",
+    ])
+    .await;
+    assert!(ok && out.trim().ends_with("= 123456"), "{out}");
+    let (ok, out, _) = s2gw(&[
+        "modbus",
+        "read",
+        "--tcp",
+        &addr,
+        "--address",
+        &wh,
+        "--type",
+        "u32",
+        "--word-order",
+        "little",
+    ])
+    .await;
+    assert!(
+        ok && out
+            .trim()
+            .ends_with(&format!("= {}", 123456u32.rotate_left(16))),
+        "{out}"
+    );
+
+    // A Modbus exception, by name.
+    let (ok, _, err) = s2gw(&["modbus", "read", "--tcp", &addr, "--address", "9"]).await;
+    assert!(
+        !ok && err.contains("exception 02 (illegal data address)"),
+        "{err}"
+    );
+
+    // Nothing listening: refused.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed_addr = closed.local_addr().unwrap().to_string();
+    drop(closed);
+    let (ok, _, err) = s2gw(&["modbus", "scan", "--tcp", &closed_addr]).await;
+    assert!(!ok && err.contains("refused"), "{err}");
+
+    // Something accepts but never answers: a timeout naming the unit and the time.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_addr = silent.local_addr().unwrap().to_string();
+    let (ok, _, err) = s2gw(&[
+        "modbus",
+        "scan",
+        "--tcp",
+        &silent_addr,
+        "--unit",
+        "3",
+        "--timeout-ms",
+        "300",
+    ])
+    .await;
+    assert!(
+        !ok && err.contains("unit 3") && err.contains("did not answer within 300 ms"),
+        "{err}"
+    );
+    drop(silent);
+
+    // Usage errors are clap's: no bus given.
+    let (ok, _, err) = s2gw(&["modbus", "scan"]).await;
+    assert!(!ok && err.contains("--tcp"), "{err}");
+}
