@@ -337,7 +337,7 @@ impl Slot {
                         .await?;
                 }
             }
-            BusEvent::Frame(frame) => self.from_bus(frame).await?,
+            BusEvent::Frame(frame) => self.on_bus_frame(frame).await?,
             BusEvent::Close { reconnect, reason } => {
                 info!(label = %self.label, reconnect, %reason, "the session is closed");
                 if !reconnect {
@@ -360,7 +360,7 @@ impl Slot {
         Ok(())
     }
 
-    async fn from_bus(&mut self, frame: Frame) -> Flow {
+    async fn on_bus_frame(&mut self, frame: Frame) -> Flow {
         if self.session.is_some() {
             return self.send(&frame).await;
         }
@@ -473,7 +473,7 @@ impl Slot {
                     self.publish_state().await?;
                 }
                 debug!(label = %self.label, kind = ?frame.kind(), "received");
-                self.to_bus(BusEvent::Frame(frame)).await
+                self.tell_bus(BusEvent::Frame(frame)).await
             }
             Err(rejection) => self.refuse(rejection).await,
         }
@@ -510,7 +510,7 @@ impl Slot {
         if let Some(reply) = rejection.reply() {
             self.send(&reply).await?;
         }
-        self.to_bus(BusEvent::Rejected(rejection)).await
+        self.tell_bus(BusEvent::Rejected(rejection)).await
     }
 
     async fn try_open(&mut self, connected: bool) -> Flow {
@@ -532,7 +532,7 @@ impl Slot {
         info!(label = %self.label, session = %open.id, "S2 session open");
         self.session = Some(open);
         self.reason = None;
-        self.to_bus(BusEvent::Up).await?;
+        self.tell_bus(BusEvent::Up).await?;
         self.publish_state().await?;
         while let Some(frame) = self.queue.pop_front() {
             self.send(&frame).await?;
@@ -547,7 +547,7 @@ impl Slot {
         if let Some(open) = self.session.take() {
             info!(label = %self.label, session = %open.id, %reason, "S2 session ended");
             self.reason = Some(reason.to_string());
-            self.to_bus(BusEvent::Down {
+            self.tell_bus(BusEvent::Down {
                 reason: reason.to_string(),
             })
             .await?;
@@ -577,7 +577,7 @@ impl Slot {
     }
 
     /// Hand an event to the bus; a full bus holds this link back, never past shutdown.
-    async fn to_bus(&mut self, event: BusEvent) -> Flow {
+    async fn tell_bus(&mut self, event: BusEvent) -> Flow {
         tokio::select! {
             sent = self.endpoint.tx.send(event) => sent.map_err(|_| Stop),
             () = self.shutdown.cancelled() => Err(Stop),

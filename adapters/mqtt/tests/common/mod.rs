@@ -83,6 +83,7 @@ impl Broker {
                  max_inflight_messages 100\n\
                  log_dest file {d}/mosquitto.log\n\
                  log_type all\n\
+                 set_tcp_nodelay true\n\
                  listener {port} 127.0.0.1\n\
                  listener {tls_port} 127.0.0.1\n\
                  cafile {d}/ca.pem\n\
