@@ -953,6 +953,39 @@ impl Daemon {
         }
     }
 
+    /// Like [`Daemon::start`], with extra environment variables for the daemon (such as
+    /// `DBUS_SYSTEM_BUS_ADDRESS` pointing at a mocked BlueZ).
+    pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        std::fs::create_dir_all(&state).unwrap();
+        let config = config.replace("@STATE_DIR@", &state.display().to_string());
+        let file = dir.path().join("s2gw.toml");
+        std::fs::write(&file, &config).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_s2gw"))
+            .arg("run")
+            .arg("-c")
+            .arg(&file)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("cannot start the s2gw binary");
+        let (tx, rx) = mpsc::unbounded_channel();
+        let all: Arc<Mutex<Vec<String>>> = Arc::default();
+        spawn_reader(child.stdout.take().unwrap(), tx.clone(), Arc::clone(&all));
+        spawn_reader(child.stderr.take().unwrap(), tx, Arc::clone(&all));
+        Daemon {
+            child,
+            dir,
+            lines: Queue::new(rx),
+            all,
+        }
+    }
+
     /// The temp directory holding the config and state.
     pub fn dir(&self) -> &Path {
         self.dir.path()
