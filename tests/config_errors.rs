@@ -1015,6 +1015,39 @@ fn the_cli_check_accepts_the_shipped_adapter_profiles() {
     }
 }
 
+/// Without the `ble` feature, `s2gw run` refuses a config with BLE devices at once,
+/// naming every one of them, rather than serving resources that can never be measured.
+#[cfg(not(feature = "ble"))]
+#[test]
+fn a_build_without_ble_refuses_to_run_ble_devices() {
+    let case = Case::new(&format!(
+        "{CEM}{DEV}{}{}",
+        adapter_device(
+            "plug",
+            "ble-bthome-meter",
+            "[device.ble]\naddress = \"54:48:E6:8F:80:A5\""
+        ),
+        adapter_device(
+            "relay",
+            "ble-relay",
+            "[device.ble]\nname = \"Boiler relay\""
+        )
+    ));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_s2gw"))
+        .args(["run", "-c"])
+        .arg(case.path())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("BLE device(s) plug, relay cannot start")
+            && stderr.contains("built without BLE support"),
+        "{stderr}"
+    );
+}
+
 fn repo_file(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
 }
