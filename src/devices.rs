@@ -2,8 +2,10 @@
 
 use std::sync::Arc;
 
+use anyhow::Context as _;
 use s2gw_core::device::DeviceInfo;
 use s2gw_core::{Command, Device, DeviceError, Readings};
+use s2gw_mqtt::MqttHandle;
 
 use crate::config::{Config, Connection, DeviceSection};
 
@@ -25,9 +27,13 @@ pub fn unsupported(config: &Config) -> Vec<&str> {
 /// The device a `[[device]]` section describes, ready for its virtual RM.
 ///
 /// Building never touches the device: connecting, and reconnecting with back-off, is the
-/// adapter's job once the virtual RM starts reading. Fails only for a device this build
-/// cannot drive (see [`unsupported`]).
-pub fn build(device: &DeviceSection) -> anyhow::Result<Box<dyn Device>> {
+/// adapter's job once the virtual RM starts reading (an MQTT device only queues its
+/// subscriptions on the gateway's client, `mqtt`). Fails only for a device this build
+/// cannot drive (see [`unsupported`]) or an MQTT device without a client.
+pub async fn build(
+    device: &DeviceSection,
+    mqtt: Option<&MqttHandle>,
+) -> anyhow::Result<Box<dyn Device>> {
     Ok(match &device.connection {
         Connection::Sim(sim) => s2gw_sim::build(&device.id, sim, Arc::new(s2gw_sim::SystemClock)),
         Connection::Modbus(m) => Box::new(PhasesAsReported::new(s2gw_modbus::build(
@@ -36,7 +42,32 @@ pub fn build(device: &DeviceSection) -> anyhow::Result<Box<dyn Device>> {
             &m.profile,
         ))),
         Connection::Ble(ble) => build_ble(device, ble)?,
+        Connection::Mqtt(config) => build_mqtt(device, config, mqtt).await?,
     })
+}
+
+async fn build_mqtt(
+    device: &DeviceSection,
+    config: &s2gw_mqtt::MqttDeviceConfig,
+    mqtt: Option<&MqttHandle>,
+) -> anyhow::Result<Box<dyn Device>> {
+    let Some(handle) = mqtt else {
+        anyhow::bail!(
+            "MQTT device `{}` needs the [mqtt] section (the broker connection)",
+            device.id
+        );
+    };
+    // The profile says what the device is; the adapter fills in what it can control.
+    let info = DeviceInfo {
+        kind: device.profile.kind,
+        manufacturer: device.profile.manufacturer.clone(),
+        model: device.profile.model.clone(),
+        ..DeviceInfo::default()
+    };
+    let built = s2gw_mqtt::MqttDevice::start(handle.clone(), &device.id, config.clone(), info)
+        .await
+        .with_context(|| format!("MQTT device `{}` cannot start", device.id))?;
+    Ok(Box::new(built))
 }
 
 #[cfg(feature = "ble")]

@@ -2,7 +2,9 @@
 //!
 //! Like Vector's topology builder, this is the only place that knows every adapter: each
 //! device gets a route on the bus, a virtual RM on its RM side and the link its `cem` key
-//! names on its CEM side; each native RM gets a server slot on its RM side.
+//! names on its CEM side; each native RM gets a server slot (or an MQTT slot) on its RM
+//! side. With `[mqtt]`, every virtual RM is mirrored to the broker and gated by its
+//! device's "CEM control allowed" switch ([`crate::mqtt_wiring`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -15,7 +17,8 @@ use tokio::task::JoinHandle;
 
 use crate::bus::Bus;
 use crate::bus::taps::{Counters, TrafficLog};
-use crate::config::{CemLink, CemTransport, Config, DeviceSection};
+use crate::config::{CemLink, CemTransport, Config, DeviceSection, NativeTransport};
+use crate::mqtt_wiring::MqttRuntime;
 use crate::rm::{self, RmView, VirtualRmConfig};
 
 /// A running gateway.
@@ -28,6 +31,14 @@ pub struct Gateway {
     pub server_addr: Option<std::net::SocketAddr>,
     tasks: Vec<JoinHandle<()>>,
     shutdown: CancellationToken,
+    /// Stopped last: MQTT devices and links need it for their goodbyes.
+    mqtt: Option<MqttRuntime>,
+}
+
+/// The transports a resource's sides may use.
+struct Transports<'a> {
+    server: Option<&'a mut s2gw_ws::Server>,
+    mqtt: Option<&'a mut MqttRuntime>,
 }
 
 impl Gateway {
@@ -54,6 +65,10 @@ impl Gateway {
             None => None,
         };
         let server_addr = server.as_ref().map(s2gw_ws::Server::local_addr);
+        let mut mqtt = match &config.mqtt {
+            Some(section) => Some(MqttRuntime::start(section, config)?),
+            None => None,
+        };
 
         let mut tasks = Vec::new();
         check_ble(config, &shutdown, &mut tasks);
@@ -64,18 +79,17 @@ impl Gateway {
                 resource_id: device.resource_id.as_str(),
             };
             let (rm_side, cem_side) = bus.route(resource.resource_id);
-            let (task, view) = start_device(device, rm_side, shutdown.clone())?;
+            let (task, view) =
+                start_device(device, rm_side, mqtt.as_mut(), shutdown.clone()).await?;
             tasks.push(task);
             views.push(view);
             let link = link_for(config, &device.cem)?;
+            let mut via = Transports {
+                server: server.as_mut(),
+                mqtt: mqtt.as_mut(),
+            };
             attach_cem(
-                config,
-                link,
-                resource,
-                cem_side,
-                server.as_mut(),
-                &shutdown,
-                &mut tasks,
+                config, link, resource, cem_side, &mut via, &shutdown, &mut tasks,
             )?;
         }
         for native in &config.natives {
@@ -84,24 +98,27 @@ impl Gateway {
                 resource_id: native.resource_id.as_str(),
             };
             let (rm_side, cem_side) = bus.route(resource.resource_id);
-            let Some(server) = server.as_mut() else {
-                anyhow::bail!("native RM {} needs a [server] section", native.id);
+            let mut via = Transports {
+                server: server.as_mut(),
+                mqtt: mqtt.as_mut(),
             };
-            // Native RMs dial /s2/rm/<id>: the name an installer wrote, not a UUID.
-            server.add_native_rm(native.id.clone(), rm_side);
+            attach_native(native, resource, rm_side, &mut via)?;
             let link = link_for(config, &native.cem)?;
             attach_cem(
-                config,
-                link,
-                resource,
-                cem_side,
-                Some(server),
-                &shutdown,
-                &mut tasks,
+                config, link, resource, cem_side, &mut via, &shutdown, &mut tasks,
             )?;
         }
         if let Some(server) = server {
             tasks.push(server.spawn(shutdown.clone()));
+        }
+        if let Some(mqtt) = mqtt.as_mut() {
+            let data = crate::bridge::DaemonBridge::new(
+                config,
+                &views,
+                counters.clone(),
+                mqtt.handle.status(),
+            );
+            mqtt.start_bridge(Arc::new(data));
         }
         Ok(Self {
             views,
@@ -109,6 +126,7 @@ impl Gateway {
             server_addr,
             tasks,
             shutdown,
+            mqtt,
         })
     }
 
@@ -123,6 +141,9 @@ impl Gateway {
         let all = futures_util::future::join_all(self.tasks);
         if tokio::time::timeout(grace, all).await.is_err() {
             tracing::warn!("some tasks did not stop within {grace:?}");
+        }
+        if let Some(mqtt) = self.mqtt {
+            mqtt.stop(grace).await;
         }
     }
 }
@@ -180,12 +201,14 @@ fn check_ble(config: &Config, shutdown: &CancellationToken, tasks: &mut Vec<Join
 #[cfg(not(feature = "ble"))]
 fn check_ble(_config: &Config, _shutdown: &CancellationToken, _tasks: &mut Vec<JoinHandle<()>>) {}
 
-fn start_device(
+/// Start a device's virtual RM; with MQTT, gated by its switch and mirrored.
+async fn start_device(
     device: &DeviceSection,
     endpoint: Endpoint,
+    mqtt: Option<&mut MqttRuntime>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<(JoinHandle<()>, watch::Receiver<RmView>)> {
-    let hardware = crate::devices::build(device)?;
+    let hardware = crate::devices::build(device, mqtt.as_ref().map(|m| &m.handle)).await?;
     let mut rm_config = VirtualRmConfig::new(device.resource_id.as_str(), device.name.clone());
     rm_config.control_types = device.control_types.clone();
     rm_config.poll_interval = device.poll_interval;
@@ -193,13 +216,48 @@ fn start_device(
     rm_config.instruction_processing_delay = device.profile.instruction_processing_delay;
     rm_config.manufacturer = device.profile.manufacturer.clone();
     rm_config.model = device.profile.model.clone();
-    Ok(rm::spawn_virtual_rm(
-        rm_config,
-        hardware,
-        endpoint,
-        Arc::new(rm::SystemClock),
-        shutdown,
-    ))
+    let clock = Arc::new(rm::SystemClock);
+    let Some(mqtt) = mqtt else {
+        return Ok(rm::spawn_virtual_rm(
+            rm_config, hardware, endpoint, clock, shutdown,
+        ));
+    };
+    let gate = mqtt.control_allowed(&device.id);
+    let (task, view) =
+        rm::spawn_gated_virtual_rm(rm_config, hardware, endpoint, clock, gate, shutdown);
+    mqtt.mirror_device(device, view.clone());
+    Ok((task, view))
+}
+
+/// The RM side of a native resource: a slot on the server, or on MQTT.
+fn attach_native(
+    native: &crate::config::NativeSection,
+    resource: Resource<'_>,
+    endpoint: Endpoint,
+    via: &mut Transports<'_>,
+) -> anyhow::Result<()> {
+    match native.transport {
+        NativeTransport::WsServer => {
+            let Some(server) = via.server.as_deref_mut() else {
+                anyhow::bail!("native RM {} needs a [server] section", native.id);
+            };
+            // Native RMs dial /s2/rm/<id>: the name an installer wrote, not a UUID.
+            server.add_native_rm(native.id.clone(), endpoint);
+        }
+        NativeTransport::Mqtt => {
+            let Some(mqtt) = via.mqtt.as_deref_mut() else {
+                anyhow::bail!("native RM {} needs an [mqtt] section", native.id);
+            };
+            // On MQTT the topic names the S2 resource: <base>/s2/<resource_id>/….
+            let task = s2gw_mqtt::add_native_rm(
+                mqtt.handle.clone(),
+                resource.resource_id.to_string(),
+                endpoint,
+            );
+            mqtt.keep(task);
+        }
+    }
+    Ok(())
 }
 
 /// The two names of one resource: the config's `id` and the S2 `resource_id`.
@@ -214,7 +272,7 @@ fn attach_cem(
     link: &CemLink,
     resource: Resource<'_>,
     endpoint: Endpoint,
-    server: Option<&mut s2gw_ws::Server>,
+    via: &mut Transports<'_>,
     shutdown: &CancellationToken,
     tasks: &mut Vec<JoinHandle<()>>,
 ) -> anyhow::Result<()> {
@@ -242,7 +300,7 @@ fn attach_cem(
             ));
         }
         CemTransport::WsServer => {
-            let Some(server) = server else {
+            let Some(server) = via.server.as_deref_mut() else {
                 anyhow::bail!("a ws-server CEM link needs a [server] section");
             };
             let resource_id = resource.resource_id.to_string();
@@ -250,6 +308,17 @@ fn attach_cem(
                 Some(token) => server.add_cem_slot_with_token(resource_id, endpoint, token.clone()),
                 None => server.add_cem_slot(resource_id, endpoint),
             }
+        }
+        CemTransport::Mqtt => {
+            let Some(mqtt) = via.mqtt.as_deref() else {
+                anyhow::bail!("an mqtt CEM link needs an [mqtt] section");
+            };
+            tasks.push(s2gw_mqtt::spawn_cem_link(
+                mqtt.handle.clone(),
+                resource.resource_id.to_string(),
+                endpoint,
+                shutdown.clone(),
+            ));
         }
     }
     Ok(())

@@ -3,6 +3,7 @@
 //! The binary (`src/main.rs`) is a thin CLI over this library, so the end-to-end tests
 //! and the benchmarks drive the same code the daemon runs.
 
+pub mod bridge;
 pub mod bus;
 pub mod cem;
 pub mod cli;
@@ -10,4 +11,5 @@ pub mod config;
 pub mod demo;
 pub mod devices;
 pub mod gateway;
+pub mod mqtt_wiring;
 pub mod rm;

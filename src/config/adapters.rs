@@ -1,5 +1,6 @@
 //! The adapter tables whose types live in the adapter crates: `[modbus]` / `[device.modbus]`
-//! (s2gw-modbus) and `[ble]` / `[device.ble]` (s2gw-ble).
+//! (s2gw-modbus), `[ble]` / `[device.ble]` (s2gw-ble) and `[mqtt]` / `[device.mqtt]`
+//! (s2gw-mqtt), and the daemon's `[mqtt]` broker section (s2gw-mqtt's `MqttConfig`).
 //!
 //! Those crates define their tables as serde types with `deny_unknown_fields` and a
 //! `validate()` that returns `(key, reason)` pairs. A whole-table deserialize stops at the
@@ -8,8 +9,9 @@
 //! reported, with its dotted path. Then `validate()` runs on the typed result and its keys
 //! are mapped to the file they were written in.
 //!
-//! Modbus tables merge (the device's `[device.modbus]` over the profile's `[modbus]`, key
-//! by key, as the modbus crate documents); BLE tables do not (the profile's `[ble]` says
+//! Modbus and MQTT device tables merge (the device's `[device.modbus]` over the profile's
+//! `[modbus]`, key by key, as the modbus crate documents; `[device.mqtt]` likewise); BLE
+//! tables do not (the profile's `[ble]` says
 //! how a kind of device is read, the device's `[device.ble]` which device it is).
 
 use std::path::{Path, PathBuf};
@@ -17,6 +19,7 @@ use std::path::{Path, PathBuf};
 use s2gw_ble::{BleConnection, BleProfile};
 use s2gw_modbus::config::CONNECTION_KEYS;
 use s2gw_modbus::{ModbusConfig, ModbusConnection, ModbusProfile};
+use s2gw_mqtt::{MqttConfig, MqttDeviceConfig};
 use serde::de::DeserializeOwned;
 
 use super::reader::{self, Errors};
@@ -112,7 +115,7 @@ fn every_problem<T: DeserializeOwned>(
 }
 
 /// Deserialize with every problem reported, or the value.
-fn read_all<T: DeserializeOwned>(
+pub(crate) fn read_all<T: DeserializeOwned>(
     table: &toml::Table,
     anchor: &[&str],
     per_entry: &[&str],
@@ -146,7 +149,7 @@ fn read_modbus(table: &toml::Table) -> Result<ModbusConfig, Problems> {
 }
 
 /// Prefix adapter-relative keys with `prefix` (`modbus`, `device[0].ble`).
-fn under(prefix: &str, key: &str) -> String {
+pub(crate) fn under(prefix: &str, key: &str) -> String {
     if key.is_empty() {
         prefix.to_string()
     } else {
@@ -187,6 +190,9 @@ pub(crate) struct Whence<'a> {
     pub(crate) device: &'a toml::Table,
     /// The profile's adapter table.
     pub(crate) profile_table: &'a toml::Table,
+    /// Keys that say which device it is (a Modbus bus, an MQTT device topic): when
+    /// nobody wrote one, the device section is missing it, not the profile.
+    pub(crate) device_keys: &'a [&'a str],
 }
 
 impl Whence<'_> {
@@ -196,7 +202,7 @@ impl Whence<'_> {
     fn push(&self, errors: &mut Errors, adapter: &str, key: &str, reason: String) {
         let top = key.split(['.', '[']).next().unwrap_or(key);
         let in_device = self.device.contains_key(top);
-        let missing_bus = !self.profile_table.contains_key(top) && CONNECTION_KEYS.contains(&top);
+        let missing_bus = !self.profile_table.contains_key(top) && self.device_keys.contains(&top);
         if top.is_empty() || in_device || missing_bus {
             let (file, path) = self.config;
             errors.push(file, &under(&format!("{path}.{adapter}"), key), reason);
@@ -228,6 +234,61 @@ pub(crate) fn modbus_device(whence: &Whence<'_>, errors: &mut Errors) -> Option<
         whence.push(errors, "modbus", &key, reason);
     }
     ok.then_some(config)
+}
+
+/// Check a profile's `[mqtt]` table on its own: everything but `device`, which only a
+/// device section can say (the profile's topics name it as `{device}`).
+pub(crate) fn check_mqtt_profile(table: &toml::Table, file: &Path, errors: &mut Errors) {
+    let problems = match read_all::<MqttDeviceConfig>(table, &["power"], &[]) {
+        Ok(config) => config.validate(),
+        Err(problems) => problems,
+    };
+    for (key, reason) in problems.into_iter().filter(|(k, _)| k != "device") {
+        errors.push(file, &under("mqtt", &key), reason);
+    }
+}
+
+/// Merge `[device.mqtt]` over the profile's `[mqtt]`, read and validate the result;
+/// problems go to the file each key came from.
+pub(crate) fn mqtt_device(whence: &Whence<'_>, errors: &mut Errors) -> Option<MqttDeviceConfig> {
+    let mut merged = whence.profile_table.clone();
+    for (k, v) in whence.device {
+        merged.insert(k.clone(), v.clone());
+    }
+    let problems = match read_all::<MqttDeviceConfig>(&merged, &["power"], &[]) {
+        Ok(config) => {
+            let problems = config.validate();
+            if problems.is_empty() {
+                return Some(config);
+            }
+            problems
+        }
+        Err(problems) => problems,
+    };
+    // Each topic using {device} says the same thing: once is enough.
+    let mut seen = Problems::new();
+    for (key, reason) in problems {
+        if !seen.contains(&(key.clone(), reason.clone())) {
+            seen.push((key.clone(), reason.clone()));
+            whence.push(errors, "mqtt", &key, reason);
+        }
+    }
+    None
+}
+
+/// The daemon's keys of `[mqtt]`, which are not `MqttConfig`'s: the password (read from
+/// a file or the environment) and the mirror's rate limit.
+pub(crate) const MQTT_DAEMON_KEYS: &[&str] = &["password", "password_file", "state_interval_ms"];
+
+/// Read `[mqtt]` (without the daemon's keys) as an `MqttConfig`; every problem, keys
+/// relative to `[mqtt]`.
+pub(crate) fn mqtt_config(table: &toml::Table) -> Result<MqttConfig, Problems> {
+    let own: toml::Table = table
+        .iter()
+        .filter(|(k, _)| !MQTT_DAEMON_KEYS.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    read_all::<MqttConfig>(&own, &["host"], &[])
 }
 
 /// Read and validate a profile's `[ble]` table.

@@ -24,7 +24,8 @@
 //! `S2GW_CEM__<NAME>__TOKEN`. An environment token wins over `token_file` (the file is then
 //! not read). A `token` key written in the config file itself is refused: plaintext
 //! secrets do not belong in a file that is commonly world-readable and kept in version
-//! control.
+//! control. The MQTT broker password works the same way: `[mqtt] password_file`, or
+//! `S2GW_MQTT__PASSWORD`; a `password` key in the file is refused.
 //!
 //! # Paths
 //! Relative paths (`state_dir`, `traffic_log`, `*_file`, profile paths) resolve against
@@ -36,6 +37,7 @@
 //! installation can override a built-in), then among the [`BUILTIN_PROFILES`].
 
 mod adapters;
+mod mqtt;
 mod profile;
 mod reader;
 
@@ -53,6 +55,7 @@ use s2gw_core::device::DeviceKind;
 use s2gw_core::s2::{ControlType, Id};
 use s2gw_sim::{SimConfig, SimModel};
 
+pub use mqtt::{DEFAULT_STATE_INTERVAL_MS, MqttSection, RESERVED_DEVICE_IDS};
 pub use profile::{
     BUILTIN_PROFILES, Profile, ProfileSource, builtin_profile_text, control_type_name, kind_name,
     parse_control_type,
@@ -146,6 +149,9 @@ pub struct Config {
     pub devices: Vec<DeviceSection>,
     /// `[[native]]` entries in file order.
     pub natives: Vec<NativeSection>,
+    /// `[mqtt]`, when the gateway connects to an MQTT broker (state mirror, Home
+    /// Assistant discovery, bridge requests, S2 over MQTT, MQTT devices).
+    pub mqtt: Option<MqttSection>,
     /// The config file this came from (or the origin given to [`load_str`]).
     pub source: PathBuf,
 }
@@ -221,6 +227,20 @@ pub enum CemTransport {
     },
     /// `transport = "ws-server"`: the CEM dials `/s2/cem/<resource_id>` on `[server]`.
     WsServer,
+    /// `transport = "mqtt"`: the CEM lives on MQTT (`<base>/s2/<resource_id>/…` on the
+    /// `[mqtt]` broker, as docs/s2-over-mqtt.md describes); the gateway plays the RM side.
+    Mqtt,
+}
+
+impl CemTransport {
+    /// The config spelling (`ws-client`, `ws-server`, `mqtt`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            CemTransport::WsClient { .. } => "ws-client",
+            CemTransport::WsServer => "ws-server",
+            CemTransport::Mqtt => "mqtt",
+        }
+    }
 }
 
 impl CemLink {
@@ -232,7 +252,7 @@ impl CemLink {
                 url.replace("{resource_id}", resource_id.as_str())
                     .replace("{id}", id),
             ),
-            CemTransport::WsServer => None,
+            CemTransport::WsServer | CemTransport::Mqtt => None,
         }
     }
 }
@@ -272,6 +292,8 @@ pub enum Connection {
     /// `[device.ble]` (which device) next to the profile's `[ble]` (how to read it); not
     /// merged.
     Ble(BleSection),
+    /// `[device.mqtt]` merged over the profile's `[mqtt]`: topics, JSON paths, commands.
+    Mqtt(Box<s2gw_mqtt::MqttDeviceConfig>),
 }
 
 /// A BLE device's two tables.
@@ -290,6 +312,7 @@ impl Connection {
             Connection::Sim(_) => "sim",
             Connection::Modbus(_) => "modbus",
             Connection::Ble(_) => "ble",
+            Connection::Mqtt(_) => "mqtt",
         }
     }
 
@@ -310,15 +333,34 @@ impl Connection {
                     .unwrap_or_default();
                 format!("ble {which}")
             }
+            Connection::Mqtt(m) => format!(
+                "mqtt {}",
+                m.power
+                    .topic
+                    .replace("{device}", m.device.as_deref().unwrap_or_default())
+            ),
         }
     }
 }
 
-/// `[[native]]`: an RM that speaks S2 itself and connects to `[server]` at `/s2/rm/<id>`.
+/// Where a native RM meets the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NativeTransport {
+    /// `transport = "ws-server"` (default): it dials `[server]` at `/s2/rm/<id>`.
+    WsServer,
+    /// `transport = "mqtt"`: it lives on the `[mqtt]` broker, on
+    /// `<base>/s2/<resource_id>/…`; the gateway plays the CEM side there.
+    Mqtt,
+}
+
+/// `[[native]]`: an RM that speaks S2 itself and connects to `[server]` at `/s2/rm/<id>`,
+/// or lives on MQTT.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NativeSection {
     /// `id`: unique among devices and natives, `[A-Za-z0-9_-]{1,48}`.
     pub id: String,
+    /// `transport`: how it reaches the gateway.
+    pub transport: NativeTransport,
     /// `resource_id`, or derived like a device's: what the gateway uses towards the CEM
     /// (the URL placeholder, `/s2/cem/<resource_id>`) before the RM introduces itself.
     pub resource_id: Id,
@@ -341,10 +383,19 @@ impl Config {
             let scheme = if server.tls.is_some() { "wss" } else { "ws" };
             out.push_str(&format!("\n  server {scheme}://{}", server.listen));
         }
+        if let Some(mqtt) = &self.mqtt {
+            out.push_str(&format!(
+                "\n  mqtt {}:{} base {}",
+                mqtt.client.host,
+                mqtt.client.effective_port(),
+                mqtt.client.base_topic
+            ));
+        }
         for link in self.cem.values() {
             let how = match &link.transport {
                 CemTransport::WsClient { url, .. } => format!("dials {url}"),
                 CemTransport::WsServer => "CEM dials in".to_string(),
+                CemTransport::Mqtt => "CEM on MQTT".to_string(),
             };
             out.push_str(&format!("\n  cem {}: {how}", link.name));
         }
@@ -366,8 +417,12 @@ impl Config {
             ));
         }
         for n in &self.natives {
+            let via = match n.transport {
+                NativeTransport::WsServer => "ws",
+                NativeTransport::Mqtt => "mqtt",
+            };
             out.push_str(&format!(
-                "\n  native {} -> cem {}, resource {}",
+                "\n  native {} ({via}) -> cem {}, resource {}",
                 n.id, n.cem, n.resource_id
             ));
         }
@@ -588,9 +643,9 @@ fn load_inner(text: &str, origin: &Path, env: Vec<EnvOverride>) -> Result<Config
             );
             continue;
         }
-        // Tokens stay text whatever they look like; everything else is typed by figment
+        // Tokens and passwords stay text whatever they look like; everything else is typed by figment
         // (numbers, booleans) like its Env provider does.
-        let value = if o.key.ends_with(".token") {
+        let value = if o.key.ends_with(".token") || o.key.ends_with(".password") {
             figment::value::Value::from(o.value.clone())
         } else {
             o.value
@@ -630,7 +685,8 @@ fn load_inner(text: &str, origin: &Path, env: Vec<EnvOverride>) -> Result<Config
     }
 }
 
-/// Refuse `token` keys written in the file; only the environment may set them.
+/// Refuse `token` (and `[mqtt] password`) keys written in the file; only the
+/// environment may set them.
 fn reject_plaintext_tokens(file: &toml::Table, origin: &Path, errors: &mut Errors) {
     let reason = |var: &str| {
         format!(
@@ -638,6 +694,16 @@ fn reject_plaintext_tokens(file: &toml::Table, origin: &Path, errors: &mut Error
              set token_file, or set the environment variable {var}"
         )
     };
+    if let Some(toml::Value::Table(mqtt)) = file.get("mqtt")
+        && mqtt.contains_key("password")
+    {
+        errors.push(
+            origin,
+            "mqtt.password",
+            "plaintext secrets are not accepted in the config file: put the password in a \
+             file and set password_file, or set the environment variable S2GW_MQTT__PASSWORD",
+        );
+    }
     if let Some(toml::Value::Table(server)) = file.get("server")
         && server.contains_key("token")
     {
@@ -653,6 +719,22 @@ fn reject_plaintext_tokens(file: &toml::Table, origin: &Path, errors: &mut Error
             }
         }
     }
+}
+
+/// Which optional sections the config has, for the keys that need them.
+#[derive(Debug, Clone, Copy)]
+struct Present {
+    /// `[server]`.
+    server: bool,
+    /// `[mqtt]`.
+    mqtt: bool,
+}
+
+/// What a `[[device]]` or `[[native]]` may refer to.
+struct Refs<'a> {
+    cem: &'a BTreeMap<String, Option<CemLink>>,
+    gateway_name: &'a str,
+    present: Present,
 }
 
 /// Reads the merged table into a [`Config`].
@@ -701,13 +783,19 @@ impl<'e> Loader<'e> {
         let cem_table = top.opt_table(self.errors, "cem");
         let device_tables = top.opt_table_array(self.errors, "device");
         let native_tables = top.opt_table_array(self.errors, "native");
+        let mqtt_table = top.opt_table(self.errors, "mqtt");
         top.finish(self.errors, |_| None);
 
         let empty = toml::Table::new();
         let gateway = self.gateway(gateway_table.unwrap_or(&empty));
         let server_present = server_table.is_some();
         let server = server_table.map(|t| self.server(t));
-        let cem = self.cem_links(cem_table, server_present);
+        let present = Present {
+            server: server_present,
+            mqtt: mqtt_table.is_some(),
+        };
+        let mqtt = mqtt_table.map(|t| self.mqtt(t));
+        let cem = self.cem_links(cem_table, present);
 
         let mut ids: BTreeMap<String, String> = BTreeMap::new();
         let mut resource_ids: BTreeMap<String, String> = BTreeMap::new();
@@ -718,23 +806,27 @@ impl<'e> Loader<'e> {
         let mut devices = Vec::new();
         for (i, t) in device_tables.iter().enumerate() {
             let path = format!("device[{i}]");
-            if let Some(d) = self.device(&path, t, &cem, &gateway_name, &mut ids, &mut resource_ids)
-            {
+            let refs = Refs {
+                cem: &cem,
+                gateway_name: &gateway_name,
+                present,
+            };
+            if let Some(d) = self.device(&path, t, &refs, &mut ids, &mut resource_ids) {
                 devices.push(d);
             }
+        }
+        if present.mqtt {
+            self.reserved_ids(&devices);
         }
         let mut natives = Vec::new();
         for (i, t) in native_tables.iter().enumerate() {
             let path = format!("native[{i}]");
-            if !server_present {
-                self.err(
-                    &path,
-                    "a native RM connects to the gateway's S2 server at /s2/rm/<id>, but there \
-                     is no [server] section",
-                );
-            }
-            if let Some(n) = self.native(&path, t, &cem, &gateway_name, &mut ids, &mut resource_ids)
-            {
+            let refs = Refs {
+                cem: &cem,
+                gateway_name: &gateway_name,
+                present,
+            };
+            if let Some(n) = self.native(&path, t, &refs, &mut ids, &mut resource_ids) {
                 natives.push(n);
             }
         }
@@ -751,8 +843,25 @@ impl<'e> Loader<'e> {
             cem: cem.into_iter().filter_map(|(k, v)| Some((k, v?))).collect(),
             devices,
             natives,
+            mqtt: mqtt.map_or(Some(None), |m| m.map(Some))?,
             source: self.origin,
         })
+    }
+
+    /// Mirrored device ids must not collide with the gateway's own topics.
+    fn reserved_ids(&mut self, devices: &[DeviceSection]) {
+        for (i, d) in devices.iter().enumerate() {
+            if RESERVED_DEVICE_IDS.contains(&d.id.as_str()) {
+                self.err(
+                    &format!("device[{i}].id"),
+                    format!(
+                        "`{}` is reserved with [mqtt]: the device's topics would mix with \
+                         <base>/{}/…",
+                        d.id, d.id
+                    ),
+                );
+            }
+        }
     }
 
     fn gateway(&mut self, table: &toml::Table) -> Option<GatewaySection> {
@@ -820,14 +929,25 @@ impl<'e> Loader<'e> {
 
     /// `token` from the environment, else `token_file` read now.
     fn secret(&mut self, s: &mut Section<'_>) -> Option<Option<Secret>> {
+        self.secret_named(s, "token", "token_file")
+    }
+
+    /// A secret at `text_key` (from the environment), else the file `file_key` names,
+    /// read now.
+    fn secret_named(
+        &mut self,
+        s: &mut Section<'_>,
+        text_key: &'static str,
+        file_key: &'static str,
+    ) -> Option<Option<Secret>> {
         let before = self.errors.list.len();
-        let token = s.opt_secret_text(self.errors, "token");
-        let token_file = s.opt_str(self.errors, "token_file");
-        let secret = match (token, token_file) {
+        let text = s.opt_secret_text(self.errors, text_key);
+        let file = s.opt_str(self.errors, file_key);
+        let secret = match (text, file) {
             (Some(t), _) => {
                 if t.trim().is_empty() {
                     self.errors
-                        .push(s.file(), &s.key("token"), "must not be empty");
+                        .push(s.file(), &s.key(text_key), "must not be empty");
                 }
                 Some(Secret::new(t))
             }
@@ -837,8 +957,8 @@ impl<'e> Loader<'e> {
                     Ok(text) if text.trim().is_empty() => {
                         self.errors.push(
                             s.file(),
-                            &s.key("token_file"),
-                            format!("token file {} is empty", path.display()),
+                            &s.key(file_key),
+                            format!("{text_key} file {} is empty", path.display()),
                         );
                         None
                     }
@@ -846,8 +966,8 @@ impl<'e> Loader<'e> {
                     Err(e) => {
                         self.errors.push(
                             s.file(),
-                            &s.key("token_file"),
-                            format!("cannot read token file {}: {e}", path.display()),
+                            &s.key(file_key),
+                            format!("cannot read {text_key} file {}: {e}", path.display()),
                         );
                         None
                     }
@@ -941,7 +1061,7 @@ impl<'e> Loader<'e> {
     fn cem_links(
         &mut self,
         table: Option<&toml::Table>,
-        server_present: bool,
+        present: Present,
     ) -> BTreeMap<String, Option<CemLink>> {
         let mut out = BTreeMap::new();
         let Some(table) = table else {
@@ -960,7 +1080,7 @@ impl<'e> Loader<'e> {
                 out.insert(name.clone(), None);
                 continue;
             };
-            let link = self.cem_link(name, &path, link, server_present);
+            let link = self.cem_link(name, &path, link, present);
             out.insert(name.clone(), link);
         }
         out
@@ -971,8 +1091,9 @@ impl<'e> Loader<'e> {
         name: &str,
         path: &str,
         table: &toml::Table,
-        server_present: bool,
+        present: Present,
     ) -> Option<CemLink> {
+        let server_present = present.server;
         let origin = self.origin.clone();
         let before = self.errors.list.len();
         let name_ok = !name.is_empty()
@@ -1075,14 +1196,39 @@ impl<'e> Loader<'e> {
                 Some(CemTransport::WsServer)
             }
             "mqtt" => {
-                self.err(&key("transport"), "transport \"mqtt\" is not available in this build yet (use ws-client or ws-server)");
-                None
+                let websocket_only = [
+                    (url.is_some(), "url"),
+                    (ca_file.as_ref().is_some_and(Option::is_some), "ca_file"),
+                    (pin.is_some(), "pin_sha256"),
+                    (token.as_ref().is_some_and(Option::is_some), "token_file"),
+                    (s.has("ping_interval_s"), "ping_interval_s"),
+                    (s.has("dead_after_s"), "dead_after_s"),
+                ];
+                for (present, k) in websocket_only {
+                    if present {
+                        self.err(
+                            &key(k),
+                            format!(
+                                "{k} only applies to WebSocket transports (an MQTT link uses \
+                                 the [mqtt] broker's settings)"
+                            ),
+                        );
+                    }
+                }
+                if !present.mqtt {
+                    self.err(
+                        &key("transport"),
+                        "transport \"mqtt\" needs an [mqtt] section: the CEM meets the gateway \
+                         on that broker",
+                    );
+                }
+                Some(CemTransport::Mqtt)
             }
             other => {
                 self.err(
                     &key("transport"),
                     format!(
-                        "unknown transport `{other}` (expected \"ws-client\" or \"ws-server\")"
+                        "unknown transport `{other}` (expected \"ws-client\", \"ws-server\" or \"mqtt\")"
                     ),
                 );
                 None
@@ -1223,13 +1369,11 @@ impl<'e> Loader<'e> {
         None
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn native(
         &mut self,
         path: &str,
         table: &toml::Table,
-        cem: &BTreeMap<String, Option<CemLink>>,
-        gateway_name: &str,
+        refs: &Refs<'_>,
         ids: &mut BTreeMap<String, String>,
         resource_ids: &mut BTreeMap<String, String>,
     ) -> Option<NativeSection> {
@@ -1239,29 +1383,71 @@ impl<'e> Loader<'e> {
         let id = s
             .req_str(self.errors, "id")
             .filter(|id| self.claim_id(path, id, ids));
-        let rid = self.resource_id(&mut s, path, gateway_name, id.as_deref(), resource_ids);
-        let cem = self.cem_ref(&mut s, path, cem);
+        let transport = self.native_transport(&mut s, path, refs.present);
+        let rid = self.resource_id(&mut s, path, refs.gateway_name, id.as_deref(), resource_ids);
+        let cem = self.cem_ref(&mut s, path, refs.cem);
         s.finish(self.errors, |_| None);
         if self.errors.list.len() > before {
             return None;
         }
         Some(NativeSection {
             id: id?,
+            transport: transport?,
             resource_id: rid?,
             cem: cem?,
         })
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// A native's `transport`, and the section it needs.
+    fn native_transport(
+        &mut self,
+        s: &mut Section<'_>,
+        path: &str,
+        present: Present,
+    ) -> Option<NativeTransport> {
+        let text = s
+            .opt_str(self.errors, "transport")
+            .unwrap_or_else(|| "ws-server".to_string());
+        match text.as_str() {
+            "ws-server" => {
+                if !present.server {
+                    self.err(
+                        path,
+                        "a native RM connects to the gateway's S2 server at /s2/rm/<id>, but \
+                         there is no [server] section",
+                    );
+                }
+                Some(NativeTransport::WsServer)
+            }
+            "mqtt" => {
+                if !present.mqtt {
+                    self.err(
+                        &format!("{path}.transport"),
+                        "transport \"mqtt\" needs an [mqtt] section: the native RM meets the \
+                         gateway on that broker",
+                    );
+                }
+                Some(NativeTransport::Mqtt)
+            }
+            other => {
+                self.err(
+                    &format!("{path}.transport"),
+                    format!("unknown transport `{other}` (expected \"ws-server\" or \"mqtt\")"),
+                );
+                None
+            }
+        }
+    }
+
     fn device(
         &mut self,
         path: &str,
         table: &toml::Table,
-        cem: &BTreeMap<String, Option<CemLink>>,
-        gateway_name: &str,
+        refs: &Refs<'_>,
         ids: &mut BTreeMap<String, String>,
         resource_ids: &mut BTreeMap<String, String>,
     ) -> Option<DeviceSection> {
+        let (cem, gateway_name) = (refs.cem, refs.gateway_name);
         let origin = self.origin.clone();
         let before = self.errors.list.len();
         let key = |k: &str| format!("{path}.{k}");
@@ -1335,7 +1521,8 @@ impl<'e> Loader<'e> {
             (None, _) => None,
         };
 
-        let connection = self.connection(path, &mut s, table, profile.as_deref());
+        let connection =
+            self.connection(path, &mut s, table, profile.as_deref(), refs.present.mqtt);
         s.finish(self.errors, profile::future_adapter_hint);
         if self.errors.list.len() > before {
             return None;
@@ -1361,10 +1548,12 @@ impl<'e> Loader<'e> {
         s: &mut Section<'_>,
         table: &toml::Table,
         profile: Option<&Profile>,
+        broker: bool,
     ) -> Option<Connection> {
         let sim = s.opt_table(self.errors, "sim");
         let modbus = s.opt_table(self.errors, "modbus");
         let ble = s.opt_table(self.errors, "ble");
+        let mqtt = s.opt_table(self.errors, "mqtt");
         let present: Vec<&str> = profile::ADAPTERS
             .iter()
             .chain(profile::FUTURE_ADAPTERS)
@@ -1398,6 +1587,11 @@ impl<'e> Loader<'e> {
                 .modbus(path, t, profile)
                 .map(|m| Connection::Modbus(Box::new(m)));
         }
+        if let Some(t) = mqtt {
+            return self
+                .mqtt_device(path, t, profile, broker)
+                .map(|m| Connection::Mqtt(Box::new(m)));
+        }
         self.ble(path, ble?, profile).map(Connection::Ble)
     }
 
@@ -1429,6 +1623,7 @@ impl<'e> Loader<'e> {
             profile: profile.source.display_path(),
             device,
             profile_table: defaults,
+            device_keys: s2gw_modbus::config::CONNECTION_KEYS,
         };
         adapters::modbus_device(&whence, self.errors)
     }

@@ -1,6 +1,7 @@
 //! Device profiles: what a kind of device is, which S2 control types it offers, and the
-//! adapter tables: `[sim]` and `[modbus]` (defaults a device section is merged over) and
-//! `[ble]` (how a kind of BLE device is read; the device section only says which device).
+//! adapter tables: `[sim]`, `[modbus]` and `[mqtt]` (defaults a device section is merged
+//! over) and `[ble]` (how a kind of BLE device is read; the device section only says which
+//! device).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -59,14 +60,31 @@ pub const BUILTIN_PROFILES: &[(&str, &str)] = &[
         "ble-relay",
         include_str!("../../config/profiles/ble-relay.toml"),
     ),
+    (
+        "mqtt-shelly-gen2-switch",
+        include_str!("../../config/profiles/mqtt-shelly-gen2-switch.toml"),
+    ),
+    (
+        "mqtt-tasmota-plug",
+        include_str!("../../config/profiles/mqtt-tasmota-plug.toml"),
+    ),
+    (
+        "mqtt-openevse",
+        include_str!("../../config/profiles/mqtt-openevse.toml"),
+    ),
+    (
+        "mqtt-generic",
+        include_str!("../../config/profiles/mqtt-generic.toml"),
+    ),
 ];
 
 /// The adapter tables a device may use as its connection section in this build.
-pub(crate) const ADAPTERS: &[&str] = &["sim", "modbus", "ble"];
+pub(crate) const ADAPTERS: &[&str] = &["sim", "modbus", "ble", "mqtt"];
 
 /// Adapter tables a profile or device may carry in later versions; named so that using
-/// one says "not supported yet" rather than "unknown key".
-pub(crate) const FUTURE_ADAPTERS: &[&str] = &["mqtt"];
+/// one says "not supported yet" rather than "unknown key". None at the moment; the
+/// mechanism stays for the next adapter.
+pub(crate) const FUTURE_ADAPTERS: &[&str] = &[];
 
 /// Where a profile came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,6 +131,9 @@ pub struct Profile {
     pub modbus: Option<toml::Table>,
     /// The `[ble]` table: how this kind of BLE device is read and commanded.
     pub ble: Option<s2gw_ble::BleProfile>,
+    /// The `[mqtt]` defaults (topics, JSON paths, command templates), checked on their
+    /// own but kept unparsed: a device's `[device.mqtt]` is merged over them key by key.
+    pub mqtt: Option<toml::Table>,
     /// Where the profile was read from.
     pub source: ProfileSource,
 }
@@ -282,6 +303,10 @@ pub(crate) fn parse_profile(
     }
     let ble_table = s.opt_table(errors, "ble");
     let ble = ble_table.and_then(|t| super::adapters::ble_profile(t, &file, errors));
+    let mqtt = s.opt_table(errors, "mqtt").cloned();
+    if let Some(table) = &mqtt {
+        super::adapters::check_mqtt_profile(table, &file, errors);
+    }
     s.finish(errors, future_adapter_hint);
     if errors.list.len() > before {
         return None;
@@ -297,6 +322,7 @@ pub(crate) fn parse_profile(
         sim,
         modbus,
         ble,
+        mqtt,
         source,
     })
 }

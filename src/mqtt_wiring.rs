@@ -1,0 +1,226 @@
+//! The daemon's MQTT side, when the config has `[mqtt]`: one client for the whole gateway,
+//! the state mirror fed from every virtual RM's [`RmView`], the "CEM control allowed"
+//! switches handed to the virtual RMs, and the bridge.
+//!
+//! The client has a shutdown token of its own, cancelled only after everything else has
+//! stopped: MQTT devices need it to send their fail-safe releases, and S2-over-MQTT links
+//! to say their sessions are over, before the client says goodbye.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use s2gw_core::{CancellationToken, DeviceStatus};
+use s2gw_mqtt::{BridgeData, DeviceState, Mqtt, MqttHandle, StateMirror};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::{Config, DeviceSection, MqttSection, control_type_name};
+use crate::rm::{LinkState, RmView};
+
+/// The running MQTT parts of the gateway.
+pub struct MqttRuntime {
+    /// The client every MQTT part shares.
+    pub handle: MqttHandle,
+    mirror: StateMirror,
+    state_interval: Duration,
+    token: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// What the mirror says about a device besides its view: who it is, for people.
+#[derive(Debug, Clone)]
+struct Identity {
+    id: String,
+    name: String,
+    manufacturer: Option<String>,
+    model: Option<String>,
+}
+
+impl MqttRuntime {
+    /// Start the client and the mirror (which knows every configured device, so the
+    /// discovery of devices no longer configured is removed at connect). Fails only on
+    /// settings the client refuses (unreadable TLS files).
+    pub fn start(section: &MqttSection, config: &Config) -> anyhow::Result<Self> {
+        let token = CancellationToken::new();
+        let (handle, client) = Mqtt::start(section.client.clone(), token.clone())
+            .map_err(|e| anyhow::anyhow!("the MQTT client cannot start: {e}"))?;
+        let ids = config.devices.iter().map(|d| d.id.clone()).collect();
+        let (mirror, mirror_task) = StateMirror::start(handle.clone(), ids);
+        Ok(Self {
+            handle,
+            mirror,
+            state_interval: section.state_interval,
+            token,
+            tasks: vec![client, mirror_task],
+        })
+    }
+
+    /// The device's "CEM control allowed" switch, for its virtual RM.
+    pub fn control_allowed(&self, device_id: &str) -> watch::Receiver<bool> {
+        self.mirror.control_allowed(device_id)
+    }
+
+    /// Mirror a device's view to the broker: at once, then on every change, at most once
+    /// per `state_interval` and always the latest.
+    pub fn mirror_device(&mut self, device: &DeviceSection, view: watch::Receiver<RmView>) {
+        let identity = Identity {
+            id: device.id.clone(),
+            name: device.name.clone(),
+            manufacturer: device.profile.manufacturer.clone(),
+            model: device.profile.model.clone(),
+        };
+        self.tasks.push(tokio::spawn(feed(
+            self.mirror.clone(),
+            identity,
+            view,
+            self.state_interval,
+            self.token.clone(),
+        )));
+    }
+
+    /// Keep a task that lives as long as the client (a native RM on MQTT).
+    pub fn keep(&mut self, task: JoinHandle<()>) {
+        self.tasks.push(task);
+    }
+
+    /// Answer bridge requests from `data` and publish `bridge/info`.
+    pub fn start_bridge(&mut self, data: Arc<dyn BridgeData>) {
+        self.tasks
+            .push(s2gw_mqtt::spawn_bridge(self.handle.clone(), data));
+    }
+
+    /// Stop the client (it publishes `{"state":"offline"}` and disconnects) and wait,
+    /// bounded, for its tasks.
+    pub async fn stop(self, grace: Duration) {
+        self.token.cancel();
+        let all = futures_util::future::join_all(self.tasks);
+        if tokio::time::timeout(grace, all).await.is_err() {
+            tracing::warn!("the MQTT client did not stop within {grace:?}");
+        }
+    }
+}
+
+async fn feed(
+    mirror: StateMirror,
+    identity: Identity,
+    mut view: watch::Receiver<RmView>,
+    interval: Duration,
+    token: CancellationToken,
+) {
+    loop {
+        let state = device_state(&identity, &view.borrow_and_update());
+        mirror.publish_state(state).await;
+        // The rate limit: changes during the pause are folded into the next publish.
+        tokio::select! {
+            () = token.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
+        }
+        tokio::select! {
+            () = token.cancelled() => return,
+            changed = view.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
+/// The mirror's state of a device from its virtual RM's view. Values of a device that
+/// cannot be read are unknown (`None`), never the last ones seen.
+fn device_state(identity: &Identity, view: &RmView) -> DeviceState {
+    let mut state = DeviceState::new(&identity.id, &identity.name, view.kind);
+    state.manufacturer = identity.manufacturer.clone();
+    state.model = identity.model.clone();
+    let fresh = view
+        .readings
+        .as_ref()
+        .filter(|r| view.available && !matches!(r.status, DeviceStatus::Unavailable(_)));
+    state.power_w = fresh.map(|r| r.power_w);
+    state.energy_wh = fresh.and_then(|r| r.energy_wh);
+    state.soc = fresh.and_then(|r| r.soc);
+    state.control_type = view
+        .control_type
+        .map(control_type_name)
+        .filter(|name| *name != "NO_SELECTION")
+        .map(str::to_string);
+    state.active = view.active.clone();
+    state.cem_link = link_name(&view.link).to_string();
+    state.available = view.available;
+    state.updated = view.updated;
+    state
+}
+
+/// The mirror's spelling of a link state: `down`, `handshaking`, `connected`.
+pub fn link_name(link: &LinkState) -> &'static str {
+    match link {
+        LinkState::Down => "down",
+        LinkState::Handshaking => "handshaking",
+        LinkState::Connected(_) => "connected",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use s2gw_core::Readings;
+    use s2gw_core::device::DeviceKind;
+    use s2gw_core::s2::ControlType;
+    use std::time::SystemTime;
+
+    fn view() -> RmView {
+        RmView {
+            resource_id: "r".into(),
+            name: "PV".into(),
+            kind: DeviceKind::PvInverter,
+            readings: Some(Readings {
+                power_w: -1200.0,
+                energy_wh: Some(5.0),
+                ..Readings::default()
+            }),
+            available: true,
+            offered: vec![ControlType::PowerEnvelopeBasedControl],
+            control_type: Some(ControlType::PowerEnvelopeBasedControl),
+            active: Some("limit".into()),
+            link: LinkState::Connected("0.0.2-beta".into()),
+            updated: SystemTime::UNIX_EPOCH,
+            instructions_executed: 0,
+            instructions_failed: 0,
+            releases: 0,
+            sessions: 1,
+        }
+    }
+
+    fn identity() -> Identity {
+        Identity {
+            id: "pv".into(),
+            name: "Roof".into(),
+            manufacturer: Some("M".into()),
+            model: None,
+        }
+    }
+
+    #[test]
+    fn a_view_becomes_a_device_state() {
+        let state = device_state(&identity(), &view());
+        assert_eq!(state.device_id, "pv");
+        assert_eq!(state.name, "Roof");
+        assert_eq!(state.power_w, Some(-1200.0));
+        assert_eq!(state.energy_wh, Some(5.0));
+        assert_eq!(state.control_type.as_deref(), Some("PEBC"));
+        assert_eq!(state.cem_link, "connected");
+        assert_eq!(state.manufacturer.as_deref(), Some("M"));
+        assert!(state.available);
+    }
+
+    #[test]
+    fn an_unavailable_device_has_no_values() {
+        let mut v = view();
+        v.available = false;
+        if let Some(r) = v.readings.as_mut() {
+            r.status = DeviceStatus::Unavailable("stale".into());
+        }
+        v.control_type = Some(ControlType::NoSelection);
+        let state = device_state(&identity(), &v);
+        assert_eq!(state.power_w, None);
+        assert_eq!(state.energy_wh, None);
+        assert_eq!(state.control_type, None);
+        assert!(!state.available);
+    }
+}
