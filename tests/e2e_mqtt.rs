@@ -1,0 +1,748 @@
+//! MQTT through the daemon process, one Debian mosquitto per test on a free loopback port:
+//! what a Home Assistant user sees (discovery, state, availability, the bridge), the LWT
+//! of a killed gateway, the "CEM control allowed" switch against a WebSocket CEM, a CEM
+//! on MQTT driving a simulated device, an s2-python RM bridged to a CEM on MQTT, and the
+//! bridge requests. Every wait is a subscription with a timeout as its failure guard.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+mod common;
+
+use std::process::Stdio;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::*;
+use s2_kit::message::{Message, MessageKind};
+use s2_kit::session::CemEvent;
+use s2_kit::types::common::{
+    ControlType, InstructionStatus, ReceptionStatusValues, SessionRequestType,
+};
+use s2_kit::types::{Duration as S2Duration, Id, ProtocolVersion, Timestamp};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+/// The base topic of every test (one broker per test, so they never meet).
+const BASE: &str = "s2gw";
+
+/// A simulated PV at local noon whatever the time (6 kW, no clouds), like e2e_daemon's.
+fn pv(id: &str, cem: &str, extra: &str) -> String {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let utc_h = (secs % 86_400.0) / 3600.0;
+    let offset_min = ((12.0 - utc_h) * 60.0).round() as i64;
+    format!(
+        "[[device]]\nid = \"{id}\"\nname = \"Roof PV\"\ncem = \"{cem}\"\n{extra}\
+         poll_interval_s = 1\nmeasurement_interval_s = 1\nprofile = \"sim-pv\"\n\
+         [device.sim]\nmodel = \"pv\"\nrated_w = 6000\ncloudiness = 0\nsunrise_h = 6\n\
+         sunset_h = 18\nutc_offset_min = {offset_min}\n"
+    )
+}
+
+fn battery(cem: &str) -> String {
+    format!(
+        "[[device]]\nid = \"battery\"\nname = \"Home battery\"\ncem = \"{cem}\"\n\
+         poll_interval_s = 1\nmeasurement_interval_s = 1\nprofile = \"sim-battery\"\n\
+         [device.sim]\nmodel = \"battery\"\ninitial_soc = 50\n"
+    )
+}
+
+fn meter(cem: &str) -> String {
+    format!(
+        "[[device]]\nid = \"meter\"\ncem = \"{cem}\"\npoll_interval_s = 1\n\
+         measurement_interval_s = 1\nprofile = \"sim-meter\"\n[device.sim]\nmodel = \"meter\"\n"
+    )
+}
+
+/// A ws-client link named `test` to a TestCem.
+fn ws_link(cem: &TestCem) -> String {
+    format!("[cem.test]\nurl = \"{}\"\n", cem.url())
+}
+
+fn gateway(extra: &str) -> String {
+    format!("[gateway]\nname = \"s2gw-mqtt\"\nstate_dir = \"@STATE_DIR@\"\n{extra}\n")
+}
+
+fn topic(leaf: &str) -> String {
+    format!("{BASE}/{leaf}")
+}
+
+fn discovery_topic(device: &str) -> String {
+    format!("homeassistant/device/s2gw_{BASE}_{device}/config")
+}
+
+fn near(value: &Value, target: f64, tolerance: f64) -> bool {
+    value
+        .as_f64()
+        .is_some_and(|v| (v - target).abs() <= tolerance)
+}
+
+/// The daemon's line saying it runs, so a failed start fails here, with its log.
+async fn running(daemon: &mut Daemon) {
+    daemon
+        .wait_log("the daemon to run", |l| l.contains("s2gw running"), GUARD)
+        .await;
+}
+
+// ----------------------------------------------------------------------------------------
+// (a) Home Assistant sees every device
+// ----------------------------------------------------------------------------------------
+
+/// Discovery of one device, checked field by field.
+fn check_discovery(d: &Value, device: &str, name: &str, extra: &[&str]) {
+    let oid = format!("s2gw_{BASE}_{device}");
+    let state_topic = topic(device);
+    assert_eq!(d["dev"]["ids"], json!([oid]), "{d}");
+    assert_eq!(d["dev"]["name"], name, "{d}");
+    assert_eq!(d["o"]["name"], "s2gw", "{d}");
+    assert_eq!(d["availability_mode"], "all", "{d}");
+    assert_eq!(d["availability"][0]["topic"], topic("bridge/state"), "{d}");
+    assert_eq!(
+        d["availability"][1]["topic"],
+        topic(&format!("{device}/availability")),
+        "{d}"
+    );
+    let power = &d["cmps"]["power_w"];
+    assert_eq!(power["p"], "sensor", "{d}");
+    assert_eq!(power["unique_id"], format!("{oid}_power_w"), "{d}");
+    assert_eq!(power["device_class"], "power", "{d}");
+    assert_eq!(power["state_class"], "measurement", "{d}");
+    assert_eq!(power["unit_of_measurement"], "W", "{d}");
+    assert_eq!(power["state_topic"], state_topic, "{d}");
+    let link = &d["cmps"]["cem_connected"];
+    assert_eq!(link["p"], "binary_sensor", "{d}");
+    assert_eq!(link["device_class"], "connectivity", "{d}");
+    let switch = &d["cmps"]["cem_control"];
+    assert_eq!(switch["p"], "switch", "{d}");
+    assert_eq!(switch["name"], "CEM control allowed", "{d}");
+    assert_eq!(switch["command_topic"], format!("{state_topic}/set"), "{d}");
+    assert_eq!(switch["payload_off"], r#"{"cem_control":"OFF"}"#, "{d}");
+    assert_eq!(switch["payload_on"], r#"{"cem_control":"ON"}"#, "{d}");
+    for key in extra {
+        assert!(d["cmps"][key]["unique_id"].is_string(), "no {key} in {d}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_home_assistant_user_sees_every_device_with_live_values() {
+    let broker = Broker::start().await;
+    let mut cem = TestCem::start(&[ProtocolVersion::V0_0_2_BETA]).await;
+    // A device this gateway announced before and that has left the config since.
+    let gone = discovery_topic("gone");
+    let mut old = MqttPeer::connect(&broker, "old", &[], None).await;
+    let stale = json!({"dev": {"ids": [format!("s2gw_{BASE}_gone")], "name": "Gone"},
+                       "o": {"name": "s2gw"}, "cmps": {}});
+    old.publish(&gone, stale.to_string(), true).await;
+    old.subscribe(&gone).await;
+    old.messages
+        .wait_for("the stale discovery", |m| m.topic == gone, GUARD)
+        .await;
+
+    let config = format!(
+        "{}{}{}{}{}{}",
+        gateway(""),
+        ws_link(&cem),
+        broker.mqtt_section(BASE).replace(
+            "reconnect_min_ms",
+            "state_interval_ms = 2000\nreconnect_min_ms"
+        ),
+        pv("pv", "test", ""),
+        battery("test"),
+        meter("test")
+    );
+    let mut daemon = Daemon::start(&config);
+    running(&mut daemon).await;
+    let _conns = cem.conns(3, GUARD).await;
+
+    // The stale device's discovery is deleted: an empty retained payload.
+    old.messages
+        .wait_for(
+            "the stale discovery to be deleted",
+            |m| m.topic == gone && m.text.is_empty(),
+            GUARD,
+        )
+        .await;
+
+    // A live follower sees the meter change, never more often than state_interval_ms.
+    let mut live = MqttPeer::connect(&broker, "live", &[&topic("meter")], None).await;
+    let first = live
+        .wait_json("the meter's state", &topic("meter"), |v| {
+            v["available"] == true
+        })
+        .await;
+    let first_at = Instant::now();
+    let second = live
+        .wait_json("the meter's next state", &topic("meter"), |v| {
+            v["updated"] != first.json()["updated"]
+        })
+        .await;
+    assert!(
+        first_at.elapsed() >= Duration::from_millis(1500),
+        "two states of one device within {:?}: not rate-limited",
+        first_at.elapsed()
+    );
+    assert_ne!(first.json()["power_w"], Value::Null);
+    assert_ne!(second.json()["power_w"], Value::Null);
+
+    // Home Assistant (re)starting now gets everything retained.
+    let mut ha = MqttPeer::connect(
+        &broker,
+        "home-assistant",
+        &["homeassistant/device/+/config", &topic("#")],
+        None,
+    )
+    .await;
+    for (device, name, extra) in [
+        ("pv", "Roof PV", vec!["energy_wh"]),
+        ("battery", "Home battery", vec!["soc"]),
+        ("meter", "meter", vec![]),
+    ] {
+        let d = ha
+            .messages
+            .wait_for(
+                &format!("{device}'s discovery"),
+                |m| m.topic == discovery_topic(device),
+                GUARD,
+            )
+            .await;
+        assert!(d.retained, "discovery must be retained");
+        check_discovery(&d.json(), device, name, &extra);
+        let availability = ha
+            .messages
+            .wait_for(
+                &format!("{device}'s availability"),
+                |m| m.topic == topic(&format!("{device}/availability")),
+                GUARD,
+            )
+            .await;
+        assert!(availability.retained);
+        assert_eq!(availability.json(), json!({"state": "online"}));
+    }
+    let bridge = ha
+        .messages
+        .wait_for("bridge/state", |m| m.topic == topic("bridge/state"), GUARD)
+        .await;
+    assert!(bridge.retained);
+    assert_eq!(bridge.json(), json!({"state": "online"}));
+
+    // State, field by field: live values, the CEM link, the switch.
+    let pv = ha
+        .wait_json("the PV's state", &topic("pv"), |v| {
+            v["cem_link"] == "connected"
+        })
+        .await;
+    let v = pv.json();
+    assert_eq!(v["name"], "Roof PV", "{v}");
+    assert_eq!(v["kind"], "pv_inverter", "{v}");
+    assert!(near(&v["power_w"], -6000.0, 300.0), "PV at noon: {v}");
+    assert!(v["energy_wh"].is_number(), "{v}");
+    assert_eq!(v["soc"], Value::Null, "{v}");
+    assert_eq!(v["control_type"], Value::Null, "nothing selected yet: {v}");
+    assert_eq!(v["cem_control"], "ON", "{v}");
+    assert_eq!(v["available"], true, "{v}");
+    assert!(
+        v["updated"]
+            .as_str()
+            .is_some_and(|t| t.parse::<Timestamp>().is_ok()),
+        "{v}"
+    );
+    let battery = ha
+        .wait_json("the battery's state", &topic("battery"), |v| {
+            v["soc"].is_number()
+        })
+        .await;
+    let v = battery.json();
+    assert!(near(&v["soc"], 50.0, 5.0), "{v}");
+    assert_eq!(v["kind"], "battery", "{v}");
+    let meter = ha
+        .wait_json("the meter's state", &topic("meter"), |v| {
+            v["power_w"].is_number()
+        })
+        .await;
+    assert!(meter.json()["power_w"].as_f64().unwrap() > 0.0);
+    daemon.assert_running();
+}
+
+// ----------------------------------------------------------------------------------------
+// (b) SIGKILL → LWT
+// ----------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_gateway_is_reported_offline_by_its_lwt() {
+    let broker = Broker::start().await;
+    let cem = TestCem::start(&[ProtocolVersion::V0_0_2_BETA]).await;
+    let mut watcher = MqttPeer::connect(&broker, "watcher", &[&topic("bridge/state")], None).await;
+    let config = format!(
+        "{}{}{}{}",
+        gateway(""),
+        ws_link(&cem),
+        broker.mqtt_section(BASE),
+        meter("test")
+    );
+    let mut daemon = Daemon::start(&config);
+    watcher
+        .wait_json("the gateway online", &topic("bridge/state"), |v| {
+            v["state"] == "online"
+        })
+        .await;
+    daemon.kill();
+    watcher
+        .wait_json("the LWT", &topic("bridge/state"), |v| {
+            v["state"] == "offline"
+        })
+        .await;
+    // Retained: whoever comes later sees it too.
+    let mut later = MqttPeer::connect(&broker, "later", &[&topic("bridge/state")], None).await;
+    let msg = later
+        .wait_json("the retained LWT", &topic("bridge/state"), |_| true)
+        .await;
+    assert!(msg.retained);
+    assert_eq!(msg.json(), json!({"state": "offline"}));
+}
+
+// ----------------------------------------------------------------------------------------
+// (c) the "CEM control allowed" switch
+// ----------------------------------------------------------------------------------------
+
+/// Select PEBC and limit the PV's production to 2 kW; returns when it is measured.
+async fn limit_pv(conn: &mut CemConn) {
+    conn.select_ready(ControlType::PowerEnvelopeBasedControl)
+        .await;
+    let constraints = match conn
+        .wait_message(MessageKind::PebcPowerConstraints, GUARD)
+        .await
+    {
+        Message::PebcPowerConstraints(c) => *c,
+        other => panic!("{:?}", other.kind()),
+    };
+    let instruction = pebc_instruction(
+        &constraints,
+        -2000.0,
+        0.0,
+        Timestamp::now(),
+        S2Duration::from_secs(600),
+    );
+    let id = instruction.id;
+    conn.instruct(instruction).await;
+    conn.wait_instruction_status(id, InstructionStatus::Succeeded, GUARD)
+        .await;
+    conn.wait_power("the limited PV", |p| (p + 2000.0).abs() < 200.0, GUARD)
+        .await;
+}
+
+/// The RM asked for a new session; the old connection ends and the next one is described.
+async fn reconnected(cem: &mut TestCem, conn: &mut CemConn) -> (CemConn, Vec<ControlType>) {
+    conn.events()
+        .wait_for(
+            "SessionRequest RECONNECT",
+            |e| {
+                matches!(e, CemEvent::SessionRequested { request, .. }
+                    if *request == SessionRequestType::Reconnect)
+            },
+            GUARD,
+        )
+        .await;
+    let mut next = cem.next_conn(GUARD).await;
+    let (_, details) = next.handshake().await;
+    (next, details.available_control_types)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cem_control_switch_releases_the_device_and_tells_the_cem() {
+    let broker = Broker::start().await;
+    let mut cem = TestCem::start(&[ProtocolVersion::V0_0_2_BETA]).await;
+    let config = format!(
+        "{}{}{}{}",
+        gateway(""),
+        ws_link(&cem),
+        broker.mqtt_section(BASE),
+        pv("pv", "test", "")
+    );
+    let mut ha = MqttPeer::connect(&broker, "ha", &[&topic("pv")], None).await;
+    let mut daemon = Daemon::start(&config);
+    let mut conn = cem.next_conn(GUARD).await;
+    let (_, details) = conn.handshake().await;
+    assert_eq!(
+        details.available_control_types,
+        [
+            ControlType::PowerEnvelopeBasedControl,
+            ControlType::NotControllable
+        ]
+    );
+    limit_pv(&mut conn).await;
+    ha.wait_json("the limit on the state topic", &topic("pv"), |v| {
+        v["control_type"] == "PEBC"
+            && v["active"].is_string()
+            && near(&v["power_w"], -2000.0, 200.0)
+    })
+    .await;
+
+    // Off: released at once, the CEM is asked to reconnect and is offered nothing to control.
+    ha.publish(&topic("pv/set"), r#"{"cem_control":"OFF"}"#, false)
+        .await;
+    let (mut off, offered) = reconnected(&mut cem, &mut conn).await;
+    assert_eq!(offered, [ControlType::NotControllable]);
+    ha.wait_json("the released PV on the state topic", &topic("pv"), |v| {
+        v["cem_control"] == "OFF" && v["active"].is_null() && near(&v["power_w"], -6000.0, 300.0)
+    })
+    .await;
+    off.wait_power(
+        "full production measured again",
+        |p| (p + 6000.0).abs() < 300.0,
+        GUARD,
+    )
+    .await;
+
+    // On again: the full offer is back, and the CEM may limit again.
+    ha.publish(&topic("pv/set"), r#"{"cem_control":"ON"}"#, false)
+        .await;
+    let (mut on, offered) = reconnected(&mut cem, &mut off).await;
+    assert_eq!(
+        offered,
+        [
+            ControlType::PowerEnvelopeBasedControl,
+            ControlType::NotControllable
+        ]
+    );
+    ha.wait_json("the switch on again", &topic("pv"), |v| {
+        v["cem_control"] == "ON"
+    })
+    .await;
+    limit_pv(&mut on).await;
+    daemon.assert_running();
+}
+
+// ----------------------------------------------------------------------------------------
+// (d) a CEM on MQTT drives a simulated device
+// ----------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cem_on_mqtt_drives_a_device() {
+    let broker = Broker::start().await;
+    let rid = Id::generate().as_str().to_string();
+    let config = format!(
+        "{}[cem.broker]\ntransport = \"mqtt\"\n{}{}",
+        gateway(""),
+        broker.mqtt_section(BASE),
+        pv("pv", "broker", &format!("resource_id = \"{rid}\"\n"))
+    );
+    let mut daemon = Daemon::start(&config);
+    running(&mut daemon).await;
+    let mut cem = MqttCem::start(&broker, BASE, &rid).await;
+    let (version, details) = cem.handshake().await;
+    assert_eq!(version, ProtocolVersion::V0_0_2_BETA);
+    assert_eq!(details.resource_id.as_str(), rid);
+    cem.select_ready(ControlType::PowerEnvelopeBasedControl)
+        .await;
+    let constraints = match cem.wait_message(MessageKind::PebcPowerConstraints).await {
+        Message::PebcPowerConstraints(c) => *c,
+        other => panic!("{:?}", other.kind()),
+    };
+    let instruction = pebc_instruction(
+        &constraints,
+        -2000.0,
+        0.0,
+        Timestamp::now(),
+        S2Duration::from_secs(600),
+    );
+    let (message_id, id) = (instruction.message_id, instruction.id);
+    cem.instruct(instruction).await;
+    let status = cem.reception_for(message_id.as_str()).await;
+    assert_eq!(status.status, ReceptionStatusValues::Ok);
+    cem.events()
+        .wait_for(
+            "InstructionStatusUpdate SUCCEEDED over MQTT",
+            |e| {
+                matches!(e, CemEvent::InstructionStatus(u)
+                    if u.instruction_id == id && u.status_type == InstructionStatus::Succeeded)
+            },
+            GUARD,
+        )
+        .await;
+    cem.events()
+        .wait_map(
+            "a PowerMeasurement of the limited PV over MQTT",
+            |e| match e {
+                CemEvent::Measurement(m) if (total_power(m) + 2000.0).abs() < 200.0 => Some(()),
+                _ => None,
+            },
+            GUARD,
+        )
+        .await;
+    // The session's state topic tells people what was agreed.
+    let mut watcher = MqttPeer::connect(
+        &broker,
+        "watcher",
+        &[&topic(&format!("s2/{rid}/state"))],
+        None,
+    )
+    .await;
+    let state = watcher
+        .wait_json(
+            "the session state",
+            &topic(&format!("s2/{rid}/state")),
+            |v| v["state"] == "open",
+        )
+        .await
+        .json();
+    assert_eq!(state["side"], "rm", "{state}");
+    // The S2 wire spelling (what SelectControlType carried).
+    assert_eq!(
+        state["control_type"], "POWER_ENVELOPE_BASED_CONTROL",
+        "{state}"
+    );
+    assert_eq!(state["protocol_version"], "0.0.2-beta", "{state}");
+    // Every frame the gateway published is valid 0.0.2-beta S2.
+    let schemas = Schemas::load();
+    schemas.assert_all("0.0.2-beta", &cem.raw_frames());
+    daemon.assert_running();
+}
+
+// ----------------------------------------------------------------------------------------
+// (e) an s2-python RM on WebSocket, bridged to a CEM on MQTT
+// ----------------------------------------------------------------------------------------
+
+/// s2-python's label on the ReceptionStatus it sends: proof the answer came from it.
+const S2PYTHON_OK: &str = "Processed okay.";
+
+fn start_s2python(url: &str, rid: &str) -> (tokio::process::Child, Queue<String>) {
+    let python = python();
+    let script = workspace().join("tests/peers/s2python_rm.py");
+    let mut child = tokio::process::Command::new(&python)
+        .arg(&script)
+        .arg(url)
+        .arg(rid)
+        .arg("60")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("cannot start the s2-python RM (scripts/python-peers.sh makes its venv)");
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = stdout.next_line().await {
+            eprintln!("[s2python] {line}");
+            let _ = tx.send(line);
+        }
+    });
+    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = stderr.next_line().await {
+            eprintln!("[s2python:err] {line}");
+        }
+    });
+    (child, Queue::new(rx))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_s2python_rm_reaches_a_cem_on_mqtt() {
+    let broker = Broker::start().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let rid = Id::generate().as_str().to_string();
+    let config = format!(
+        "{}[server]\nlisten = \"127.0.0.1:{port}\"\n[cem.broker]\ntransport = \"mqtt\"\n{}\
+         [[native]]\nid = \"py-rm\"\nresource_id = \"{rid}\"\ncem = \"broker\"\n",
+        gateway(""),
+        broker.mqtt_section(BASE)
+    );
+    let mut daemon = Daemon::start(&config);
+    running(&mut daemon).await;
+    let mut cem = MqttCem::start(&broker, BASE, &rid).await;
+    let (mut child, mut said) = start_s2python(&format!("ws://127.0.0.1:{port}/s2/rm/py-rm"), &rid);
+
+    let (version, details) = cem.handshake().await;
+    assert_eq!(version, ProtocolVersion::V0_0_2_BETA);
+    assert_eq!(details.resource_id.as_str(), rid, "resource id preserved");
+    assert_eq!(details.name.as_deref(), Some("s2-python RM"));
+    cem.select_ready(ControlType::PowerEnvelopeBasedControl)
+        .await;
+    let constraints = match cem.wait_message(MessageKind::PebcPowerConstraints).await {
+        Message::PebcPowerConstraints(c) => *c,
+        other => panic!("{:?}", other.kind()),
+    };
+    let sent_id = said
+        .wait_map(
+            "s2-python's constraints id",
+            |l| l.strip_prefix("SAW constraints_sent ").map(str::to_string),
+            GUARD,
+        )
+        .await;
+    assert_eq!(constraints.id.as_str(), sent_id, "constraints id preserved");
+    said.wait_for(
+        "s2-python to get the CEM's OK for its constraints",
+        |l| l.starts_with("SAW reception_status ") && l.ends_with(" OK"),
+        GUARD,
+    )
+    .await;
+    let instruction = pebc_instruction(
+        &constraints,
+        0.0,
+        2000.0,
+        Timestamp::now(),
+        S2Duration::from_secs(600),
+    );
+    let id = instruction.id;
+    cem.instruct(instruction).await;
+    said.wait_for(
+        "s2-python to receive the instruction",
+        |l| l.starts_with(&format!("SAW instruction {id}")),
+        GUARD,
+    )
+    .await;
+    cem.events()
+        .wait_for(
+            "SUCCEEDED from s2-python over MQTT",
+            |e| {
+                matches!(e, CemEvent::InstructionStatus(u)
+                    if u.instruction_id == id && u.status_type == InstructionStatus::Succeeded)
+            },
+            GUARD,
+        )
+        .await;
+    cem.terminate().await;
+    said.wait_for(
+        "s2-python to see TERMINATE",
+        |l| l == "SAW session_request TERMINATE",
+        GUARD,
+    )
+    .await;
+    let status = within("the s2-python RM to exit", GUARD, child.wait())
+        .await
+        .unwrap();
+    assert!(status.success(), "the s2-python RM exited with {status}");
+
+    // Every CEM message was answered by s2-python itself, across WebSocket and MQTT.
+    for (kind, message_id) in cem.sent() {
+        if kind == "ReceptionStatus" {
+            continue;
+        }
+        let status = cem.reception_for(&message_id.unwrap()).await;
+        assert_eq!(status.status, ReceptionStatusValues::Ok, "{kind}");
+        assert_eq!(
+            status.diagnostic_label.as_deref(),
+            Some(S2PYTHON_OK),
+            "{kind}: the answer must come from s2-python, not the gateway"
+        );
+    }
+    for text in cem.raw_frames() {
+        let value: Value = serde_json::from_str(&text).unwrap();
+        for (key, id) in ids_in(&value) {
+            assert!(is_uuid(&id), "{key}={id} is not a UUID");
+        }
+    }
+    daemon.assert_running();
+}
+
+// ----------------------------------------------------------------------------------------
+// (f) bridge requests
+// ----------------------------------------------------------------------------------------
+
+async fn request(peer: &mut MqttPeer, cmd: &str, body: Value) -> Value {
+    let response = topic(&format!("bridge/response/{cmd}"));
+    let transaction = body["transaction"].clone();
+    peer.publish(
+        &topic(&format!("bridge/request/{cmd}")),
+        body.to_string(),
+        false,
+    )
+    .await;
+    peer.wait_json(&format!("the {cmd} response"), &response, |v| {
+        v["transaction"] == transaction
+    })
+    .await
+    .json()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bridge_requests_are_answered_with_their_transaction() {
+    let broker = Broker::start().await;
+    let mut cem = TestCem::start(&[ProtocolVersion::V0_0_2_BETA]).await;
+    let config = format!(
+        "{}{}{}{}{}",
+        gateway(""),
+        ws_link(&cem),
+        broker.mqtt_section(BASE),
+        pv("pv", "test", ""),
+        meter("test")
+    );
+    let mut peer = MqttPeer::connect(
+        &broker,
+        "asker",
+        &[
+            &topic("bridge/response/+"),
+            &topic("bridge/info"),
+            &topic("pv"),
+        ],
+        None,
+    )
+    .await;
+    let mut daemon = Daemon::start(&config);
+    let _conns = cem.conns(2, GUARD).await;
+    peer.wait_json("the PV connected and measured", &topic("pv"), |v| {
+        v["cem_link"] == "connected" && v["power_w"].is_number()
+    })
+    .await;
+
+    let info = peer
+        .wait_json("bridge/info", &topic("bridge/info"), |_| true)
+        .await
+        .json();
+    assert_eq!(info["version"], env!("CARGO_PKG_VERSION"), "{info}");
+    assert_eq!(info["resources"].as_array().unwrap().len(), 2, "{info}");
+    assert_eq!(info["links"][0]["transport"], "ws-client", "{info}");
+
+    let r = request(&mut peer, "devices", json!({"transaction": "t-1"})).await;
+    assert_eq!(r["status"], "ok", "{r}");
+    assert_eq!(r["error"], Value::Null, "{r}");
+    let devices = r["data"].as_array().unwrap();
+    let ids: Vec<&str> = devices.iter().map(|d| d["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["pv", "meter"], "{r}");
+    let pv = &devices[0];
+    assert_eq!(pv["profile"], "sim-pv", "{r}");
+    assert_eq!(pv["cem_link"], "connected", "{r}");
+    assert!(near(&pv["power_w"], -6000.0, 300.0), "{r}");
+    assert_eq!(pv["offered"], json!(["PEBC", "NOT_CONTROLABLE"]), "{r}");
+
+    let r = request(&mut peer, "health", json!({"transaction": 2})).await;
+    assert_eq!(r["status"], "ok", "{r}");
+    assert_eq!(r["data"]["status"], "ok", "{r}");
+    assert_eq!(r["data"]["devices"]["total"], 2, "{r}");
+    assert_eq!(r["data"]["links"]["up"], 2, "{r}");
+    assert_eq!(r["data"]["mqtt"]["connected"], true, "{r}");
+    assert!(r["data"]["bus"]["rm_to_cem"].as_u64().unwrap() > 0, "{r}");
+
+    let r = request(
+        &mut peer,
+        "resource",
+        json!({"id": "pv", "transaction": "t-3"}),
+    )
+    .await;
+    assert_eq!(r["status"], "ok", "{r}");
+    assert_eq!(r["data"]["id"], "pv", "{r}");
+    assert!(
+        r["data"]["counters"]["rm_to_cem"].as_u64().unwrap() > 0,
+        "{r}"
+    );
+    assert!(
+        r["data"]["counters"]["by_kind"]["PowerMeasurement"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+
+    let r = request(
+        &mut peer,
+        "resource",
+        json!({"id": "nope", "transaction": "t-4"}),
+    )
+    .await;
+    assert_eq!(r["status"], "error", "{r}");
+    assert!(r["error"].as_str().unwrap().contains("nope"), "{r}");
+    daemon.assert_running();
+}
