@@ -230,16 +230,7 @@ pub fn capabilities(profile: &BleProfile) -> Vec<ControlCapability> {
         let modes = profile
             .modes
             .iter()
-            .map(|m| ModeSpec {
-                name: m.name.clone(),
-                label: m.label.clone().unwrap_or_else(|| m.name.clone()),
-                min_w: m.min_w,
-                max_w: m.max_w,
-                command: Command::SetMode {
-                    mode: m.name.clone(),
-                },
-                is_default: m.default,
-            })
+            .map(|m| ModeSpec::by_name(&m.name, m.label.as_deref(), m.min_w, m.max_w, m.default))
             .collect();
         out.push(ControlCapability::OperationModes {
             modes,

@@ -104,6 +104,29 @@ pub struct ModeSpec {
     pub is_default: bool,
 }
 
+impl ModeSpec {
+    /// A mode entered by [`Command::SetMode`] with its own name: what every profile-driven
+    /// adapter (Modbus, MQTT, BLE) declares from a profile's mode table.
+    pub fn by_name(
+        name: &str,
+        label: Option<&str>,
+        min_w: Watts,
+        max_w: Watts,
+        is_default: bool,
+    ) -> Self {
+        Self {
+            name: name.to_string(),
+            label: label.unwrap_or(name).to_string(),
+            min_w,
+            max_w,
+            command: Command::SetMode {
+                mode: name.to_string(),
+            },
+            is_default,
+        }
+    }
+}
+
 /// What the engine tells a device to do.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "command", rename_all = "snake_case")]
