@@ -746,3 +746,41 @@ async fn bridge_requests_are_answered_with_their_transaction() {
     assert!(r["error"].as_str().unwrap().contains("nope"), "{r}");
     daemon.assert_running();
 }
+
+/// The switch is kept in the retained state: a restarted gateway reads it back before it
+/// publishes anything, so the first state it publishes still says OFF.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cem_control_switch_survives_a_restart() {
+    let broker = Broker::start().await;
+    // A CEM link to a closed loopback port: the switch does not need a CEM.
+    let config = format!(
+        "{}[cem.test]\nurl = \"ws://127.0.0.1:9/s2/{{resource_id}}\"\n{}{}",
+        gateway(""),
+        broker.mqtt_section(BASE),
+        meter("test")
+    );
+    let mut ha = MqttPeer::connect(&broker, "ha", &[&topic("meter")], None).await;
+    let mut daemon = Daemon::start(&config);
+    ha.wait_json("the switch on", &topic("meter"), |v| {
+        v["cem_control"] == "ON"
+    })
+    .await;
+    ha.publish(&topic("meter/set"), r#"{"cem_control":"OFF"}"#, false)
+        .await;
+    ha.wait_json("the switch off", &topic("meter"), |v| {
+        v["cem_control"] == "OFF"
+    })
+    .await;
+    assert!(daemon.stop(), "the daemon did not stop on SIGTERM");
+    drop(daemon);
+    ha.messages.clear();
+    let mut daemon = Daemon::start(&config);
+    running(&mut daemon).await;
+    let first = ha
+        .wait_json("the first state after the restart", &topic("meter"), |v| {
+            v["available"] == true
+        })
+        .await;
+    assert_eq!(first.json()["cem_control"], "OFF", "{}", first.text);
+    daemon.assert_running();
+}
