@@ -55,6 +55,18 @@ async fn recorded_session() {
             SOON,
         )
         .await;
+    // Let the RM's reactions to the instruction arrive (and be answered) before ending
+    // the session: a message still in flight when the CEM hangs up is rightly reported
+    // as unanswered by the replay.
+    ev.frames()
+        .wait_for(
+            "the OMBC.Status after the switch",
+            |v| v["message_type"] == "OMBC.Status",
+            SOON,
+        )
+        .await;
+    ev.wait_power("the EV at 6 A x 3", |w| (w - 4140.0).abs() < 50.0, SOON)
+        .await;
     ev.terminate().await;
     daemon
         .wait_log("the session closed", |l| l.contains("fail-safe"), SOON)
