@@ -231,10 +231,23 @@ async fn path(port: u16) -> Path {
     let (b, _) = Mqtt::start(config(port, "bench-b"), shutdown.clone()).unwrap();
     let (a_end, mut a_bus) = Endpoint::pair(1024);
     let (b_end, mut b_bus) = Endpoint::pair(1024);
+    let mut states = a
+        .subscribe(&a.topic(&format!("s2/{RID}/state")), 1 << 20)
+        .await
+        .unwrap();
     spawn_cem_link(a.clone(), RID.into(), a_end, shutdown.clone());
     add_native_rm(b.clone(), RID.into(), b_end);
     a.status().wait_for(|s| s.connected).await.unwrap();
     b.status().wait_for(|s| s.connected).await.unwrap();
+    // Each side publishes its state only after it subscribed: once both were seen, a
+    // message from either side cannot reach an empty topic.
+    let mut sides = std::collections::HashSet::new();
+    while sides.len() < 2 {
+        let m = states.recv().await.unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+        sides.insert(v["side"].as_str().unwrap().to_string());
+    }
+    eprintln!("(both sides subscribed)");
     // Both gateways see each other as the peer; one retained presence serves both.
     a.publish_retained(a.topic(&format!("s2/{RID}/peer")), r#"{"state":"online"}"#)
         .await
@@ -277,6 +290,7 @@ async fn path(port: u16) -> Path {
             }
         }
     }
+    eprintln!("(sessions negotiated)");
     Path {
         a_bus,
         b_bus,

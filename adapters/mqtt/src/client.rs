@@ -3,6 +3,7 @@
 //! bridge state and every retained topic the gateway owns.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -63,7 +64,42 @@ impl std::fmt::Debug for MqttHandle {
 
 struct Route {
     filter: String,
-    tx: mpsc::Sender<Inbound>,
+    tx: mpsc::UnboundedSender<Inbound>,
+    /// Bytes queued for the consumer, shared with its [`Subscription`].
+    queued: Arc<AtomicUsize>,
+    limit: usize,
+}
+
+/// The messages of one subscription, in arrival order.
+///
+/// The queue is bounded in bytes, not messages: the connection task never waits for a
+/// consumer (a consumer may itself be waiting to publish, which needs that task), and a
+/// burst of small S2 messages must not be lost while one huge payload is.
+#[derive(Debug)]
+pub struct Subscription {
+    rx: mpsc::UnboundedReceiver<Inbound>,
+    queued: Arc<AtomicUsize>,
+}
+
+impl Subscription {
+    /// The next message, or `None` once the client stopped.
+    pub async fn recv(&mut self) -> Option<Inbound> {
+        let message = self.rx.recv().await?;
+        self.queued.fetch_sub(cost(&message), Ordering::AcqRel);
+        Some(message)
+    }
+
+    /// The next message if one is queued.
+    pub fn try_recv(&mut self) -> Option<Inbound> {
+        let message = self.rx.try_recv().ok()?;
+        self.queued.fetch_sub(cost(&message), Ordering::AcqRel);
+        Some(message)
+    }
+}
+
+/// What a queued message counts against its subscription's limit.
+fn cost(message: &Inbound) -> usize {
+    message.payload.len().saturating_add(message.topic.len())
 }
 
 struct Shared {
@@ -225,22 +261,25 @@ impl MqttHandle {
         self.shared.client.publish(topic, Bytes::new(), true).await
     }
 
-    /// Subscribe (QoS 1) to `filter`; matching messages arrive on the receiver, which
-    /// holds up to `capacity` of them. A consumer that falls further behind loses
-    /// messages (logged): one slow consumer must not stall the whole connection.
+    /// Subscribe (QoS 1) to `filter`; matching messages arrive on the subscription,
+    /// which holds up to `max_queued_bytes` of them. A consumer that falls further behind
+    /// loses messages (logged): one stuck consumer must not stall the whole connection.
     /// The subscription is renewed after every reconnect.
     pub async fn subscribe(
         &self,
         filter: &str,
-        capacity: usize,
-    ) -> Result<mpsc::Receiver<Inbound>, MqttError> {
-        let (tx, rx) = mpsc::channel(capacity.max(1));
+        max_queued_bytes: usize,
+    ) -> Result<Subscription, MqttError> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let queued = Arc::new(AtomicUsize::new(0));
         lock(&self.shared.routes).push(Route {
             filter: filter.to_string(),
             tx,
+            queued: queued.clone(),
+            limit: max_queued_bytes,
         });
         self.shared.client.subscribe(filter.to_string()).await?;
-        Ok(rx)
+        Ok(Subscription { rx, queued })
     }
 
     /// Drop every route for `filter` and unsubscribe from it.
@@ -254,18 +293,25 @@ impl MqttHandle {
         let mut routes = lock(&self.shared.routes);
         routes.retain(|r| !r.tx.is_closed());
         let mut delivered = false;
+        let size = cost(&inbound);
         for route in routes
             .iter()
             .filter(|r| crate::topic::matches(&r.filter, &inbound.topic))
         {
-            match route.tx.try_send(inbound.clone()) {
-                Ok(()) => delivered = true,
-                Err(mpsc::error::TrySendError::Full(_)) => warn!(
+            let queued = route.queued.load(Ordering::Acquire);
+            if queued.saturating_add(size) > route.limit {
+                warn!(
                     topic = %inbound.topic,
                     filter = %route.filter,
-                    "a consumer is not keeping up: message dropped"
-                ),
-                Err(mpsc::error::TrySendError::Closed(_)) => {}
+                    bytes = size,
+                    queued,
+                    "a consumer is not keeping up (or the payload is too large): message dropped"
+                );
+                continue;
+            }
+            route.queued.fetch_add(size, Ordering::AcqRel);
+            if route.tx.send(inbound.clone()).is_ok() {
+                delivered = true;
             }
         }
         if !delivered {

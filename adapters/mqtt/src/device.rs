@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use crate::MqttError;
-use crate::client::{Inbound, MqttHandle};
+use crate::client::MqttHandle;
 
 /// Where one reading comes from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -229,7 +229,9 @@ impl MqttDevice {
         ];
         for (name, map) in maps {
             let Some(map) = map else { continue };
-            let rx = handle.subscribe(&config.fill(&map.topic), 64).await?;
+            let rx = handle
+                .subscribe(&config.fill(&map.topic), 4 * 1024 * 1024)
+                .await?;
             tokio::spawn(follow(
                 rx,
                 name,
@@ -270,7 +272,7 @@ impl MqttDevice {
 
 /// Keep the latest value of one reading.
 async fn follow(
-    mut rx: tokio::sync::mpsc::Receiver<Inbound>,
+    mut rx: crate::client::Subscription,
     name: &'static str,
     map: ReadingMap,
     latest: Arc<Mutex<Latest>>,

@@ -32,7 +32,7 @@ mod topic;
 mod wire;
 
 pub use bridge::{BridgeData, spawn_bridge};
-pub use client::{Inbound, LinkStatus, Mqtt, MqttHandle};
+pub use client::{Inbound, LinkStatus, Mqtt, MqttHandle, Subscription};
 pub use config::{MqttConfig, Protocol, TlsConfig};
 pub use device::{CommandMap, CurrentMap, ModeMap, MqttDevice, MqttDeviceConfig, ReadingMap};
 pub use mirror::{DeviceState, StateMirror};

@@ -14,11 +14,11 @@ use bytes::Bytes;
 use s2gw_core::device::DeviceKind;
 use serde::Serialize;
 use serde_json::{Value, json};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use crate::client::{Inbound, MqttHandle};
+use crate::client::{Inbound, MqttHandle, Subscription};
 
 /// How long the read-back of retained discovery may take before it is cut short.
 const SWEEP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -246,11 +246,14 @@ impl StateMirror {
         let subscribed = async {
             let ha = self
                 .handle
-                .subscribe(&format!("{}/status", self.handle.discovery_prefix()), 16)
+                .subscribe(
+                    &format!("{}/status", self.handle.discovery_prefix()),
+                    1024 * 1024,
+                )
                 .await?;
             let set = self
                 .handle
-                .subscribe(&self.handle.topic("+/set"), 256)
+                .subscribe(&self.handle.topic("+/set"), 4 * 1024 * 1024)
                 .await?;
             Ok::<_, crate::MqttError>((ha, set))
         };
@@ -344,9 +347,15 @@ impl StateMirror {
         let disc_filter = format!("{}/device/+/config", self.handle.discovery_prefix());
         let state_filter = self.handle.topic("+");
         let retained = async {
-            let mut sync = self.handle.subscribe(&marker, 4).await?;
-            let mut disc = self.handle.subscribe(&disc_filter, 65536).await?;
-            let mut states = self.handle.subscribe(&state_filter, 65536).await?;
+            let mut sync = self.handle.subscribe(&marker, 1024 * 1024).await?;
+            let mut disc = self
+                .handle
+                .subscribe(&disc_filter, 256 * 1024 * 1024)
+                .await?;
+            let mut states = self
+                .handle
+                .subscribe(&state_filter, 256 * 1024 * 1024)
+                .await?;
             let nonce = uuid::Uuid::new_v4().to_string();
             self.handle.publish(marker.clone(), nonce.clone()).await?;
             // Messages are dispatched in arrival order: once the marker is here, every
@@ -433,9 +442,9 @@ impl StateMirror {
     }
 }
 
-fn drain(rx: &mut mpsc::Receiver<Inbound>) -> Vec<Inbound> {
+fn drain(rx: &mut Subscription) -> Vec<Inbound> {
     let mut out = Vec::new();
-    while let Ok(m) = rx.try_recv() {
+    while let Some(m) = rx.try_recv() {
         out.push(m);
     }
     out

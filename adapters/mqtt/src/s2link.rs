@@ -17,12 +17,12 @@ use s2gw_core::s2::{
 };
 use s2gw_core::{BusEvent, CancellationToken, Edge, Endpoint, Frame, Rejection, Side};
 use serde_json::json;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
-use crate::client::{Inbound, LinkStatus, MqttHandle};
+use crate::client::{Inbound, LinkStatus, MqttHandle, Subscription};
 
 /// Frames from the bus that wait for a session, at most (as in the WebSocket adapter).
 const QUEUE_LIMIT: usize = 256;
@@ -30,8 +30,9 @@ const QUEUE_LIMIT: usize = 256;
 /// Inbound payloads remembered to drop QoS 1 redeliveries.
 const DEDUPE_WINDOW: usize = 1024;
 
-/// Inbound messages buffered per topic before the client drops (and logs) them.
-const INBOUND_CAPACITY: usize = 1024;
+/// Inbound bytes buffered for a link's data topic before the client drops (and logs)
+/// messages: thousands of S2 messages, or a few oversized ones to refuse.
+const INBOUND_BYTES: usize = 64 * 1024 * 1024;
 
 /// Start the CEM link of `resource_id` over MQTT: the gateway plays the RM side on MQTT
 /// (publishes on `<base>/s2/<id>/rm`, listens on `<base>/s2/<id>/cem`) and the CEM side
@@ -218,9 +219,12 @@ impl Slot {
         let subscribed = async {
             let data = self
                 .handle
-                .subscribe(&self.topics.inbound, INBOUND_CAPACITY)
+                .subscribe(&self.topics.inbound, INBOUND_BYTES)
                 .await?;
-            let peer = self.handle.subscribe(&self.topics.peer, 16).await?;
+            let peer = self
+                .handle
+                .subscribe(&self.topics.peer, 1024 * 1024)
+                .await?;
             Ok::<_, crate::MqttError>((data, peer))
         };
         let Ok((mut data, mut peer)) = subscribed.await else {
@@ -236,8 +240,8 @@ impl Slot {
 
     async fn event_loop(
         &mut self,
-        data: &mut mpsc::Receiver<Inbound>,
-        peer: &mut mpsc::Receiver<Inbound>,
+        data: &mut Subscription,
+        peer: &mut Subscription,
         status: &mut watch::Receiver<LinkStatus>,
     ) -> Flow {
         let first = *status.borrow_and_update();
