@@ -113,7 +113,7 @@ async fn direct_pair(
     let n = PAIR.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let connect = |id: &str| {
         let mut o = MqttOptions::new(format!("{id}-{n}"), "127.0.0.1", port);
-        o.set_max_packet_size(1 << 20, 1 << 20);
+        o.set_max_packet_size(1 << 20, 64);
         o.set_keep_alive(Duration::from_secs(30));
         let mut network = rumqttc::NetworkOptions::new();
         network.set_tcp_nodelay(true);
@@ -232,7 +232,7 @@ async fn path(port: u16) -> Path {
     let (a_end, mut a_bus) = Endpoint::pair(1024);
     let (b_end, mut b_bus) = Endpoint::pair(1024);
     let mut states = a
-        .subscribe(&a.topic(&format!("s2/{RID}/state")), 1 << 20)
+        .subscribe(&a.topic(&format!("s2/{RID}/state")), 64)
         .await
         .unwrap();
     spawn_cem_link(a.clone(), RID.into(), a_end, shutdown.clone());

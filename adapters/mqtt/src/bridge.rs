@@ -39,7 +39,7 @@ pub fn spawn_bridge(handle: MqttHandle, data: Arc<dyn BridgeData>) -> JoinHandle
 async fn run(handle: MqttHandle, data: Arc<dyn BridgeData>) {
     let shutdown = handle.shutdown_token();
     let Ok(mut requests) = handle
-        .subscribe(&handle.topic("bridge/request/+"), 4 * 1024 * 1024)
+        .subscribe(&handle.topic("bridge/request/+"), 256)
         .await
     else {
         return;

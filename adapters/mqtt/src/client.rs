@@ -65,39 +65,55 @@ impl std::fmt::Debug for MqttHandle {
 struct Route {
     filter: String,
     tx: mpsc::UnboundedSender<Inbound>,
-    /// Bytes queued for the consumer, shared with its [`Subscription`].
-    queued: Arc<AtomicUsize>,
-    limit: usize,
+    /// What is queued for the consumer, shared with its [`Subscription`].
+    queued: Arc<Queued>,
+    capacity: usize,
 }
+
+/// Messages and bytes waiting in one subscription.
+#[derive(Debug, Default)]
+struct Queued {
+    messages: AtomicUsize,
+    bytes: AtomicUsize,
+}
+
+/// At most this many bytes wait in one subscription, whatever its message capacity: a
+/// few oversized payloads must not pin hundreds of megabytes.
+const MAX_QUEUED_BYTES: usize = 64 * 1024 * 1024;
 
 /// The messages of one subscription, in arrival order.
 ///
-/// The queue is bounded in bytes, not messages: the connection task never waits for a
-/// consumer (a consumer may itself be waiting to publish, which needs that task), and a
-/// burst of small S2 messages must not be lost while one huge payload is.
+/// The connection task never waits for a consumer (a consumer may itself be waiting to
+/// publish, which needs that task): past the subscription's capacity (or
+/// [`MAX_QUEUED_BYTES`]) messages are dropped and logged instead.
 #[derive(Debug)]
 pub struct Subscription {
     rx: mpsc::UnboundedReceiver<Inbound>,
-    queued: Arc<AtomicUsize>,
+    queued: Arc<Queued>,
 }
 
 impl Subscription {
     /// The next message, or `None` once the client stopped.
     pub async fn recv(&mut self) -> Option<Inbound> {
         let message = self.rx.recv().await?;
-        self.queued.fetch_sub(cost(&message), Ordering::AcqRel);
+        self.taken(&message);
         Some(message)
     }
 
     /// The next message if one is queued.
-    pub fn try_recv(&mut self) -> Option<Inbound> {
-        let message = self.rx.try_recv().ok()?;
-        self.queued.fetch_sub(cost(&message), Ordering::AcqRel);
-        Some(message)
+    pub fn try_recv(&mut self) -> Result<Inbound, mpsc::error::TryRecvError> {
+        let message = self.rx.try_recv()?;
+        self.taken(&message);
+        Ok(message)
+    }
+
+    fn taken(&self, message: &Inbound) {
+        self.queued.messages.fetch_sub(1, Ordering::AcqRel);
+        self.queued.bytes.fetch_sub(cost(message), Ordering::AcqRel);
     }
 }
 
-/// What a queued message counts against its subscription's limit.
+/// What a queued message counts against the byte limit.
 fn cost(message: &Inbound) -> usize {
     message.payload.len().saturating_add(message.topic.len())
 }
@@ -262,21 +278,21 @@ impl MqttHandle {
     }
 
     /// Subscribe (QoS 1) to `filter`; matching messages arrive on the subscription,
-    /// which holds up to `max_queued_bytes` of them. A consumer that falls further behind
-    /// loses messages (logged): one stuck consumer must not stall the whole connection.
-    /// The subscription is renewed after every reconnect.
+    /// which holds up to `capacity` of them (and at most 64 MiB). A consumer that falls
+    /// further behind loses messages (logged): one stuck consumer must not stall the
+    /// whole connection. The subscription is renewed after every reconnect.
     pub async fn subscribe(
         &self,
         filter: &str,
-        max_queued_bytes: usize,
+        capacity: usize,
     ) -> Result<Subscription, MqttError> {
         let (tx, rx) = mpsc::unbounded_channel();
-        let queued = Arc::new(AtomicUsize::new(0));
+        let queued = Arc::new(Queued::default());
         lock(&self.shared.routes).push(Route {
             filter: filter.to_string(),
             tx,
             queued: queued.clone(),
-            limit: max_queued_bytes,
+            capacity: capacity.max(1),
         });
         self.shared.client.subscribe(filter.to_string()).await?;
         Ok(Subscription { rx, queued })
@@ -298,18 +314,20 @@ impl MqttHandle {
             .iter()
             .filter(|r| crate::topic::matches(&r.filter, &inbound.topic))
         {
-            let queued = route.queued.load(Ordering::Acquire);
-            if queued.saturating_add(size) > route.limit {
+            let messages = route.queued.messages.load(Ordering::Acquire);
+            let bytes = route.queued.bytes.load(Ordering::Acquire);
+            if messages >= route.capacity || bytes.saturating_add(size) > MAX_QUEUED_BYTES {
                 warn!(
                     topic = %inbound.topic,
                     filter = %route.filter,
-                    bytes = size,
-                    queued,
-                    "a consumer is not keeping up (or the payload is too large): message dropped"
+                    size,
+                    messages,
+                    "a consumer is not keeping up: message dropped"
                 );
                 continue;
             }
-            route.queued.fetch_add(size, Ordering::AcqRel);
+            route.queued.messages.fetch_add(1, Ordering::AcqRel);
+            route.queued.bytes.fetch_add(size, Ordering::AcqRel);
             if route.tx.send(inbound.clone()).is_ok() {
                 delivered = true;
             }

@@ -229,9 +229,7 @@ impl MqttDevice {
         ];
         for (name, map) in maps {
             let Some(map) = map else { continue };
-            let rx = handle
-                .subscribe(&config.fill(&map.topic), 4 * 1024 * 1024)
-                .await?;
+            let rx = handle.subscribe(&config.fill(&map.topic), 1024).await?;
             tokio::spawn(follow(
                 rx,
                 name,

@@ -246,14 +246,11 @@ impl StateMirror {
         let subscribed = async {
             let ha = self
                 .handle
-                .subscribe(
-                    &format!("{}/status", self.handle.discovery_prefix()),
-                    1024 * 1024,
-                )
+                .subscribe(&format!("{}/status", self.handle.discovery_prefix()), 64)
                 .await?;
             let set = self
                 .handle
-                .subscribe(&self.handle.topic("+/set"), 4 * 1024 * 1024)
+                .subscribe(&self.handle.topic("+/set"), 1024)
                 .await?;
             Ok::<_, crate::MqttError>((ha, set))
         };
@@ -347,15 +344,9 @@ impl StateMirror {
         let disc_filter = format!("{}/device/+/config", self.handle.discovery_prefix());
         let state_filter = self.handle.topic("+");
         let retained = async {
-            let mut sync = self.handle.subscribe(&marker, 1024 * 1024).await?;
-            let mut disc = self
-                .handle
-                .subscribe(&disc_filter, 256 * 1024 * 1024)
-                .await?;
-            let mut states = self
-                .handle
-                .subscribe(&state_filter, 256 * 1024 * 1024)
-                .await?;
+            let mut sync = self.handle.subscribe(&marker, 16).await?;
+            let mut disc = self.handle.subscribe(&disc_filter, 100_000).await?;
+            let mut states = self.handle.subscribe(&state_filter, 100_000).await?;
             let nonce = uuid::Uuid::new_v4().to_string();
             self.handle.publish(marker.clone(), nonce.clone()).await?;
             // Messages are dispatched in arrival order: once the marker is here, every
@@ -444,7 +435,7 @@ impl StateMirror {
 
 fn drain(rx: &mut Subscription) -> Vec<Inbound> {
     let mut out = Vec::new();
-    while let Some(m) = rx.try_recv() {
+    while let Ok(m) = rx.try_recv() {
         out.push(m);
     }
     out

@@ -30,9 +30,9 @@ const QUEUE_LIMIT: usize = 256;
 /// Inbound payloads remembered to drop QoS 1 redeliveries.
 const DEDUPE_WINDOW: usize = 1024;
 
-/// Inbound bytes buffered for a link's data topic before the client drops (and logs)
-/// messages: thousands of S2 messages, or a few oversized ones to refuse.
-const INBOUND_BYTES: usize = 64 * 1024 * 1024;
+/// Inbound messages buffered for a link's data topic before the client drops (and logs)
+/// them: a burst of S2 messages must wait, not vanish.
+const INBOUND_CAPACITY: usize = 100_000;
 
 /// Start the CEM link of `resource_id` over MQTT: the gateway plays the RM side on MQTT
 /// (publishes on `<base>/s2/<id>/rm`, listens on `<base>/s2/<id>/cem`) and the CEM side
@@ -219,12 +219,9 @@ impl Slot {
         let subscribed = async {
             let data = self
                 .handle
-                .subscribe(&self.topics.inbound, INBOUND_BYTES)
+                .subscribe(&self.topics.inbound, INBOUND_CAPACITY)
                 .await?;
-            let peer = self
-                .handle
-                .subscribe(&self.topics.peer, 1024 * 1024)
-                .await?;
+            let peer = self.handle.subscribe(&self.topics.peer, 64).await?;
             Ok::<_, crate::MqttError>((data, peer))
         };
         let Ok((mut data, mut peer)) = subscribed.await else {
