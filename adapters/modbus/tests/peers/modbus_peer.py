@@ -3,7 +3,11 @@
 Usage: modbus_peer.py PORT KIND [options]
   KIND: sunspec | abb | sdm630
   sunspec: --base N --models 1,103,123 [--preset-limit PCT] [--fc6-only]
-           [--fail-writes] [--ignore-writes]
+           [--fail-writes] [--ignore-writes] [--preset-storctl MODE]
+  any kind: [--framer rtu] (RTU frames over the TCP socket instead of MBAP)
+
+--preset-storctl MODE: model 124 as an installer left it: StorCtl_Mod = MODE,
+InWRte = 20 %, OutWRte = 30 %, InOutWRte_RvrtTms = 0 (storage control not ours).
 
 Every write request is printed to stdout as one JSON line
 {"fc": 16, "address": 40247, "values": [600]} so the test can see exactly which
@@ -17,6 +21,7 @@ import json
 import struct
 import sys
 
+from pymodbus import FramerType
 from pymodbus.constants import ExcCodes
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
@@ -51,7 +56,7 @@ def model(mid, length, points):
     return regs
 
 
-def sunspec_models(preset):
+def sunspec_models(preset, storctl=None):
     lim123 = [1000, 1] if preset is None else [preset * 10, 1]
     ena123 = 0 if preset is None else 1
     pct704 = 10000 if preset is None else preset * 100
@@ -66,14 +71,16 @@ def sunspec_models(preset):
         121: model(121, 30, {2: [5000], 22: [0]}),
         123: model(123, 24, {5: [lim123[0]], 7: [0], 9: [ena123], 23: [s16(-1)]}),
         124: model(124, 24, {2: [5000], 8: [655], 18: [0], 22: [s16(-1)],
-                             25: [s16(-1)]}),
+                             25: [s16(-1)],
+                             **({} if storctl is None else
+                                {5: [storctl], 12: [300], 13: [200], 15: [0]})}),
         704: model(704, 65, {14: [ena704], 15: [pct704], 16: [10000], 17: [0],
                              18: u32(0), 54: [s16(-2)], 55: [0]}),
     }
 
 
-def sunspec(base, ids, preset):
-    models = sunspec_models(preset)
+def sunspec(base, ids, preset, storctl=None):
+    models = sunspec_models(preset, storctl)
     regs = [0x5375, 0x6E53]
     for mid in ids:
         regs += models[mid]
@@ -139,14 +146,17 @@ async def main():
     p.add_argument("--fc6-only", action="store_true")
     p.add_argument("--fail-writes", action="store_true")
     p.add_argument("--ignore-writes", action="store_true")
+    p.add_argument("--preset-storctl", type=int)
+    p.add_argument("--framer", choices=["socket", "rtu"], default="socket")
     args = p.parse_args()
     if args.kind == "sunspec":
         ids = [int(m) for m in args.models.split(",")]
-        spec = sunspec(args.base, ids, args.preset_limit)
+        spec = sunspec(args.base, ids, args.preset_limit, args.preset_storctl)
     else:
         spec = abb() if args.kind == "abb" else sdm630()
     device = SimDevice(0, simdata=blocks(spec), action=make_action(args))
-    server = ModbusTcpServer(device, address=("127.0.0.1", args.port))
+    framer = FramerType.RTU if args.framer == "rtu" else FramerType.SOCKET
+    server = ModbusTcpServer(device, framer=framer, address=("127.0.0.1", args.port))
     await server.serve_forever()
 
 
