@@ -15,7 +15,9 @@ use std::collections::BTreeMap;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{CemConn, Daemon, GUARD, Queue, TestCem, ombc_instruction, pebc_instruction};
+use common::{
+    CemConn, Daemon, GUARD, Queue, TestCem, frbc_instruction, ombc_instruction, pebc_instruction,
+};
 use s2_kit::message::{Message, MessageKind};
 use s2_kit::types::common::ControlType;
 use s2_kit::types::{Duration as S2Duration, Id, ProtocolVersion, Timestamp, ombc, pebc};
@@ -609,4 +611,152 @@ async fn tools() {
     // Usage errors are clap's: no bus given.
     let (ok, _, err) = s2gw(&["modbus", "scan"]).await;
     assert!(!ok && err.contains("--tcp"), "{err}");
+}
+
+// ----------------------------------------------------------------------------------------
+// SunSpec storage (model 124)
+// ----------------------------------------------------------------------------------------
+
+const FRBC: ControlType = ControlType::FillRateBasedControl;
+const CHAIN_124: [(u16, u16); 3] = [(1, 66), (103, 50), (124, 24)];
+
+/// A SunSpec battery inverter (1+103+124 at 40000) with the `modbus-sunspec-storage`
+/// profile: FRBC describes the battery with the SoC from ChaState; "charge" at 0.5 becomes
+/// the storage writes (revert timer first, rule 2), read back, SUCCEEDED; a lost CEM sets
+/// StorCtl_Mod back to 0. A second battery whose StorCtl_Mod was set by an installer is
+/// left alone at start-up and gets exactly its settings back on release (rule 3).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sunspec_storage_follows_frbc_and_releases_on_a_lost_cem() {
+    within_test(sunspec_storage()).await;
+}
+
+async fn sunspec_storage() {
+    let mut ours = Peer::start(&["sunspec", "--models", "1,103,124"]).await;
+    let mut theirs =
+        Peer::start(&["sunspec", "--models", "1,103,124", "--preset-storctl", "2"]).await;
+    let mut cem = TestCem::start(&[ProtocolVersion::V0_0_2_BETA]).await;
+    let mut daemon = Daemon::start(&config(
+        &cem,
+        &[
+            device("battery", "modbus-sunspec-storage", &ours, ""),
+            device("installed", "modbus-sunspec-storage", &theirs, ""),
+        ],
+    ));
+    let mut conns = connect(&mut cem, 2).await;
+    let m = model_at(40000, &CHAIN_124, 124);
+    // Offsets in model 124.
+    let (stor_ctl, out_w, in_w, rvrt) = (m + 5, m + 12, m + 13, m + 15);
+
+    for (name, conn) in &mut conns {
+        conn.select_ready(FRBC).await;
+        let system = match conn
+            .wait_message(MessageKind::FrbcSystemDescription, SOON)
+            .await
+        {
+            Message::FrbcSystemDescription(s) => *s,
+            other => panic!(
+                "{name}: expected FRBC.SystemDescription, got {:?}",
+                other.kind()
+            ),
+        };
+        // WChaMax = 5000 W (SF 0): "charge" spans 0..5000 W; the profile's SoC range.
+        let charge = system.actuators[0]
+            .operation_modes
+            .iter()
+            .find(|m| m.diagnostic_label.as_deref() == Some("charge"))
+            .unwrap_or_else(|| panic!("{name}: no charge mode"));
+        let range = &charge.elements[0].power_ranges[0];
+        assert!(
+            near(range.start_of_range, 0.0) && near(range.end_of_range, 5000.0),
+            "{name}: charge range {range:?}"
+        );
+        assert!(
+            near(system.storage.fill_level_range.start_of_range, 10.0)
+                && near(system.storage.fill_level_range.end_of_range, 100.0),
+            "{name}: {:?}",
+            system.storage.fill_level_range
+        );
+        // ChaState = 655 with ChaState_SF = -1.
+        let soc = conn
+            .frames()
+            .wait_for(
+                &format!("{name}: FRBC.StorageStatus at 65.5 %"),
+                |v| {
+                    v["message_type"] == "FRBC.StorageStatus"
+                        && v["present_fill_level"]
+                            .as_f64()
+                            .is_some_and(|f| near(f, 65.5))
+                },
+                SOON,
+            )
+            .await;
+        assert!(near(soc["present_fill_level"].as_f64().unwrap(), 65.5));
+
+        // Rule 3: nothing written before an instruction, the installer's setting included.
+        let peer = if name == "battery" {
+            &mut ours
+        } else {
+            &mut theirs
+        };
+        assert_eq!(
+            peer.writes.try_next(),
+            None,
+            "{name} written before any instruction"
+        );
+        if name == "installed" {
+            assert_eq!(
+                peer.holding(stor_ctl, 1).await,
+                [2],
+                "installer's StorCtl_Mod touched"
+            );
+        }
+
+        // Charge at half of 5000 W: 50 % of WChaMax, InOutWRte_SF = -1.
+        let instruction = frbc_instruction(&system, "charge", 0.5);
+        let id = instruction.id;
+        conn.instruct(instruction).await;
+        let last = await_status(conn, id, &["SUCCEEDED", "ABORTED", "REJECTED"]).await;
+        assert_eq!(last, "SUCCEEDED", "{name}: {:?}", statuses_of(conn, id));
+        let minus_500 = i64::from((-500i16) as u16);
+        for want in [
+            seen(16, rvrt, &[120]),
+            seen(16, in_w, &[500]),
+            seen(16, out_w, &[minus_500]),
+            seen(16, stor_ctl, &[3]),
+        ] {
+            peer.wait_write(want).await;
+        }
+        // The device holds the setpoint with its revert timer (rule 2).
+        let held = peer.holding(stor_ctl, 11).await;
+        assert_eq!(
+            (held[0], held[7], held[8], held[10]),
+            (3, (-500i16) as u16, 500, 120),
+            "{name}: StorCtl_Mod, OutWRte, InWRte, InOutWRte_RvrtTms = {held:?}"
+        );
+    }
+
+    // The CEM dies: ours goes back to StorCtl_Mod = 0; the installer's settings come back
+    // exactly as they were (StorCtl_Mod 2, InWRte 20 %, OutWRte 30 %, no revert timer).
+    cem.kill().await;
+    ours.wait_write(seen(16, stor_ctl, &[0])).await;
+    assert_eq!(
+        ours.holding(stor_ctl, 1).await,
+        [0],
+        "ours still controlled"
+    );
+    for want in [
+        seen(16, rvrt, &[0]),
+        seen(16, in_w, &[200]),
+        seen(16, out_w, &[300]),
+        seen(16, stor_ctl, &[2]),
+    ] {
+        theirs.wait_write(want).await;
+    }
+    let held = theirs.holding(stor_ctl, 11).await;
+    assert_eq!(
+        (held[0], held[7], held[8], held[10]),
+        (2, 300, 200, 0),
+        "the installer's storage settings: {held:?}"
+    );
+    daemon.assert_running();
 }
