@@ -113,7 +113,7 @@ async fn direct_pair(
     let n = PAIR.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let connect = |id: &str| {
         let mut o = MqttOptions::new(format!("{id}-{n}"), "127.0.0.1", port);
-        o.set_max_packet_size(1 << 20, 64);
+        o.set_max_packet_size(1 << 20, 1 << 20);
         o.set_keep_alive(Duration::from_secs(30));
         let mut network = rumqttc::NetworkOptions::new();
         network.set_tcp_nodelay(true);
@@ -138,8 +138,15 @@ async fn direct_pair(
                 Ok(Event::Incoming(Packet::Publish(p))) => {
                     let _ = tx.send((p.payload, Instant::now()));
                 }
-                Ok(_) => {}
-                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                Ok(other) => {
+                    if std::env::var_os("BENCH_DEBUG").is_some() {
+                        eprintln!("sub: {other:?}");
+                    }
+                }
+                Err(e) => {
+                    eprintln!("sub: {e}");
+                    tokio::time::sleep(Duration::from_millis(10)).await
+                }
             }
         }
     });
@@ -147,8 +154,16 @@ async fn direct_pair(
     let (publ, mut pub_loop) = connect("bench-pub");
     tokio::spawn(async move {
         loop {
-            if pub_loop.poll().await.is_err() {
-                tokio::time::sleep(Duration::from_millis(10)).await;
+            match pub_loop.poll().await {
+                Ok(event) => {
+                    if std::env::var_os("BENCH_DEBUG").is_some() {
+                        eprintln!("pub: {event:?}");
+                    }
+                }
+                Err(e) => {
+                    eprintln!("pub: {e}");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
             }
         }
     });
@@ -157,6 +172,7 @@ async fn direct_pair(
 
 async fn direct_throughput(port: u16) -> f64 {
     let (publ, mut rx) = direct_pair(port).await;
+    eprintln!("(direct pair connected)");
     let payload = measurement(0).text().to_string();
     let start = Instant::now();
     let sender = tokio::spawn(async move {
@@ -167,8 +183,13 @@ async fn direct_throughput(port: u16) -> f64 {
         }
         publ
     });
-    for _ in 0..THROUGHPUT_N {
-        rx.recv().await.unwrap();
+    for i in 0..THROUGHPUT_N {
+        if tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .is_err()
+        {
+            panic!("direct pair stalled after {i} of {THROUGHPUT_N} messages");
+        }
     }
     let rate = THROUGHPUT_N as f64 / start.elapsed().as_secs_f64();
     let _ = sender.await;
