@@ -20,8 +20,21 @@ use s2gw_core::{BusEvent, CancellationToken, Endpoint, EndpointPeer, Frame};
 use s2gw_mqtt::{Mqtt, MqttConfig, MqttHandle, add_native_rm, spawn_cem_link};
 
 const RID: &str = "6f1c2a9e-8d1b-4c55-9f0e-2b7a4d3c1e00";
-const THROUGHPUT_N: usize = 20_000;
-const LATENCY_N: usize = 5_000;
+/// Messages for the throughput runs: 20,000 under `cargo bench`; a smoke-sized run under
+/// `cargo test` (no `--bench` argument), which proves the bench works without the wait.
+fn throughput_n() -> usize {
+    if full_run() { 20_000 } else { 500 }
+}
+
+/// Messages for the latency runs (one a millisecond): 5,000, or a smoke-sized run.
+fn latency_n() -> usize {
+    if full_run() { 5_000 } else { 200 }
+}
+
+fn full_run() -> bool {
+    static FULL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FULL.get_or_init(|| std::env::args().any(|a| a == "--bench"))
+}
 
 struct Broker {
     child: Child,
@@ -176,22 +189,25 @@ async fn direct_throughput(port: u16) -> f64 {
     let payload = measurement(0).text().to_string();
     let start = Instant::now();
     let sender = tokio::spawn(async move {
-        for _ in 0..THROUGHPUT_N {
+        for _ in 0..throughput_n() {
             publ.publish("direct/t", QoS::AtLeastOnce, false, payload.clone())
                 .await
                 .unwrap();
         }
         publ
     });
-    for i in 0..THROUGHPUT_N {
+    for i in 0..throughput_n() {
         if tokio::time::timeout(Duration::from_secs(10), rx.recv())
             .await
             .is_err()
         {
-            panic!("direct pair stalled after {i} of {THROUGHPUT_N} messages");
+            panic!(
+                "direct pair stalled after {i} of {} messages",
+                throughput_n()
+            );
         }
     }
-    let rate = THROUGHPUT_N as f64 / start.elapsed().as_secs_f64();
+    let rate = throughput_n() as f64 / start.elapsed().as_secs_f64();
     let _ = sender.await;
     rate
 }
@@ -203,7 +219,7 @@ async fn direct_latency(port: u16) -> Vec<Duration> {
     let s = sent.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(1));
-        for i in 0..LATENCY_N {
+        for i in 0..latency_n() {
             tick.tick().await;
             let payload = format!("{i:08}{text}");
             s.lock().unwrap().insert(i, Instant::now());
@@ -212,8 +228,8 @@ async fn direct_latency(port: u16) -> Vec<Duration> {
                 .unwrap();
         }
     });
-    let mut out = Vec::with_capacity(LATENCY_N);
-    for _ in 0..LATENCY_N {
+    let mut out = Vec::with_capacity(latency_n());
+    for _ in 0..latency_n() {
         let (payload, at) = rx.recv().await.unwrap();
         let i: usize = std::str::from_utf8(&payload[..8]).unwrap().parse().unwrap();
         let t0 = sent.lock().unwrap()[&i];
@@ -338,14 +354,14 @@ async fn gateway_throughput(p: &mut Path) -> f64 {
     let tx = p.a_bus.tx.clone();
     let start = Instant::now();
     tokio::spawn(async move {
-        for i in 0..THROUGHPUT_N {
+        for i in 0..throughput_n() {
             tx.send(BusEvent::Frame(measurement(i))).await.unwrap();
         }
     });
-    for _ in 0..THROUGHPUT_N {
+    for _ in 0..throughput_n() {
         next_measurement(&mut p.b_bus).await;
     }
-    THROUGHPUT_N as f64 / start.elapsed().as_secs_f64()
+    throughput_n() as f64 / start.elapsed().as_secs_f64()
 }
 
 async fn gateway_latency(p: &mut Path) -> Vec<Duration> {
@@ -354,15 +370,15 @@ async fn gateway_latency(p: &mut Path) -> Vec<Duration> {
     let s = sent.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(1));
-        for i in 0..LATENCY_N {
+        for i in 0..latency_n() {
             tick.tick().await;
             let f = measurement(i);
             s.lock().unwrap().insert(f.id().unwrap(), Instant::now());
             tx.send(BusEvent::Frame(f)).await.unwrap();
         }
     });
-    let mut out = Vec::with_capacity(LATENCY_N);
-    for _ in 0..LATENCY_N {
+    let mut out = Vec::with_capacity(latency_n());
+    for _ in 0..latency_n() {
         let (f, at) = next_measurement(&mut p.b_bus).await;
         let t0 = sent.lock().unwrap()[&f.id().unwrap()];
         out.push(at - t0);
@@ -384,14 +400,18 @@ async fn main() {
     );
     let direct_rate = direct_throughput(b.port).await;
     println!(
-        "{:<44} {:>10.0} msg/s  ({THROUGHPUT_N} messages)",
-        "mosquitto direct publish→subscribe", direct_rate
+        "{:<44} {:>10.0} msg/s  ({} messages)",
+        "mosquitto direct publish→subscribe",
+        direct_rate,
+        throughput_n()
     );
     let mut p = path(b.port).await;
     let gw_rate = gateway_throughput(&mut p).await;
     println!(
-        "{:<44} {:>10.0} msg/s  ({THROUGHPUT_N} messages)",
-        "gateway bus→MQTT→bus (edge-checked both ends)", gw_rate
+        "{:<44} {:>10.0} msg/s  ({} messages)",
+        "gateway bus→MQTT→bus (edge-checked both ends)",
+        gw_rate,
+        throughput_n()
     );
     let (d50, d99) = report(
         "mosquitto direct at 1000 msg/s",
