@@ -1,5 +1,6 @@
 //! End-to-end through the gateway: Modbus devices (pymodbus 3.16 simulators started from
-//! adapters/modbus/tests/peers/modbus_peer.py) behind the s2gw daemon process, against the
+//! adapters/modbus/tests/peers/modbus_peer.py, and an in-process Modbus TCP server for the
+//! map profiles pymodbus does not simulate) behind the s2gw daemon process, against the
 //! s2-kit test CEM over loopback WebSockets.
 //!
 //! The modbus crate's own tests drive its `Device`s directly (discovery, write sequences,
@@ -757,6 +758,342 @@ async fn sunspec_storage() {
         (held[0], held[7], held[8], held[10]),
         (2, 300, 200, 0),
         "the installer's storage settings: {held:?}"
+    );
+    daemon.assert_running();
+}
+
+// ----------------------------------------------------------------------------------------
+// Map profiles without a pymodbus peer: an in-process Modbus TCP server
+// ----------------------------------------------------------------------------------------
+
+/// A write the in-process server applied: function code, address, registers or coils.
+#[derive(Debug, Clone, PartialEq)]
+struct Written {
+    fc: u8,
+    address: u16,
+    values: Vec<u16>,
+}
+
+fn written(fc: u8, address: u16, values: &[u16]) -> Written {
+    Written {
+        fc,
+        address,
+        values: values.to_vec(),
+    }
+}
+
+type Tables = std::sync::Arc<std::sync::Mutex<BTreeMap<(u8, u16), u16>>>;
+
+/// A minimal Modbus TCP server in the test process, on a loopback port: the four tables
+/// (unset addresses read 0), FC 1 2 3 4 5 6 15 16, every write recorded on a channel
+/// after it is applied and before it is answered. (The s2gw crate has no tokio-modbus
+/// dependency of its own, so this speaks the few frames the map profiles need.)
+struct MemServer {
+    addr: String,
+    tables: Tables,
+    writes: Queue<Written>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+/// Table keys: the read function codes (1 coils, 2 discrete inputs, 3 holding, 4 input).
+const COILS: u8 = 1;
+const HOLDING: u8 = 3;
+const INPUT: u8 = 4;
+
+impl MemServer {
+    async fn start() -> MemServer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let tables = Tables::default();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let shared = tables.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(serve(stream, shared.clone(), tx.clone()));
+            }
+        });
+        MemServer {
+            addr,
+            tables,
+            writes: Queue::new(rx),
+            accept,
+        }
+    }
+
+    fn set(&self, table: u8, address: u16, words: &[u16]) {
+        let mut t = self.tables.lock().unwrap();
+        for (i, w) in words.iter().enumerate() {
+            t.insert((table, address + i as u16), *w);
+        }
+    }
+
+    fn get(&self, table: u8, address: u16, count: u16) -> Vec<u16> {
+        let t = self.tables.lock().unwrap();
+        (address..address + count)
+            .map(|a| t.get(&(table, a)).copied().unwrap_or(0))
+            .collect()
+    }
+
+    /// The next write (kept or new) equal to `want`.
+    async fn wait_write(&mut self, want: Written) -> Written {
+        let what = format!("the write {want:?}");
+        self.writes.wait_for(&what, |w| *w == want, SOON).await
+    }
+}
+
+impl Drop for MemServer {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+async fn serve(mut stream: TcpStream, tables: Tables, writes: mpsc::UnboundedSender<Written>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    loop {
+        let mut header = [0u8; 7];
+        if stream.read_exact(&mut header).await.is_err() {
+            return;
+        }
+        let len = usize::from(u16::from_be_bytes([header[4], header[5]]));
+        if len < 2 {
+            return;
+        }
+        let mut pdu = vec![0u8; len - 1];
+        if stream.read_exact(&mut pdu).await.is_err() {
+            return;
+        }
+        let answer = handle(&pdu, &tables, &writes);
+        let mut frame = header[..4].to_vec();
+        frame.extend_from_slice(&((answer.len() + 1) as u16).to_be_bytes());
+        frame.push(header[6]);
+        frame.extend_from_slice(&answer);
+        if stream.write_all(&frame).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn word(pdu: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([pdu[at], pdu[at + 1]])
+}
+
+/// The response PDU to a request PDU.
+fn handle(pdu: &[u8], tables: &Tables, writes: &mpsc::UnboundedSender<Written>) -> Vec<u8> {
+    let fc = pdu[0];
+    let exception = |code: u8| vec![fc | 0x80, code];
+    if pdu.len() < 5 {
+        return exception(3);
+    }
+    let (address, n) = (word(pdu, 1), word(pdu, 3));
+    let mut t = tables.lock().unwrap();
+    let mut record = |table: u8, values: Vec<u16>| {
+        for (i, v) in values.iter().enumerate() {
+            t.insert((table, address + i as u16), *v);
+        }
+        let _ = writes.send(Written {
+            fc,
+            address,
+            values,
+        });
+    };
+    match fc {
+        1 | 2 => {
+            let bits: Vec<u16> = (address..address + n)
+                .map(|a| t.get(&(fc, a)).copied().unwrap_or(0))
+                .collect();
+            let mut bytes = vec![0u8; bits.len().div_ceil(8)];
+            for (i, b) in bits.iter().enumerate() {
+                if *b != 0 {
+                    bytes[i / 8] |= 1 << (i % 8);
+                }
+            }
+            let mut out = vec![fc, bytes.len() as u8];
+            out.extend(bytes);
+            out
+        }
+        3 | 4 => {
+            let mut out = vec![fc, (n * 2) as u8];
+            for a in address..address + n {
+                out.extend(t.get(&(fc, a)).copied().unwrap_or(0).to_be_bytes());
+            }
+            out
+        }
+        5 => {
+            record(COILS, vec![u16::from(n == 0xFF00)]);
+            pdu[..5].to_vec()
+        }
+        6 => {
+            record(HOLDING, vec![n]);
+            pdu[..5].to_vec()
+        }
+        15 => {
+            let bits = (0..usize::from(n))
+                .map(|i| u16::from(pdu[6 + i / 8] >> (i % 8) & 1))
+                .collect();
+            record(COILS, bits);
+            pdu[..5].to_vec()
+        }
+        16 => {
+            let words = (0..usize::from(n)).map(|i| word(pdu, 6 + 2 * i)).collect();
+            record(HOLDING, words);
+            pdu[..5].to_vec()
+        }
+        _ => exception(1),
+    }
+}
+
+fn f32_words(v: f32) -> Vec<u16> {
+    let b = v.to_bits();
+    vec![(b >> 16) as u16, b as u16]
+}
+
+/// A `[[device]]` with `profile` on the in-process server.
+fn mem_device(id: &str, profile: &str, server: &MemServer) -> String {
+    format!(
+        "[[device]]\nid = \"{id}\"\nprofile = \"{profile}\"\ncem = \"test\"\npoll_interval_s = 1\n\
+         measurement_interval_s = 1\n[device.modbus]\ntcp = \"{}\"\ntimeout_ms = 2000\n",
+        server.addr
+    )
+}
+
+async fn ombc_system(conn: &mut CemConn) -> ombc::SystemDescription {
+    match conn
+        .wait_message(MessageKind::OmbcSystemDescription, SOON)
+        .await
+    {
+        Message::OmbcSystemDescription(s) => *s,
+        other => panic!("expected OMBC.SystemDescription, got {:?}", other.kind()),
+    }
+}
+
+/// The Alfen Eve profile through the daemon: the f32 power register as the measured power;
+/// an OMBC step becomes the phases and the f32 max current written with FC16, then
+/// SUCCEEDED; a lost CEM writes the profile's default (16 A on 3 phases) back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alfen_eve_measures_follows_a_step_and_releases_on_a_lost_cem() {
+    within_test(alfen_eve()).await;
+}
+
+async fn alfen_eve() {
+    let mut server = MemServer::start().await;
+    server.set(HOLDING, 344, &f32_words(7360.5));
+    let e = 123456.5f64.to_bits();
+    server.set(
+        HOLDING,
+        374,
+        &[
+            (e >> 48) as u16,
+            (e >> 32) as u16,
+            (e >> 16) as u16,
+            e as u16,
+        ],
+    );
+    server.set(HOLDING, 1201, &[0x4332, 0, 0, 0, 0]); // "C2": charging
+    server.set(HOLDING, 1210, &f32_words(16.0));
+    server.set(HOLDING, 1215, &[3]);
+    let mut cem = TestCem::start(&[ProtocolVersion::V0_0_2_BETA]).await;
+    let mut daemon = Daemon::start(&config(
+        &cem,
+        &[mem_device("eve", "modbus-alfen-eve", &server)],
+    ));
+    let mut conn = connect(&mut cem, 1).await.remove("eve").unwrap();
+
+    conn.select_ready(OMBC).await;
+    conn.wait_power("the Eve's 7360.5 W", |w| near(w, 7360.5), SOON)
+        .await;
+    let system = ombc_system(&mut conn).await;
+    assert_ombc_modes(&system);
+    // Rule 3: reading never writes.
+    assert_eq!(
+        server.writes.try_next(),
+        None,
+        "written before any instruction"
+    );
+
+    // 6 A on one phase: phases first, then the f32 current, both FC16.
+    let step = ombc_instruction(&system, "6 A on 1 phase(s)");
+    let id = step.id;
+    conn.instruct(step).await;
+    server.wait_write(written(16, 1215, &[1])).await;
+    server.wait_write(written(16, 1210, &f32_words(6.0))).await;
+    let last = await_status(&mut conn, id, &["SUCCEEDED", "ABORTED", "REJECTED"]).await;
+    assert_eq!(last, "SUCCEEDED", "{:?}", statuses_of(&conn, id));
+    assert_eq!(server.get(HOLDING, 1210, 2), f32_words(6.0));
+    assert_eq!(server.get(HOLDING, 1215, 1), [1]);
+
+    // The CEM dies: the charger goes back to the default, 16 A on 3 phases.
+    cem.kill().await;
+    server.wait_write(written(16, 1215, &[3])).await;
+    server.wait_write(written(16, 1210, &f32_words(16.0))).await;
+    assert_eq!(server.get(HOLDING, 1210, 2), f32_words(16.0));
+    assert_eq!(server.get(HOLDING, 1215, 1), [3]);
+    daemon.assert_running();
+}
+
+/// The SG-Ready profile through the daemon: OMBC offers the four states; "forced" becomes
+/// both coils on with FC5, then SUCCEEDED; a lost CEM turns the coils back to "normal".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sg_ready_switches_coils_and_returns_to_normal_on_a_lost_cem() {
+    within_test(sg_ready()).await;
+}
+
+async fn sg_ready() {
+    let mut server = MemServer::start().await;
+    server.set(COILS, 0, &[0, 0]);
+    server.set(INPUT, 0, &[1800]);
+    let mut cem = TestCem::start(&[ProtocolVersion::V0_0_2_BETA]).await;
+    let mut daemon = Daemon::start(&config(
+        &cem,
+        &[mem_device("hp", "modbus-sg-ready", &server)],
+    ));
+    let mut conn = connect(&mut cem, 1).await.remove("hp").unwrap();
+
+    conn.select_ready(OMBC).await;
+    conn.wait_power("the heat pump's 1800 W", |w| near(w, 1800.0), SOON)
+        .await;
+    let system = ombc_system(&mut conn).await;
+    let labels: Vec<String> = system
+        .operation_modes
+        .iter()
+        .filter_map(|m| m.diagnostic_label.clone())
+        .collect();
+    let forced = "SG-Ready 4: switch-on command";
+    for want in [
+        "SG-Ready 1: blocked by the utility",
+        "SG-Ready 2: normal operation",
+        "SG-Ready 3: switch-on recommended",
+        forced,
+    ] {
+        assert!(labels.iter().any(|l| l == want), "no {want}: {labels:?}");
+    }
+    assert_eq!(
+        server.writes.try_next(),
+        None,
+        "written before any instruction"
+    );
+
+    // Forced: relay 1 and relay 2 on, each with FC5.
+    let step = ombc_instruction(&system, forced);
+    let id = step.id;
+    conn.instruct(step).await;
+    server.wait_write(written(5, 0, &[1])).await;
+    server.wait_write(written(5, 1, &[1])).await;
+    let last = await_status(&mut conn, id, &["SUCCEEDED", "ABORTED", "REJECTED"]).await;
+    assert_eq!(last, "SUCCEEDED", "{:?}", statuses_of(&conn, id));
+    assert_eq!(server.get(COILS, 0, 2), [1, 1]);
+
+    // The CEM dies: both relays off, SG-Ready "normal".
+    cem.kill().await;
+    server.wait_write(written(5, 0, &[0])).await;
+    server.wait_write(written(5, 1, &[0])).await;
+    assert_eq!(server.get(COILS, 0, 2), [0, 0], "not back to normal");
+    let mut all = Vec::new();
+    while let Some(w) = server.writes.try_next() {
+        all.push(w);
+    }
+    assert!(
+        all.iter().all(|w| w.fc == 5),
+        "a coil write not with FC5: {all:?}"
     );
     daemon.assert_running();
 }
