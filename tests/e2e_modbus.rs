@@ -28,6 +28,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
+use tokio_modbus::prelude::{ExceptionCode, Request, Response, SlaveRequest};
 
 const NC: ControlType = ControlType::NotControllable;
 const PEBC: ControlType = ControlType::PowerEnvelopeBasedControl;
@@ -784,10 +785,9 @@ fn written(fc: u8, address: u16, values: &[u16]) -> Written {
 
 type Tables = std::sync::Arc<std::sync::Mutex<BTreeMap<(u8, u16), u16>>>;
 
-/// A minimal Modbus TCP server in the test process, on a loopback port: the four tables
-/// (unset addresses read 0), FC 1 2 3 4 5 6 15 16, every write recorded on a channel
-/// after it is applied and before it is answered. (The s2gw crate has no tokio-modbus
-/// dependency of its own, so this speaks the few frames the map profiles need.)
+/// tokio-modbus's TCP server in the test process, on a loopback port: the four tables
+/// (unset addresses read 0), and every write recorded on a channel after it is applied
+/// and before it is answered, so a test awaits the write instead of polling for it.
 struct MemServer {
     addr: String,
     tables: Tables,
@@ -806,11 +806,23 @@ impl MemServer {
         let addr = listener.local_addr().unwrap().to_string();
         let tables = Tables::default();
         let (tx, rx) = mpsc::unbounded_channel();
-        let shared = tables.clone();
+        let service = MemService {
+            tables: tables.clone(),
+            writes: tx,
+        };
         let accept = tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                tokio::spawn(serve(stream, shared.clone(), tx.clone()));
-            }
+            let server = tokio_modbus::server::tcp::Server::new(listener);
+            let on_connected = |stream, socket_addr| {
+                let service = service.clone();
+                async move {
+                    tokio_modbus::server::tcp::accept_tcp_connection(
+                        stream,
+                        socket_addr,
+                        move |_| Ok(Some(service.clone())),
+                    )
+                }
+            };
+            let _ = server.serve(&on_connected, |_error| {}).await;
         });
         MemServer {
             addr,
@@ -847,98 +859,77 @@ impl Drop for MemServer {
     }
 }
 
-async fn serve(mut stream: TcpStream, tables: Tables, writes: mpsc::UnboundedSender<Written>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    loop {
-        let mut header = [0u8; 7];
-        if stream.read_exact(&mut header).await.is_err() {
-            return;
-        }
-        let len = usize::from(u16::from_be_bytes([header[4], header[5]]));
-        if len < 2 {
-            return;
-        }
-        let mut pdu = vec![0u8; len - 1];
-        if stream.read_exact(&mut pdu).await.is_err() {
-            return;
-        }
-        let answer = handle(&pdu, &tables, &writes);
-        let mut frame = header[..4].to_vec();
-        frame.extend_from_slice(&((answer.len() + 1) as u16).to_be_bytes());
-        frame.push(header[6]);
-        frame.extend_from_slice(&answer);
-        if stream.write_all(&frame).await.is_err() {
-            return;
-        }
+/// What the server does with one request.
+#[derive(Clone)]
+struct MemService {
+    tables: Tables,
+    writes: mpsc::UnboundedSender<Written>,
+}
+
+impl tokio_modbus::server::Service for MemService {
+    type Request = SlaveRequest<'static>;
+    type Response = Option<Response>;
+    type Exception = ExceptionCode;
+    type Future = std::future::Ready<Result<Option<Response>, ExceptionCode>>;
+
+    fn call(&self, request: Self::Request) -> Self::Future {
+        std::future::ready(self.answer(request.request).map(Some))
     }
 }
 
-fn word(pdu: &[u8], at: usize) -> u16 {
-    u16::from_be_bytes([pdu[at], pdu[at + 1]])
-}
-
-/// The response PDU to a request PDU.
-fn handle(pdu: &[u8], tables: &Tables, writes: &mpsc::UnboundedSender<Written>) -> Vec<u8> {
-    let fc = pdu[0];
-    let exception = |code: u8| vec![fc | 0x80, code];
-    if pdu.len() < 5 {
-        return exception(3);
+impl MemService {
+    fn read(&self, table: u8, address: u16, n: u16) -> Vec<u16> {
+        let t = self.tables.lock().unwrap();
+        (address..address + n)
+            .map(|a| t.get(&(table, a)).copied().unwrap_or(0))
+            .collect()
     }
-    let (address, n) = (word(pdu, 1), word(pdu, 3));
-    let mut t = tables.lock().unwrap();
-    let mut record = |table: u8, values: Vec<u16>| {
+
+    fn write(&self, fc: u8, table: u8, address: u16, values: Vec<u16>) {
+        let mut t = self.tables.lock().unwrap();
         for (i, v) in values.iter().enumerate() {
             t.insert((table, address + i as u16), *v);
         }
-        let _ = writes.send(Written {
+        let _ = self.writes.send(Written {
             fc,
             address,
             values,
         });
-    };
-    match fc {
-        1 | 2 => {
-            let bits: Vec<u16> = (address..address + n)
-                .map(|a| t.get(&(fc, a)).copied().unwrap_or(0))
-                .collect();
-            let mut bytes = vec![0u8; bits.len().div_ceil(8)];
-            for (i, b) in bits.iter().enumerate() {
-                if *b != 0 {
-                    bytes[i / 8] |= 1 << (i % 8);
-                }
+    }
+
+    fn answer(&self, request: Request<'static>) -> Result<Response, ExceptionCode> {
+        let bits = |words: Vec<u16>| words.into_iter().map(|w| w != 0).collect();
+        Ok(match request {
+            Request::ReadCoils(a, n) => Response::ReadCoils(bits(self.read(COILS, a, n))),
+            Request::ReadDiscreteInputs(a, n) => {
+                Response::ReadDiscreteInputs(bits(self.read(2, a, n)))
             }
-            let mut out = vec![fc, bytes.len() as u8];
-            out.extend(bytes);
-            out
-        }
-        3 | 4 => {
-            let mut out = vec![fc, (n * 2) as u8];
-            for a in address..address + n {
-                out.extend(t.get(&(fc, a)).copied().unwrap_or(0).to_be_bytes());
+            Request::ReadHoldingRegisters(a, n) => {
+                Response::ReadHoldingRegisters(self.read(HOLDING, a, n))
             }
-            out
-        }
-        5 => {
-            record(COILS, vec![u16::from(n == 0xFF00)]);
-            pdu[..5].to_vec()
-        }
-        6 => {
-            record(HOLDING, vec![n]);
-            pdu[..5].to_vec()
-        }
-        15 => {
-            let bits = (0..usize::from(n))
-                .map(|i| u16::from(pdu[6 + i / 8] >> (i % 8) & 1))
-                .collect();
-            record(COILS, bits);
-            pdu[..5].to_vec()
-        }
-        16 => {
-            let words = (0..usize::from(n)).map(|i| word(pdu, 6 + 2 * i)).collect();
-            record(HOLDING, words);
-            pdu[..5].to_vec()
-        }
-        _ => exception(1),
+            Request::ReadInputRegisters(a, n) => {
+                Response::ReadInputRegisters(self.read(INPUT, a, n))
+            }
+            Request::WriteSingleCoil(a, on) => {
+                self.write(5, COILS, a, vec![u16::from(on)]);
+                Response::WriteSingleCoil(a, on)
+            }
+            Request::WriteSingleRegister(a, w) => {
+                self.write(6, HOLDING, a, vec![w]);
+                Response::WriteSingleRegister(a, w)
+            }
+            Request::WriteMultipleCoils(a, coils) => {
+                let n = coils.len() as u16;
+                self.write(15, COILS, a, coils.iter().map(|c| u16::from(*c)).collect());
+                Response::WriteMultipleCoils(a, n)
+            }
+            Request::WriteMultipleRegisters(a, words) => {
+                let n = words.len() as u16;
+                self.write(16, HOLDING, a, words.to_vec());
+                Response::WriteMultipleRegisters(a, n)
+            }
+            _ => return Err(ExceptionCode::IllegalFunction),
+        })
     }
 }
 
