@@ -146,7 +146,9 @@ impl Planner {
             active: None,
             selected_at: None,
             last_instruction: None,
-            step: 0,
+            // Step 0 would be each description's first mode, which is usually "off" or
+            // "idle": a demo that opens by switching everything off shows nothing.
+            step: 1,
             constraints: None,
             frbc: None,
             ombc: None,
