@@ -2,10 +2,9 @@
 //! the state mirror fed from every virtual RM's [`RmView`], the "CEM control allowed"
 //! switches handed to the virtual RMs, and the bridge.
 //!
-//! The "CEM control allowed" switches survive a restart: before any device state is
-//! published, the retained states are read back once and every switch that was off is
-//! turned off again (by the mirror's own command topic), so the first state published
-//! says what the previous run said.
+//! The "CEM control allowed" switches survive a restart: the mirror reads the retained
+//! states back before it publishes any, so the first state published says what the
+//! previous run said.
 //!
 //! The client has a shutdown token of its own, cancelled only after everything else has
 //! stopped: MQTT devices need it to send their fail-safe releases, and S2-over-MQTT links
@@ -13,8 +12,6 @@
 
 use std::sync::Arc;
 use std::time::Duration;
-
-use serde_json::Value;
 
 use s2gw_core::{CancellationToken, DeviceStatus};
 use s2gw_mqtt::{BridgeData, DeviceState, Mqtt, MqttHandle, StateMirror};
@@ -30,14 +27,9 @@ pub struct MqttRuntime {
     pub handle: MqttHandle,
     mirror: StateMirror,
     state_interval: Duration,
-    /// The device ids whose switch was restored to off, once the read-back is done.
-    restored: watch::Receiver<Option<Vec<String>>>,
     token: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
-
-/// How long the read-back of retained states may take before it is cut short.
-const RESTORE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the mirror says about a device besides its view: who it is, for people.
 #[derive(Debug, Clone)]
@@ -57,16 +49,13 @@ impl MqttRuntime {
         let (handle, client) = Mqtt::start(section.client.clone(), token.clone())
             .map_err(|e| anyhow::anyhow!("the MQTT client cannot start: {e}"))?;
         let ids: Vec<String> = config.devices.iter().map(|d| d.id.clone()).collect();
-        let (mirror, mirror_task) = StateMirror::start(handle.clone(), ids.clone());
-        let (done, restored) = watch::channel(None);
-        let restore = tokio::spawn(restore_switches(handle.clone(), ids, done, token.clone()));
+        let (mirror, mirror_task) = StateMirror::start(handle.clone(), ids);
         Ok(Self {
             handle,
             mirror,
             state_interval: section.state_interval,
-            restored,
             token,
-            tasks: vec![client, mirror_task, restore],
+            tasks: vec![client, mirror_task],
         })
     }
 
@@ -84,15 +73,12 @@ impl MqttRuntime {
             manufacturer: device.profile.manufacturer.clone(),
             model: device.profile.model.clone(),
         };
-        let gate = self.mirror.control_allowed(&device.id);
-        let first = first_publish(self.restored.clone(), gate, device.id.clone());
         self.tasks.push(tokio::spawn(feed(
             self.mirror.clone(),
             identity,
             view,
             self.state_interval,
             self.token.clone(),
-            first,
         )));
     }
 
@@ -118,38 +104,19 @@ impl MqttRuntime {
     }
 }
 
-/// Resolves when a device's state may first be published: the switches are restored, and
-/// this device's is off already if it was off before.
-async fn first_publish(
-    mut restored: watch::Receiver<Option<Vec<String>>>,
-    mut gate: watch::Receiver<bool>,
-    id: String,
-) {
-    let was_off = match restored.wait_for(Option::is_some).await {
-        Ok(list) => list.as_ref().is_some_and(|ids| ids.contains(&id)),
-        Err(_) => return,
-    };
-    if was_off {
-        // Bounded: a lost command must not keep the device from being mirrored.
-        let _ = tokio::time::timeout(RESTORE_TIMEOUT, gate.wait_for(|allowed| !allowed)).await;
-    }
-}
-
 async fn feed(
     mirror: StateMirror,
     identity: Identity,
     mut view: watch::Receiver<RmView>,
     interval: Duration,
     token: CancellationToken,
-    first: impl std::future::Future<Output = ()>,
 ) {
-    tokio::select! {
-        () = token.cancelled() => return,
-        () = first => {}
-    }
     loop {
         let state = device_state(&identity, &view.borrow_and_update());
-        mirror.publish_state(state).await;
+        tokio::select! {
+            () = token.cancelled() => return,
+            () = mirror.publish_state(state) => {}
+        }
         // The rate limit: changes during the pause are folded into the next publish.
         tokio::select! {
             () = token.cancelled() => return,
@@ -160,83 +127,6 @@ async fn feed(
             changed = view.changed() => if changed.is_err() { return },
         }
     }
-}
-
-/// Once connected, read the retained device states back and turn the switches that were
-/// off off again, through the mirror's command topic (the one way into its switches);
-/// then tell the feeds which ones. Every device's exact topic is its own subscription, so
-/// the mirror's wildcard subscriptions, which come and go, never cut this one short.
-async fn restore_switches(
-    handle: MqttHandle,
-    ids: Vec<String>,
-    done: watch::Sender<Option<Vec<String>>>,
-    token: CancellationToken,
-) {
-    let mut status = handle.status();
-    tokio::select! {
-        () = token.cancelled() => return,
-        up = status.wait_for(|s| s.connected) => if up.is_err() { return },
-    }
-    let off = tokio::select! {
-        () = token.cancelled() => return,
-        off = read_back_off(&handle, &ids) => off,
-    };
-    for id in &off {
-        tracing::info!(device = %id, "CEM control was off before the restart: off again");
-        let command = handle.publish(
-            handle.topic(&format!("{id}/set")),
-            r#"{"cem_control":"OFF"}"#,
-        );
-        if command.await.is_err() {
-            return;
-        }
-    }
-    done.send_replace(Some(off));
-}
-
-/// The devices whose retained state says `"cem_control":"OFF"`.
-async fn read_back_off(handle: &MqttHandle, ids: &[String]) -> Vec<String> {
-    let marker = handle.topic("bridge/restore");
-    let filters: Vec<String> = ids.iter().map(|id| handle.topic(id)).collect();
-    let mut off = Vec::new();
-    let read = async {
-        let mut sync = handle.subscribe(&marker, 4).await?;
-        let mut states = Vec::new();
-        for filter in &filters {
-            states.push(handle.subscribe(filter, 16).await?);
-        }
-        let nonce = uuid::Uuid::new_v4().to_string();
-        handle.publish(marker.clone(), nonce.clone()).await?;
-        // Dispatch keeps arrival order: once the marker is back, every retained state the
-        // subscriptions brought is queued.
-        let wait = async {
-            while let Some(m) = sync.recv().await {
-                if m.payload.as_ref() == nonce.as_bytes() {
-                    return;
-                }
-            }
-        };
-        if tokio::time::timeout(RESTORE_TIMEOUT, wait).await.is_err() {
-            tracing::warn!("reading the retained device states back timed out");
-        }
-        for (id, rx) in ids.iter().zip(states.iter_mut()) {
-            while let Ok(m) = rx.try_recv() {
-                let saved = serde_json::from_slice::<Value>(&m.payload).ok();
-                let was_off = saved.is_some_and(|v| v["cem_control"] == "OFF");
-                if m.retained && was_off && !off.contains(id) {
-                    off.push(id.clone());
-                }
-            }
-        }
-        Ok::<_, s2gw_mqtt::MqttError>(())
-    };
-    if read.await.is_err() {
-        tracing::debug!("the client stopped while reading the switches back");
-    }
-    for filter in filters.iter().chain(std::iter::once(&marker)) {
-        let _ = handle.unsubscribe(filter).await;
-    }
-    off
 }
 
 /// The mirror's state of a device from its virtual RM's view. Values of a device that

@@ -105,6 +105,9 @@ struct Inner {
 pub struct StateMirror {
     handle: MqttHandle,
     inner: Arc<Mutex<Inner>>,
+    /// Set once the first read-back of the retained states is done. Until then no state
+    /// is published: it would overwrite the switch positions the read-back restores.
+    swept: Arc<watch::Sender<bool>>,
 }
 
 impl std::fmt::Debug for StateMirror {
@@ -131,6 +134,7 @@ impl StateMirror {
         let mirror = StateMirror {
             handle,
             inner: Arc::new(Mutex::new(Inner { devices })),
+            swept: Arc::new(watch::channel(false).0),
         };
         let task = tokio::spawn(mirror.clone().run());
         (mirror, task)
@@ -149,11 +153,16 @@ impl StateMirror {
 
     /// Publish a device's state (retained) and availability, and its discovery when new
     /// or changed.
+    ///
+    /// Waits for the first read-back of the retained states after start, so the first
+    /// state published carries the switch position of the previous run.
     pub async fn publish_state(&self, state: DeviceState) {
         if crate::topic::level_problem(&state.device_id).is_some() {
             warn!(device = %state.device_id, "device id cannot be a topic level: not mirrored");
             return;
         }
+        // An error means the mirror task is gone (shutdown): publish what can be.
+        let _ = self.swept.subscribe().wait_for(|swept| *swept).await;
         let (payload, discovery) = {
             let mut inner = lock(&self.inner);
             let entry = inner
@@ -340,6 +349,11 @@ impl StateMirror {
     /// Read the gateway's retained discovery and device states back: clear discovery of
     /// devices no longer configured, restore the control switches.
     async fn sweep(&self) {
+        self.read_back().await;
+        self.swept.send_replace(true);
+    }
+
+    async fn read_back(&self) {
         let marker = self.handle.topic("bridge/sync");
         let disc_filter = format!("{}/device/+/config", self.handle.discovery_prefix());
         let state_filter = self.handle.topic("+");
