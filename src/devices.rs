@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use s2gw_core::Device;
 use s2gw_core::device::DeviceInfo;
-use s2gw_core::{Command, Device, DeviceError, Readings};
 use s2gw_mqtt::MqttHandle;
 
 use crate::config::{Config, Connection, DeviceSection};
@@ -36,11 +36,7 @@ pub async fn build(
 ) -> anyhow::Result<Box<dyn Device>> {
     Ok(match &device.connection {
         Connection::Sim(sim) => s2gw_sim::build(&device.id, sim, Arc::new(s2gw_sim::SystemClock)),
-        Connection::Modbus(m) => Box::new(PhasesAsReported::new(s2gw_modbus::build(
-            &device.id,
-            &m.connection,
-            &m.profile,
-        ))),
+        Connection::Modbus(m) => s2gw_modbus::build(&device.id, &m.connection, &m.profile),
         Connection::Ble(ble) => build_ble(device, ble)?,
         Connection::Mqtt(config) => build_mqtt(device, config, mqtt).await?,
     })
@@ -90,46 +86,4 @@ fn build_ble(
         "BLE device `{}` cannot start: this s2gw was built without the `ble` feature",
         device.id
     )
-}
-
-/// Holds a device to `DeviceInfo::three_phase`'s meaning, "power is reported per phase":
-/// it stays set only while readings carry per-phase power.
-///
-/// Why: the Modbus adapter calls a SunSpec model 103 inverter three-phase, but model 103
-/// has no per-phase power, and the virtual RM rightly refuses to make per-phase values up
-/// from a total, so such an inverter would never be measured. Here the total is reported
-/// as three-phase symmetric instead, which is what it is.
-struct PhasesAsReported {
-    inner: Box<dyn Device>,
-    phases_seen: bool,
-}
-
-impl PhasesAsReported {
-    fn new(inner: Box<dyn Device>) -> Self {
-        Self {
-            inner,
-            phases_seen: false,
-        }
-    }
-}
-
-#[async_trait::async_trait]
-impl Device for PhasesAsReported {
-    fn info(&self) -> DeviceInfo {
-        let mut info = self.inner.info();
-        info.three_phase &= self.phases_seen;
-        info
-    }
-
-    async fn read(&mut self) -> Result<Readings, DeviceError> {
-        let readings = self.inner.read().await;
-        if let Ok(r) = &readings {
-            self.phases_seen = r.phase_power_w.is_some();
-        }
-        readings
-    }
-
-    async fn apply(&mut self, command: &Command) -> Result<(), DeviceError> {
-        self.inner.apply(command).await
-    }
 }

@@ -517,8 +517,9 @@ impl Device for MapDevice {
         }
         DeviceInfo {
             kind: self.kind(),
-            three_phase: self.profile.readings.phase_power.is_some()
-                || self.charger().is_some_and(|c| c.phases.unwrap_or(3) == 3),
+            // "Reported per phase", not "wired for three phases": a charger without
+            // per-phase readings is measured as a symmetric total.
+            three_phase: self.profile.readings.phase_power.is_some(),
             control,
             ..DeviceInfo::default()
         }

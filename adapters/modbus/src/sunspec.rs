@@ -669,7 +669,9 @@ impl Device for SunSpecDevice {
             model: text("1.Md"),
             serial: text("1.SN"),
             firmware: text("1.Vr"),
-            three_phase: matches!(self.inverter_model(), Some(103 | 113)) || self.has(701),
+            // "Reported per phase": models 103/113 are three-phase inverters but carry
+            // only a total W; per-phase power comes from model 701 alone.
+            three_phase: self.has(701),
             control,
         }
     }
