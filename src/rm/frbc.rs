@@ -40,11 +40,13 @@ impl Storage {
         }
     }
 
-    /// The power range of a mode: factor 0 at the start, factor 1 at the end.
+    /// The power range of a mode, ascending as s2-python and FlexMeasures require
+    /// (the schema would allow either order): factor 0 at the start, factor 1 at the
+    /// end. So discharging at full power is factor 0, and factor 1 is the idle end.
     fn power_range(self, mode: &str) -> NumberRange {
         match mode {
             "charge" => NumberRange::new(0.0, self.max_charge_w),
-            "discharge" => NumberRange::new(0.0, -self.max_discharge_w),
+            "discharge" => NumberRange::new(-self.max_discharge_w, 0.0),
             _ => NumberRange::exactly(0.0),
         }
     }
@@ -127,18 +129,18 @@ fn operation_mode(ids: &mut IdBook, storage: Storage, mode: &str) -> frbc::Opera
 /// The mode and factor the battery is in, read back from its power.
 pub(crate) fn current_mode(ids: &mut IdBook, storage: Storage, readings: &Readings) -> (Id, f64) {
     let power = readings.power_w;
-    let (mode, full) = if power > IDLE_BAND_W {
-        ("charge", storage.max_charge_w)
+    let mode = if power > IDLE_BAND_W {
+        "charge"
     } else if power < -IDLE_BAND_W {
-        ("discharge", storage.max_discharge_w)
+        "discharge"
     } else {
-        ("idle", 1.0)
+        "idle"
     };
-    let factor = if mode == "idle" || full <= 0.0 {
-        0.0
-    } else {
-        (power.abs() / full).clamp(0.0, 1.0)
-    };
+    // Idle is a single point: every factor describes it, 0 is the plain answer.
+    let factor = storage
+        .power_range(mode)
+        .factor_of(power)
+        .map_or(0.0, |f| f.clamp(0.0, 1.0));
     (mode_id(ids, mode), factor)
 }
 
@@ -218,6 +220,87 @@ pub(crate) fn plan(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const BATTERY: Storage = Storage {
+        capacity_wh: 10_000.0,
+        max_charge_w: 5000.0,
+        max_discharge_w: 4000.0,
+        min_soc: 10.0,
+        max_soc: 90.0,
+    };
+
+    fn readings(power_w: f64) -> Readings {
+        Readings {
+            power_w,
+            ..Readings::default()
+        }
+    }
+
+    /// s2-python refuses `start_of_range > end_of_range` (INVALID_DATA), and FlexMeasures'
+    /// FRBC arithmetic assumes ascending ranges; the schema allows both, so only this
+    /// test keeps the order.
+    #[test]
+    fn every_range_of_the_description_ascends() {
+        let mut ids = IdBook::default();
+        let system = system_description(&mut ids, BATTERY, Timestamp::UNIX_EPOCH);
+        let mut ranges = vec![system.storage.fill_level_range];
+        for mode in &system.actuators[0].operation_modes {
+            for element in &mode.elements {
+                ranges.push(element.fill_level_range);
+                ranges.push(element.fill_rate);
+                ranges.extend(
+                    element
+                        .power_ranges
+                        .iter()
+                        .map(|p| NumberRange::new(p.start_of_range, p.end_of_range)),
+                );
+            }
+        }
+        for range in ranges {
+            assert!(range.start_of_range <= range.end_of_range, "{range:?}");
+        }
+    }
+
+    #[test]
+    fn discharging_at_full_power_is_factor_zero_both_ways() {
+        let mut ids = IdBook::default();
+        let discharge = mode_id(&mut ids, "discharge");
+        assert_eq!(
+            current_mode(&mut ids, BATTERY, &readings(-4000.0)),
+            (discharge, 0.0)
+        );
+        assert_eq!(
+            current_mode(&mut ids, BATTERY, &readings(-1000.0)),
+            (discharge, 0.75)
+        );
+        assert_eq!(BATTERY.power_range("discharge").at_factor(0.0), -4000.0);
+        assert_eq!(BATTERY.power_range("discharge").at_factor(0.75), -1000.0);
+        let charge = mode_id(&mut ids, "charge");
+        assert_eq!(
+            current_mode(&mut ids, BATTERY, &readings(1250.0)),
+            (charge, 0.25)
+        );
+        let idle = mode_id(&mut ids, "idle");
+        assert_eq!(current_mode(&mut ids, BATTERY, &readings(3.0)), (idle, 0.0));
+    }
+
+    #[test]
+    fn fill_rates_start_where_their_power_ranges_start() {
+        let mut ids = IdBook::default();
+        let system = system_description(&mut ids, BATTERY, Timestamp::UNIX_EPOCH);
+        for mode in &system.actuators[0].operation_modes {
+            let element = &mode.elements[0];
+            let power = element.power_ranges[0];
+            assert_eq!(
+                element.fill_rate.start_of_range,
+                BATTERY.fill_rate(power.start_of_range)
+            );
+            assert_eq!(
+                element.fill_rate.end_of_range,
+                BATTERY.fill_rate(power.end_of_range)
+            );
+        }
+    }
 
     #[test]
     fn fill_rates_follow_capacity() {
