@@ -29,6 +29,10 @@ impl Side {
 #[derive(Debug, Clone)]
 pub enum BusEvent {
     /// This side is present: a CEM link connected, or an RM is ready to talk.
+    ///
+    /// The RM side answers every `Up` from a CEM-side link with a new session that
+    /// starts with its Handshake; a CEM-side link relies on that to tell a closed
+    /// connection's frames from the next one's (see [`crate::link`]).
     Up,
     /// A checked S2 message.
     Frame(Frame),

@@ -13,13 +13,15 @@
 pub mod backoff;
 pub mod bus;
 pub mod device;
+pub mod link;
 pub mod s2;
 pub mod secret;
 
 pub use backoff::Backoff;
 pub use bus::{BusEvent, Endpoint, EndpointPeer, Rejection, Side};
 pub use device::{Command, Device, DeviceError, DeviceStatus, Readings};
-pub use s2::{Edge, Frame};
+pub use link::{Admission, SessionFrames};
+pub use s2::{Edge, Frame, Quirk};
 pub use secret::Secret;
 
 /// Cancellation shared by every task: cancelled once, on SIGTERM/SIGINT, after which

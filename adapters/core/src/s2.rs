@@ -145,6 +145,38 @@ pub struct Edge {
     analyzer: Analyzer,
     peer: EnergyManagementRole,
     max_bytes: usize,
+    /// The versions the peer's own Handshake listed, once it sent one.
+    peer_versions: Option<Vec<ProtocolVersion>>,
+    /// Quirks seen in this session, and those not yet taken by [`Edge::take_quirks`].
+    quirks_seen: Vec<Quirk>,
+    quirks_new: Vec<Quirk>,
+}
+
+/// A departure from the letter of S2 JSON that real peers make and the gateway tolerates.
+/// Each is worth one log line per session: it explains an oddity without flooding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quirk {
+    /// `"diagnostic_label": null` in a ReceptionStatus (the schema says string; seen from
+    /// s2-python CEMs).
+    NullDiagnosticLabel,
+    /// A CEM that answered the RM's Handshake with a HandshakeResponse but never sent a
+    /// Handshake of its own.
+    NoCemHandshake,
+    /// A CEM that selected a version its own Handshake did not list: the highest one
+    /// offered, while it speaks an older one's models.
+    SelectedUnlistedVersion,
+}
+
+impl std::fmt::Display for Quirk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Quirk::NullDiagnosticLabel => "ReceptionStatus with diagnostic_label null",
+            Quirk::NoCemHandshake => "the CEM sent no Handshake of its own",
+            Quirk::SelectedUnlistedVersion => {
+                "the CEM selected a protocol version its own Handshake did not list"
+            }
+        })
+    }
 }
 
 impl Edge {
@@ -154,7 +186,15 @@ impl Edge {
             analyzer: Analyzer::new().strict(),
             peer,
             max_bytes,
+            peer_versions: None,
+            quirks_seen: Vec::new(),
+            quirks_new: Vec::new(),
         }
+    }
+
+    /// Quirks seen for the first time in this session since the last call.
+    pub fn take_quirks(&mut self) -> Vec<Quirk> {
+        std::mem::take(&mut self.quirks_new)
     }
 
     /// Judge one inbound text frame.
@@ -177,6 +217,7 @@ impl Edge {
         match observed.message {
             Some(message) if status == ReceptionStatusValues::Ok => {
                 self.follow_profile(&message);
+                self.notice_quirks(&message, text);
                 Ok(Frame::from_parts(message, text))
             }
             message => {
@@ -213,6 +254,47 @@ impl Edge {
     /// The frame limit this edge enforces.
     pub fn max_bytes(&self) -> usize {
         self.max_bytes
+    }
+
+    fn notice_quirks(&mut self, message: &Message, text: &str) {
+        let quirk = match message {
+            // Present in the text, absent in the model: it was null.
+            Message::ReceptionStatus(status)
+                if status.diagnostic_label.is_none() && text.contains("\"diagnostic_label\"") =>
+            {
+                Some(Quirk::NullDiagnosticLabel)
+            }
+            Message::Handshake(handshake) => {
+                self.peer_versions = Some(
+                    handshake
+                        .supported_protocol_versions
+                        .clone()
+                        .unwrap_or_default(),
+                );
+                None
+            }
+            Message::HandshakeResponse(response) if self.peer == EnergyManagementRole::Cem => {
+                match &self.peer_versions {
+                    None => Some(Quirk::NoCemHandshake),
+                    Some(listed)
+                        if !listed.is_empty()
+                            && !listed
+                                .iter()
+                                .any(|v| v.matches(&response.selected_protocol_version)) =>
+                    {
+                        Some(Quirk::SelectedUnlistedVersion)
+                    }
+                    Some(_) => None,
+                }
+            }
+            _ => None,
+        };
+        if let Some(quirk) = quirk
+            && !self.quirks_seen.contains(&quirk)
+        {
+            self.quirks_seen.push(quirk);
+            self.quirks_new.push(quirk);
+        }
     }
 
     fn follow_profile(&mut self, message: &Message) {
@@ -269,6 +351,51 @@ mod tests {
             )
             .unwrap_err();
         assert!(err.reply().is_none());
+    }
+
+    const CEM_HANDSHAKE_OLD: &str = r#"{"message_type":"Handshake","message_id":"3d0a7e1c-1111-4a2b-9c3d-000000000010","role":"CEM","supported_protocol_versions":["0.0.2-beta"]}"#;
+    const SELECT_NEW: &str = r#"{"message_type":"HandshakeResponse","message_id":"3d0a7e1c-1111-4a2b-9c3d-000000000011","selected_protocol_version":"1.0.0"}"#;
+
+    fn null_label(n: u8) -> String {
+        format!(
+            r#"{{"message_type":"ReceptionStatus","subject_message_id":"3d0a7e1c-1111-4a2b-9c3d-0000000000{n:02}","status":"OK","diagnostic_label":null}}"#
+        )
+    }
+
+    #[test]
+    fn a_null_diagnostic_label_is_accepted_and_noticed_once_per_session() {
+        let mut edge = Edge::new(EnergyManagementRole::Cem, DEFAULT_MAX_FRAME_BYTES);
+        assert!(edge.inbound(&null_label(1), now()).is_ok());
+        assert_eq!(edge.take_quirks(), [Quirk::NullDiagnosticLabel]);
+        assert!(edge.inbound(&null_label(2), now()).is_ok());
+        assert!(edge.take_quirks().is_empty(), "once per session");
+        let mut next_session = Edge::new(EnergyManagementRole::Cem, DEFAULT_MAX_FRAME_BYTES);
+        assert!(next_session.inbound(&null_label(3), now()).is_ok());
+        assert_eq!(next_session.take_quirks(), [Quirk::NullDiagnosticLabel]);
+    }
+
+    #[test]
+    fn a_handshake_response_without_the_cems_handshake_is_accepted_and_noticed() {
+        let mut edge = Edge::new(EnergyManagementRole::Cem, DEFAULT_MAX_FRAME_BYTES);
+        assert!(edge.inbound(SELECT_NEW, now()).is_ok());
+        assert_eq!(edge.take_quirks(), [Quirk::NoCemHandshake]);
+    }
+
+    #[test]
+    fn selecting_a_version_the_cem_did_not_list_is_accepted_and_noticed() {
+        let mut edge = Edge::new(EnergyManagementRole::Cem, DEFAULT_MAX_FRAME_BYTES);
+        assert!(edge.inbound(CEM_HANDSHAKE_OLD, now()).is_ok());
+        assert!(edge.inbound(SELECT_NEW, now()).is_ok());
+        assert_eq!(edge.take_quirks(), [Quirk::SelectedUnlistedVersion]);
+    }
+
+    #[test]
+    fn a_conforming_cem_shows_no_quirk() {
+        let mut edge = Edge::new(EnergyManagementRole::Cem, DEFAULT_MAX_FRAME_BYTES);
+        let hello = CEM_HANDSHAKE_OLD.replace(r#"["0.0.2-beta"]"#, r#"["0.0.2-beta","1.0.0"]"#);
+        assert!(edge.inbound(&hello, now()).is_ok());
+        assert!(edge.inbound(SELECT_NEW, now()).is_ok());
+        assert!(edge.take_quirks().is_empty());
     }
 
     #[test]

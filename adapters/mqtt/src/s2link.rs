@@ -15,7 +15,9 @@ use bytes::Bytes;
 use s2gw_core::s2::{
     EnergyManagementRole, Id, Message, MessageKind, ReceptionStatusValues, Timestamp, decode,
 };
-use s2gw_core::{BusEvent, CancellationToken, Edge, Endpoint, Frame, Rejection, Side};
+use s2gw_core::{
+    Admission, BusEvent, CancellationToken, Edge, Endpoint, Frame, Rejection, SessionFrames, Side,
+};
 use serde_json::json;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -147,7 +149,9 @@ struct Slot {
     session: Option<Open>,
     /// The peer's Handshake that arrived outside a session: it opens the next one.
     held_hello: Option<String>,
-    queue: VecDeque<Frame>,
+    /// Towards a CEM: the RM side's frames that wait for a session, sorted from those of
+    /// a session that is over. Unused towards a native RM.
+    rm_frames: SessionFrames,
     dedupe: Dedupe,
     /// After a TERMINATE: no new session before this, unless the peer asks for one.
     hold_until: Option<Instant>,
@@ -190,7 +194,7 @@ impl Slot {
             peer: Peer::Unknown,
             session: None,
             held_hello: None,
-            queue: VecDeque::new(),
+            rm_frames: SessionFrames::new(QUEUE_LIMIT),
             dedupe: Dedupe::default(),
             hold_until: None,
             mqtt_lost_at: None,
@@ -325,13 +329,14 @@ impl Slot {
             BusEvent::Up => {
                 if self.side == Side::Rm {
                     self.other_up = true;
+                    self.rm_frames.rm_changed();
                 }
             }
             BusEvent::Down { reason } => {
                 debug!(label = %self.label, %reason, "the other side went down");
                 if self.side == Side::Rm {
                     self.other_up = false;
-                    self.queue.clear();
+                    self.rm_frames.rm_changed();
                 }
                 if self.session.is_some() {
                     self.end_session("the other side of the session is gone")
@@ -362,18 +367,18 @@ impl Slot {
     }
 
     async fn on_bus_frame(&mut self, frame: Frame) -> Flow {
-        if self.session.is_some() {
-            return self.send(&frame).await;
-        }
         match self.side {
-            // The RM side may speak before the CEM is there: keep it for the session.
-            Side::Rm => {
-                if self.queue.len() >= QUEUE_LIMIT {
-                    warn!(label = %self.label, "no session and the queue is full: dropping the oldest frame");
-                    self.queue.pop_front();
+            Side::Rm => match self.rm_frames.admit(frame) {
+                Admission::Send(frame) => return self.send(&frame).await,
+                Admission::Queued => {}
+                Admission::QueuedDroppingOldest => {
+                    warn!(label = %self.label, "no session and the queue is full: dropped the oldest frame");
                 }
-                self.queue.push_back(frame);
-            }
+                Admission::Stale(frame) => {
+                    debug!(label = %self.label, kind = ?frame.kind(), "dropping a frame of an ended session");
+                }
+            },
+            Side::Cem if self.session.is_some() => return self.send(&frame).await,
             // A CEM frame for a native RM without a session belongs to a session that is over.
             Side::Cem => {
                 debug!(label = %self.label, kind = ?frame.kind(), "no session: frame dropped")
@@ -470,6 +475,9 @@ impl Slot {
                 if frame.kind() == MessageKind::Handshake {
                     open.peer_hello_seen = true;
                 }
+                for quirk in open.edge.take_quirks() {
+                    info!(label = %self.label, %quirk, "tolerated (said once per session)");
+                }
                 if observe(open, frame.message()) {
                     self.publish_state().await?;
                 }
@@ -535,7 +543,7 @@ impl Slot {
         self.reason = None;
         self.tell_bus(BusEvent::Up).await?;
         self.publish_state().await?;
-        while let Some(frame) = self.queue.pop_front() {
+        for frame in self.rm_frames.connected() {
             self.send(&frame).await?;
         }
         if let Some(hello) = self.held_hello.take() {
@@ -546,6 +554,7 @@ impl Slot {
 
     async fn end_session(&mut self, reason: &str) -> Flow {
         if let Some(open) = self.session.take() {
+            self.rm_frames.disconnected();
             info!(label = %self.label, session = %open.id, %reason, "S2 session ended");
             self.reason = Some(reason.to_string());
             self.tell_bus(BusEvent::Down {

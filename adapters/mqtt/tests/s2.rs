@@ -459,7 +459,14 @@ async fn no_s2_message_is_lost_across_a_broker_restart_and_the_session_resumes()
         );
         Frame::from_own_text(text).unwrap()
     };
+    // The RM answers the link's Up with its session's Handshake, as every RM side does.
     let mut sent = Vec::new();
+    let mut rm = RmSession::new(RmConfig::default(), s2_kit::testing::battery_details());
+    rm.open(Timestamp::now());
+    for frame in drain_rm(&mut rm) {
+        sent.push(frame.id().unwrap());
+        to_adapter(&bus, BusEvent::Frame(frame)).await;
+    }
     for i in 0..50 {
         let f = measurement(i);
         sent.push(f.id().unwrap());

@@ -1,11 +1,10 @@
 //! The client link: the gateway dials a CEM and plays the CEM side of one resource.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use s2gw_core::s2::{EnergyManagementRole, MessageKind};
-use s2gw_core::{Backoff, BusEvent, CancellationToken, Edge, Endpoint, Frame};
+use s2gw_core::s2::EnergyManagementRole;
+use s2gw_core::{Admission, Backoff, BusEvent, CancellationToken, Edge, Endpoint, SessionFrames};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -49,7 +48,7 @@ pub fn spawn_client(
         url,
         endpoint,
         shutdown,
-        queue: VecDeque::new(),
+        rm_frames: SessionFrames::new(QUEUE_LIMIT),
         rm_up: false,
         tls: None,
     };
@@ -62,8 +61,9 @@ struct Link {
     label: String,
     endpoint: Endpoint,
     shutdown: CancellationToken,
-    /// Frames from the RM side that wait for a connection.
-    queue: VecDeque<Frame>,
+    /// The RM side's frames: those that wait for a connection, sorted from those of a
+    /// session whose connection is gone.
+    rm_frames: SessionFrames,
     /// Whether the RM side is up (it sent `Up` and no `Down` since).
     rm_up: bool,
     backoff: Backoff,
@@ -119,6 +119,7 @@ impl Link {
             let started = Instant::now();
             let outcome = self.session(&mut ws).await;
             drop(ws);
+            self.rm_frames.disconnected();
             let reason = outcome.down_reason();
             info!(label = %self.label, %reason, "disconnected from the CEM");
             if matches!(outcome.ended, Ended::BusGone) {
@@ -134,7 +135,7 @@ impl Link {
                 Ended::CloseRequested { reconnect: false } => pause = Some(self.config.backoff.1),
                 Ended::OtherSideDown => {
                     self.rm_up = false;
-                    self.queue.clear();
+                    self.rm_frames.rm_changed();
                 }
                 Ended::Lost(_) => {
                     if outcome.exchanged || started.elapsed() >= STABLE_AFTER {
@@ -158,8 +159,9 @@ impl Link {
             },
             shutdown: &self.shutdown,
             label: &self.label,
+            rm_frames: Some(&mut self.rm_frames),
         };
-        if let Err(reason) = conn::flush_queue(ws, &mut session, &mut self.queue).await {
+        if let Err(reason) = conn::flush_waiting(ws, &mut session).await {
             return conn::Outcome {
                 ended: Ended::Lost(reason),
                 exchanged: false,
@@ -206,32 +208,27 @@ impl Link {
             None => Idle::Stop,
             Some(BusEvent::Up) => {
                 self.rm_up = true;
+                self.rm_frames.rm_changed();
                 Idle::Continue
             }
             Some(BusEvent::Down { reason }) => {
                 debug!(label = %self.label, %reason, "the resource manager went down");
                 let was_up = std::mem::replace(&mut self.rm_up, false);
-                self.queue.clear();
+                self.rm_frames.rm_changed();
                 if was_up { Idle::RmDown } else { Idle::Continue }
             }
             Some(BusEvent::Frame(frame)) => {
-                // Every session starts with the RM's Handshake. Anything else arriving
-                // while nothing waits belongs to a session the lost connection ended (the
-                // RM had not yet heard the Down); sending it into the next session would
-                // put a message before that session's handshake.
-                if self.queue.is_empty() && frame.kind() != MessageKind::Handshake {
-                    debug!(label = %self.label, kind = %frame.kind().as_str(), "dropping a frame of an ended session");
-                    return Idle::Continue;
-                }
-                if self.queue.len() >= QUEUE_LIMIT {
-                    warn!(
+                match self.rm_frames.admit(frame) {
+                    Admission::Send(_) | Admission::Queued => {}
+                    Admission::QueuedDroppingOldest => warn!(
                         label = %self.label,
                         limit = QUEUE_LIMIT,
-                        "the CEM link is down and the queue is full: dropping the oldest frame"
-                    );
-                    self.queue.pop_front();
+                        "the CEM link is down and the queue is full: dropped the oldest frame"
+                    ),
+                    Admission::Stale(frame) => {
+                        debug!(label = %self.label, kind = %frame.kind().as_str(), "dropping a frame of an ended session");
+                    }
                 }
-                self.queue.push_back(frame);
                 Idle::Continue
             }
             // Nothing is connected, so there is nothing to close.

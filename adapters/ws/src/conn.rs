@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use s2gw_core::s2::{Id, ReceptionStatusValues, Timestamp};
-use s2gw_core::{BusEvent, CancellationToken, Edge, Endpoint, Frame, Rejection};
+use s2gw_core::{
+    Admission, BusEvent, CancellationToken, Edge, Endpoint, Frame, Rejection, SessionFrames,
+};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
@@ -109,19 +111,27 @@ pub(crate) struct Session<'a> {
     pub shutdown: &'a CancellationToken,
     /// For logs: which resource and which role.
     pub label: &'a str,
+    /// Where the peer is a CEM: the RM side's frames, sorted into sessions, so a closed
+    /// connection's frames never reach the next one. `None` where the peer is the RM.
+    pub rm_frames: Option<&'a mut SessionFrames>,
 }
 
-/// Send frames that waited for the connection, each shown to the edge first.
-pub(crate) async fn flush_queue<S>(
+/// Send the RM side's frames that waited for this connection, each shown to the edge
+/// first.
+pub(crate) async fn flush_waiting<S>(
     ws: &mut WebSocketStream<S>,
     session: &mut Session<'_>,
-    queue: &mut std::collections::VecDeque<Frame>,
 ) -> Result<(), String>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    while let Some(frame) = queue.pop_front() {
-        send_frame(ws, session, &frame).await?;
+    let waiting = session
+        .rm_frames
+        .as_deref_mut()
+        .map(SessionFrames::connected)
+        .unwrap_or_default();
+    for frame in &waiting {
+        send_frame(ws, session, frame).await?;
     }
     Ok(())
 }
@@ -230,6 +240,16 @@ where
                     return Ended::BusGone;
                 }
                 Some(BusEvent::Frame(frame)) => {
+                    let frame = match session.rm_frames.as_deref_mut() {
+                        None => frame,
+                        Some(book) => match book.admit(frame) {
+                            Admission::Send(frame) => frame,
+                            _ => {
+                                debug!(%label, "dropping a frame of an ended session");
+                                continue;
+                            }
+                        },
+                    };
                     if let Err(reason) = send_frame(ws, session, &frame).await {
                         return Ended::Lost(reason);
                     }
@@ -275,6 +295,9 @@ where
     match session.edge.inbound(text, Timestamp::now()) {
         Ok(frame) => {
             debug!(label = %session.label, kind = ?frame.kind(), "received");
+            for quirk in session.edge.take_quirks() {
+                info!(label = %session.label, %quirk, "tolerated (said once per session)");
+            }
             to_bus(ws, session, BusEvent::Frame(frame)).await?;
             Ok(true)
         }

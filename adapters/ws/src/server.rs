@@ -5,14 +5,14 @@
 //! the slot's bus endpoint and runs its connection, one at a time. A peer that stalls in
 //! its handshake or misbehaves in its session only ever holds its own task.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use s2gw_core::s2::EnergyManagementRole;
-use s2gw_core::{BusEvent, CancellationToken, Edge, Endpoint, Frame, Secret};
+use s2gw_core::{Admission, BusEvent, CancellationToken, Edge, Endpoint, Secret, SessionFrames};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -385,7 +385,9 @@ async fn slot_task(
         Role::Rm => (format!("{resource_id} native-rm"), EnergyManagementRole::Rm),
         Role::Cem => (format!("{resource_id} cem-slot"), EnergyManagementRole::Cem),
     };
-    let mut queue: VecDeque<Frame> = VecDeque::new();
+    // Where the peer is a CEM, the RM side may speak before it dials in: its frames wait
+    // here, sorted from those of a session whose connection is gone.
+    let mut rm_frames = SessionFrames::new(QUEUE_LIMIT);
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
@@ -403,12 +405,17 @@ async fn slot_task(
                     timers,
                     shutdown: &shutdown,
                     label: &label,
+                    rm_frames: (role == Role::Cem).then_some(&mut rm_frames),
                 };
-                let outcome = match conn::flush_queue(&mut ws, &mut session, &mut queue).await {
+                let outcome = match conn::flush_waiting(&mut ws, &mut session).await {
                     Ok(()) => conn::run(&mut ws, session).await,
                     Err(reason) => conn::Outcome { ended: Ended::Lost(reason), exchanged: false },
                 };
                 drop(ws);
+                rm_frames.disconnected();
+                if matches!(outcome.ended, Ended::OtherSideDown) {
+                    rm_frames.rm_changed();
+                }
                 let reason = outcome.down_reason();
                 info!(%label, %peer, %reason, "peer disconnected");
                 if matches!(outcome.ended, Ended::BusGone) {
@@ -425,20 +432,21 @@ async fn slot_task(
             event = endpoint.rx.recv() => match event {
                 None => return,
                 Some(BusEvent::Frame(frame)) => match role {
-                    // The RM side may speak before a CEM dials in: keep it for the CEM.
-                    Role::Cem => {
-                        if queue.len() >= QUEUE_LIMIT {
-                            warn!(%label, "no CEM connected and the queue is full: dropping the oldest frame");
-                            queue.pop_front();
+                    Role::Cem => match rm_frames.admit(frame) {
+                        Admission::Send(_) | Admission::Queued => {}
+                        Admission::QueuedDroppingOldest => {
+                            warn!(%label, "no CEM connected and the queue is full: dropped the oldest frame");
                         }
-                        queue.push_back(frame);
-                    }
+                        Admission::Stale(frame) => {
+                            debug!(%label, kind = ?frame.kind(), "dropping a frame of an ended session");
+                        }
+                    },
                     // A CEM frame for an RM that is not connected belongs to a session that
                     // is already over.
                     Role::Rm => debug!(%label, kind = ?frame.kind(), "no RM connected: frame dropped"),
                 },
-                Some(BusEvent::Down { .. }) => queue.clear(),
-                Some(BusEvent::Up | BusEvent::Close { .. } | BusEvent::Rejected(_)) => {}
+                Some(BusEvent::Up | BusEvent::Down { .. }) => rm_frames.rm_changed(),
+                Some(BusEvent::Close { .. } | BusEvent::Rejected(_)) => {}
             },
         }
     }

@@ -17,6 +17,7 @@ use s2gw_core::{BusEvent, CancellationToken, Endpoint, EndpointPeer, Frame, Secr
 use s2gw_ws::{ClientConfig, spawn_client};
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 struct Link {
@@ -261,27 +262,18 @@ async fn frames_of_an_ended_session_are_not_sent_into_the_next_one() {
     let addr = listener.local_addr().unwrap();
     let mut link = start(config(&listener));
     to_adapter(&link.peer, BusEvent::Up).await;
-    let (ws, _) = accept(&listener).await;
+    let (mut ws, _) = accept(&listener).await;
     expect_up(&mut link.peer).await;
+    send_handshake(&link).await;
+    assert!(matches!(read_message(&mut ws).await, Message::Handshake(_)));
     drop(ws);
     drop(listener);
     expect_down(&mut link.peer).await;
 
     // The RM had not heard the Down yet: a measurement of the old session, then the
     // Handshake that opens the next one.
-    let stale = Frame::new(Message::PowerMeasurement(PowerMeasurement {
-        message_id: s2gw_core::s2::mint_id(),
-        measurement_timestamp: Timestamp::now(),
-        values: vec![PowerValue {
-            commodity_quantity: CommodityQuantity::ElectricPowerL1,
-            value: 1.0,
-        }],
-    }));
-    to_adapter(&link.peer, BusEvent::Frame(stale)).await;
-    let (_, handshake) = rm_session();
-    for frame in handshake {
-        to_adapter(&link.peer, BusEvent::Frame(frame)).await;
-    }
+    to_adapter(&link.peer, BusEvent::Frame(measurement())).await;
+    send_handshake(&link).await;
 
     let listener = TcpListener::bind(addr).await.unwrap();
     let (mut ws, _) = accept(&listener).await;
@@ -290,6 +282,91 @@ async fn frames_of_an_ended_session_are_not_sent_into_the_next_one() {
         Message::Handshake(_) => {}
         other => panic!("the next session must open with the Handshake, got {other:?}"),
     }
+    link.stop().await;
+}
+
+fn measurement() -> Frame {
+    Frame::new(Message::PowerMeasurement(PowerMeasurement {
+        message_id: s2gw_core::s2::mint_id(),
+        measurement_timestamp: Timestamp::now(),
+        values: vec![PowerValue {
+            commodity_quantity: CommodityQuantity::ElectricPowerL1,
+            value: 1.0,
+        }],
+    }))
+}
+
+async fn send_handshake(link: &Link) {
+    let (_, handshake) = rm_session();
+    for frame in handshake {
+        to_adapter(&link.peer, BusEvent::Frame(frame)).await;
+    }
+}
+
+/// A CEM that accepts the WebSocket and closes it at once with 1011, as a CEM that fails
+/// internally does.
+async fn accept_and_fail(listener: &TcpListener, link: &mut Link) {
+    let (mut ws, _) = accept(listener).await;
+    expect_up(&mut link.peer).await;
+    ws.close(Some(CloseFrame {
+        code: CloseCode::Error,
+        reason: "internal error".into(),
+    }))
+    .await
+    .unwrap();
+    expect_down(&mut link.peer).await;
+}
+
+/// The next session's first two messages: exactly one Handshake, then the RM's next
+/// message (the measurement the test sent as a marker).
+async fn assert_one_handshake_then_marker<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    match read_message(ws).await {
+        Message::Handshake(_) => {}
+        other => panic!("the session must open with the Handshake, got {other:?}"),
+    }
+    match read_message(ws).await {
+        Message::PowerMeasurement(_) => {}
+        other => panic!("exactly one Handshake per session, then the marker; got {other:?}"),
+    }
+}
+
+/// Regression: after a CEM closed with 1011 at once, the RM's answer to that connection's
+/// Up (a Handshake) arrived while the link was away, was queued and opened the next
+/// session together with the next Handshake: two HandshakeResponses, two
+/// ResourceManagerDetails.
+#[tokio::test]
+async fn a_handshake_answering_a_closed_connection_never_opens_the_next() {
+    let listener = listener().await;
+    let mut link = start(config(&listener));
+    to_adapter(&link.peer, BusEvent::Up).await;
+    accept_and_fail(&listener, &mut link).await;
+    // The RM answers the first Up only now, after the Down.
+    send_handshake(&link).await;
+    let (mut ws, _) = accept(&listener).await;
+    expect_up(&mut link.peer).await;
+    send_handshake(&link).await;
+    to_adapter(&link.peer, BusEvent::Frame(measurement())).await;
+    assert_one_handshake_then_marker(&mut ws).await;
+    link.stop().await;
+}
+
+/// The same with a slow RM: its answer to the first connection's Up reaches the link only
+/// after the second connection is up.
+#[tokio::test]
+async fn a_handshake_answering_a_closed_connection_is_dropped_even_when_late() {
+    let listener = listener().await;
+    let mut link = start(config(&listener));
+    to_adapter(&link.peer, BusEvent::Up).await;
+    accept_and_fail(&listener, &mut link).await;
+    let (mut ws, _) = accept(&listener).await;
+    expect_up(&mut link.peer).await;
+    send_handshake(&link).await; // answers the first Up
+    send_handshake(&link).await; // answers the second
+    to_adapter(&link.peer, BusEvent::Frame(measurement())).await;
+    assert_one_handshake_then_marker(&mut ws).await;
     link.stop().await;
 }
 
