@@ -36,6 +36,9 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 
+mod oracle;
+pub use oracle::assert_emitted_valid;
+
 /// The usual failure guard for one awaited step.
 pub const GUARD: Duration = Duration::from_secs(20);
 
@@ -1663,6 +1666,28 @@ impl MqttCem {
 impl Drop for MqttCem {
     fn drop(&mut self) {
         self.task.abort();
+        check_on_drop(&self.log);
+    }
+}
+
+impl Drop for CemConn {
+    fn drop(&mut self) {
+        check_on_drop(&self.log);
+    }
+}
+
+/// Every session a test CEM saw is checked by every oracle when the test lets go of it
+/// (unless the test is already failing: a second panic would hide the first).
+fn check_on_drop(log: &Mutex<Log>) {
+    if std::thread::panicking() {
+        return;
+    }
+    let (version, frames) = {
+        let log = log.lock().unwrap_or_else(|e| e.into_inner());
+        (log.version.clone(), log.raw.clone())
+    };
+    if let Some(version) = version {
+        assert_emitted_valid(version.as_str(), &frames);
     }
 }
 
@@ -1707,6 +1732,9 @@ async fn run_mqtt_cem(
                 peer.publish(&cem_topic, out.text, false).await;
             }
             while let Some(event) = session.poll_event() {
+                if let CemEvent::Negotiated { version, .. } = &event {
+                    pipes.log.lock().unwrap().version = Some(version.clone());
+                }
                 let _ = pipes.events.send(event);
             }
         }
