@@ -617,9 +617,18 @@ impl Engine {
     }
 
     fn describe_frbc(&mut self, storage: Storage, now: Timestamp) {
+        let readings = self.readings.clone().unwrap_or_default();
+        // The fill level first: FlexMeasures' CEM plans once per SystemDescription, and
+        // only when it already knows the storage's state.
+        self.soc_sent = None;
+        if self.available
+            && let Some(soc) = readings.soc.filter(|s| s.is_finite())
+        {
+            self.send(frbc::storage_status(soc));
+            self.soc_sent = Some(soc);
+        }
         let message = frbc::system_description(&mut self.ids, storage, now);
         self.send(message);
-        let readings = self.readings.clone().unwrap_or_default();
         let (mode, factor) = frbc::current_mode(&mut self.ids, storage, &readings);
         let message = frbc::actuator_status(&mut self.ids, mode, factor, None, now);
         self.send(message);
@@ -655,10 +664,9 @@ impl Engine {
         }
         if self.control == Some(ControlType::FillRateBasedControl)
             && let Some(soc) = readings.soc.filter(|s| s.is_finite())
-            && (force
-                || self
-                    .soc_sent
-                    .is_none_or(|sent| (sent - soc).abs() >= SOC_STEP))
+            && self
+                .soc_sent
+                .is_none_or(|sent| (sent - soc).abs() >= SOC_STEP)
         {
             self.send(frbc::storage_status(soc));
             self.soc_sent = Some(soc);

@@ -517,6 +517,27 @@ async fn every_control_type_sends_its_descriptions() {
     }
 }
 
+/// FlexMeasures' CEM asks its planner for a schedule once per FRBC.SystemDescription, and
+/// only when it already has an FRBC.StorageStatus: the fill level goes first.
+#[tokio::test(start_paused = true)]
+async fn frbc_sends_the_fill_level_before_the_system_description() {
+    let h = Harness::selected(everything(), ControlType::FillRateBasedControl).await;
+    let sent = h.kinds_from_rm();
+    let at = |kind| sent.iter().position(|k| *k == kind);
+    let storage = at(MessageKind::FrbcStorageStatus).expect("a StorageStatus");
+    let system = at(MessageKind::FrbcSystemDescription).expect("a SystemDescription");
+    assert!(storage < system, "{sent:?}");
+    let statuses = sent
+        .iter()
+        .filter(|k| **k == MessageKind::FrbcStorageStatus)
+        .count();
+    assert_eq!(
+        statuses, 1,
+        "one StorageStatus for one fill level: {sent:?}"
+    );
+    h.stop().await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn pebc_constraints_have_upper_and_lower_ranges_with_uuid_ids() {
     let h = Harness::selected(everything(), ControlType::PowerEnvelopeBasedControl).await;
