@@ -4,18 +4,16 @@
 
 mod common;
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use common::{
-    Daemon, Ended, GUARD, Queue, TestCem, assert_emitted_valid, is_uuid, pebc_instruction, python,
+    Daemon, Ended, GUARD, PythonPeer, TestCem, assert_emitted_valid, is_uuid, pebc_instruction,
+    python,
 };
 use s2_kit::message::{Message, MessageKind};
 use s2_kit::session::CemEvent;
 use s2_kit::types::common::{ControlType, InstructionStatus, ReceptionStatusValues};
 use s2_kit::types::{Duration as S2Duration, Id, ProtocolVersion, Timestamp};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::sync::mpsc;
 
 /// The label s2-python puts on every ReceptionStatus it sends with `send_okay`: the
 /// gateway never writes it, so it proves the answer came from the far end.
@@ -64,7 +62,7 @@ async fn s2python_rm_through_the_gateway() {
 }
 
 async fn s2python_rm() {
-    let python = check_python();
+    check_python();
 
     // The CEM would prefer 1.0.0; s2-python offers only 0.0.2-beta, so that is agreed.
     let mut cem = TestCem::start(&[ProtocolVersion::V1_0_0, ProtocolVersion::V0_0_2_BETA]).await;
@@ -88,35 +86,7 @@ async fn s2python_rm() {
 
     // The s2-python RM, its output as a queue of lines.
     let url = format!("ws://127.0.0.1:{port}/s2/rm/py-rm");
-    let script = common::workspace().join("tests/peers/s2python_rm.py");
-    let mut child = tokio::process::Command::new(&python)
-        .arg(&script)
-        .arg(&url)
-        .arg(&resource_id)
-        .arg("40")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("cannot start the s2-python RM");
-    let (tx, rx) = mpsc::unbounded_channel();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
-    let out_tx = tx.clone();
-    tokio::spawn(async move {
-        while let Ok(Some(line)) = stdout.next_line().await {
-            eprintln!("[s2python] {line}");
-            let _ = out_tx.send(line);
-        }
-    });
-    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
-    tokio::spawn(async move {
-        while let Ok(Some(line)) = stderr.next_line().await {
-            eprintln!("[s2python:err] {line}");
-        }
-    });
-    drop(tx);
-    let mut said = Queue::new(rx);
+    let mut peer = PythonPeer::spawn("s2python_rm.py", &[&url, &resource_id, "40"], "s2python");
 
     // Handshake: 0.0.2-beta, and s2-python's own details, ids intact.
     let mut conn = cem.next_conn(GUARD).await;
@@ -136,12 +106,13 @@ async fn s2python_rm() {
             ControlType::NotControllable
         ]
     );
-    said.wait_for(
-        "s2-python to see the HandshakeResponse",
-        |l| l == "SAW handshake_response 0.0.2-beta",
-        GUARD,
-    )
-    .await;
+    peer.lines
+        .wait_for(
+            "s2-python to see the HandshakeResponse",
+            |l| l == "SAW handshake_response 0.0.2-beta",
+            GUARD,
+        )
+        .await;
 
     // Select PEBC: s2-python activates it and publishes its constraints.
     conn.select_ready(ControlType::PowerEnvelopeBasedControl)
@@ -153,7 +124,8 @@ async fn s2python_rm() {
         Message::PebcPowerConstraints(c) => *c,
         other => panic!("{:?}", other.kind()),
     };
-    let sent_id = said
+    let sent_id = peer
+        .lines
         .wait_map(
             "s2-python's constraints id",
             |l| l.strip_prefix("SAW constraints_sent ").map(str::to_string),
@@ -166,12 +138,13 @@ async fn s2python_rm() {
         "s2-python's constraints id preserved"
     );
     // The CEM's ReceptionStatus for the constraints reached s2-python.
-    said.wait_for(
-        "s2-python to get OK for its constraints",
-        |l| l.starts_with("SAW reception_status ") && l.ends_with(" OK"),
-        GUARD,
-    )
-    .await;
+    peer.lines
+        .wait_for(
+            "s2-python to get OK for its constraints",
+            |l| l.starts_with("SAW reception_status ") && l.ends_with(" OK"),
+            GUARD,
+        )
+        .await;
 
     // An instruction within s2-python's ranges: answered SUCCEEDED by s2-python.
     let instruction = pebc_instruction(
@@ -183,12 +156,13 @@ async fn s2python_rm() {
     );
     let instruction_id = instruction.id;
     conn.instruct(instruction).await;
-    said.wait_for(
-        "s2-python to receive the instruction",
-        |l| l.starts_with(&format!("SAW instruction {instruction_id}")),
-        GUARD,
-    )
-    .await;
+    peer.lines
+        .wait_for(
+            "s2-python to receive the instruction",
+            |l| l.starts_with(&format!("SAW instruction {instruction_id}")),
+            GUARD,
+        )
+        .await;
     conn.events()
         .wait_for(
             "InstructionStatusUpdate SUCCEEDED from s2-python",
@@ -203,15 +177,14 @@ async fn s2python_rm() {
 
     // TERMINATE: s2-python acknowledges and its script ends by itself, with 0.
     let terminate = conn.terminate().await;
-    said.wait_for(
-        "s2-python to see TERMINATE",
-        |l| l == "SAW session_request TERMINATE",
-        GUARD,
-    )
-    .await;
-    let status = common::within("the s2-python RM to exit", GUARD, child.wait())
-        .await
-        .unwrap();
+    peer.lines
+        .wait_for(
+            "s2-python to see TERMINATE",
+            |l| l == "SAW session_request TERMINATE",
+            GUARD,
+        )
+        .await;
+    let status = common::within("the s2-python RM to exit", GUARD, peer.wait()).await;
     assert!(status.success(), "the s2-python RM exited with {status}");
 
     // The gateway closes the CEM side once the native RM is gone.

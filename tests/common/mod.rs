@@ -37,7 +37,10 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 
 mod oracle;
+mod python_peer;
 pub use oracle::assert_emitted_valid;
+#[allow(unused_imports)] // not every test binary runs a Python peer
+pub use python_peer::PythonPeer;
 
 /// The usual failure guard for one awaited step.
 pub const GUARD: Duration = Duration::from_secs(20);
