@@ -1,23 +1,14 @@
 //! What the resource says about itself: ResourceManagerDetails and the control types it
 //! offers.
 
-use s2gw_core::device::{ControlCapability, DeviceInfo, DeviceKind};
+use s2gw_core::device::{DeviceInfo, DeviceKind};
 use s2gw_core::s2::{
     Commodity, CommodityQuantity, ControlType, Duration, Id, ResourceManagerDetails, Role,
     RoleType, mint_id,
 };
 
 use super::VirtualRmConfig;
-
-/// The S2 control type a device capability maps to.
-pub(crate) fn control_type_of(capability: &ControlCapability) -> ControlType {
-    match capability {
-        ControlCapability::NotControllable => ControlType::NotControllable,
-        ControlCapability::PowerEnvelope { .. } => ControlType::PowerEnvelopeBasedControl,
-        ControlCapability::Storage { .. } => ControlType::FillRateBasedControl,
-        ControlCapability::OperationModes { .. } => ControlType::OperationModeBasedControl,
-    }
-}
+use super::control::control_types_of;
 
 /// The control types to offer: the configured list intersected with the device's (in the
 /// device's order of preference); everything the device offers when none are configured.
@@ -26,7 +17,7 @@ pub(crate) fn offered_control_types(
     config: &VirtualRmConfig,
     info: &DeviceInfo,
 ) -> Vec<ControlType> {
-    let supported: Vec<ControlType> = info.control.iter().map(control_type_of).collect();
+    let supported = control_types_of(&info.control);
     // The configured list (the profile's, or the device's narrowing of it) is in order of
     // preference, and a CEM that takes the first type offered must get the most useful
     // one; without a list, the device's own order stands.

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
-use s2gw_core::device::{ControlCapability, DeviceInfo};
+use s2gw_core::device::DeviceInfo;
 use s2gw_core::s2::{
     CloseReason, ControlType, Frame, Id, Instructed, InstructionStatus, Message, RevokableObjects,
     RmConfig, RmEvent, RmSession, SessionRequestType, Timestamp, offered_versions,
@@ -14,13 +14,11 @@ use s2gw_core::{
 use tokio::sync::{mpsc, watch};
 
 use super::clock::{Clock, to_system_time, until};
+use super::control::{self, Context, ControlModule};
 use super::describe::{self, s2_duration};
-use super::frbc::{self, Storage};
 use super::ids::IdBook;
 use super::measure::Measurer;
-use super::ombc::{self, Modes};
-use super::pebc::{self, Envelope};
-use super::plan::{Effect, Plan, Planned};
+use super::plan::{Plan, Planned};
 use super::{LinkState, RmView, VirtualRmConfig};
 
 /// A device call that takes longer than this counts as failed, so one hung device never
@@ -32,8 +30,6 @@ const FAILURES_BEFORE_UNAVAILABLE: u32 = 3;
 const MAX_READ_BACKOFF: StdDuration = StdDuration::from_secs(60);
 /// The longest the loop sleeps without looking around.
 const MAX_SLEEP: StdDuration = StdDuration::from_secs(60);
-/// A state of charge change that is worth a StorageStatus, percentage points.
-const SOC_STEP: f64 = 0.5;
 
 /// One virtual RM.
 pub(crate) struct Engine {
@@ -55,11 +51,9 @@ pub(crate) struct Engine {
     read_backoff: Backoff,
     next_poll: Timestamp,
     measurer: Measurer,
-    soc_sent: Option<f64>,
+    /// One module per control type the device offers; the selected one decides.
+    modules: Vec<Box<dyn ControlModule>>,
     plan: Plan,
-    frbc_mode: Option<Id>,
-    ombc_mode: Option<Id>,
-    ombc_timers: ombc::Timers,
     retry: Option<Command>,
     retry_at: Timestamp,
     dirty: bool,
@@ -89,6 +83,7 @@ impl Engine {
         let offered = describe::offered_control_types(&config, &info);
         let resource_id = describe::resource_id(&config);
         let poll = config.poll_interval.max(StdDuration::from_millis(10));
+        let modules = control::modules_for(&info.control);
         let now = clock.timestamp();
         Self {
             read_backoff: Backoff::new(poll, MAX_READ_BACKOFF.max(poll)),
@@ -109,11 +104,8 @@ impl Engine {
             read_failures: 0,
             next_poll: now,
             measurer: Measurer::default(),
-            soc_sent: None,
+            modules,
             plan: Plan::default(),
-            frbc_mode: None,
-            ombc_mode: None,
-            ombc_timers: ombc::Timers::default(),
             retry: None,
             retry_at: now,
             dirty: false,
@@ -331,7 +323,11 @@ impl Engine {
         }
         let now = self.now();
         // The device may have been unreachable when the RM started; ask again.
-        self.info = self.device.info();
+        let info = self.device.info();
+        if info.control != self.info.control {
+            self.modules = control::modules_for(&info.control);
+        }
+        self.info = info;
         self.offered = self.offer();
         let details = describe::details(
             &self.config,
@@ -346,9 +342,9 @@ impl Engine {
         self.link = LinkState::Handshaking;
         self.control = None;
         self.measurer.reset();
-        self.soc_sent = None;
-        self.frbc_mode = None;
-        self.ombc_mode = None;
+        for module in &mut self.modules {
+            module.session_started();
+        }
         self.counters.sessions = self.counters.sessions.saturating_add(1);
         tracing::info!(resource = %self.resource_id, "CEM link up: S2 session opened");
         self.drain().await;
@@ -561,14 +557,6 @@ impl Engine {
     // Control types
     // ----------------------------------------------------------------------------------
 
-    fn capability(&self, control_type: ControlType) -> Option<ControlCapability> {
-        self.info
-            .control
-            .iter()
-            .find(|c| describe::control_type_of(c) == control_type)
-            .cloned()
-    }
-
     async fn on_selected(&mut self, control_type: ControlType) {
         tracing::info!(resource = %self.resource_id, ?control_type, "control type selected");
         if self.control.is_some_and(|c| c != control_type) {
@@ -577,77 +565,17 @@ impl Engine {
         }
         self.control = Some(control_type);
         let now = self.now();
-        match self.capability(control_type) {
-            Some(ControlCapability::PowerEnvelope { min_w, max_w }) => {
-                let envelope = Envelope { min_w, max_w };
-                let message = pebc::constraints(&mut self.ids, envelope, self.info.kind, now);
-                self.send(message);
-            }
-            Some(ControlCapability::Storage {
-                capacity_wh,
-                max_charge_w,
-                max_discharge_w,
-                min_soc,
-                max_soc,
-            }) => self.describe_frbc(
-                Storage {
-                    capacity_wh,
-                    max_charge_w,
-                    max_discharge_w,
-                    min_soc,
-                    max_soc,
-                },
-                now,
-            ),
-            Some(ControlCapability::OperationModes {
-                modes,
-                min_on_s,
-                min_off_s,
-            }) => self.describe_ombc(
-                &Modes {
-                    modes,
-                    min_on_s,
-                    min_off_s,
-                },
-                now,
-            ),
-            Some(ControlCapability::NotControllable) | None => {}
+        let descriptions = self
+            .with_selected(|module, cx| module.describe(cx, now))
+            .unwrap_or_default();
+        for message in descriptions {
+            self.send(message);
         }
         self.report_readings(now, true);
     }
 
-    fn describe_frbc(&mut self, storage: Storage, now: Timestamp) {
-        let readings = self.readings.clone().unwrap_or_default();
-        // The fill level first: FlexMeasures' CEM plans once per SystemDescription, and
-        // only when it already knows the storage's state.
-        self.soc_sent = None;
-        if self.available
-            && let Some(soc) = readings.soc.filter(|s| s.is_finite())
-        {
-            self.send(frbc::storage_status(soc));
-            self.soc_sent = Some(soc);
-        }
-        let message = frbc::system_description(&mut self.ids, storage, now);
-        self.send(message);
-        let (mode, factor) = frbc::current_mode(&mut self.ids, storage, &readings);
-        let message = frbc::actuator_status(&mut self.ids, mode, factor, None, now);
-        self.send(message);
-        self.frbc_mode = Some(mode);
-    }
-
-    fn describe_ombc(&mut self, modes: &Modes, now: Timestamp) {
-        let message = ombc::system_description(&mut self.ids, modes, now);
-        self.send(message);
-        let Some(current) = ombc::current_mode(modes, self.readings.as_ref()).cloned() else {
-            return;
-        };
-        let mode = self.ids.get(&format!("ombc.mode.{}", current.name));
-        self.send(ombc::status(mode, 0.0, None, now));
-        self.ombc_mode = Some(mode);
-    }
-
-    /// PowerMeasurement and, for FRBC, StorageStatus: on change, on the heartbeat, or
-    /// `force`d right after a selection.
+    /// PowerMeasurement (on change, on the heartbeat, or `force`d right after a
+    /// selection), then what the selected control type reports with new readings.
     fn report_readings(&mut self, now: Timestamp, force: bool) {
         if !matches!(self.link, LinkState::Connected(_)) || !self.available {
             return;
@@ -662,15 +590,37 @@ impl Engine {
         {
             self.send(measurement);
         }
-        if self.control == Some(ControlType::FillRateBasedControl)
-            && let Some(soc) = readings.soc.filter(|s| s.is_finite())
-            && self
-                .soc_sent
-                .is_none_or(|sent| (sent - soc).abs() >= SOC_STEP)
-        {
-            self.send(frbc::storage_status(soc));
-            self.soc_sent = Some(soc);
+        let statuses = self
+            .with_selected(|module, cx| module.readings(cx, now))
+            .unwrap_or_default();
+        for message in statuses {
+            self.send(message);
         }
+    }
+
+    /// Run `f` on the selected control type's module, with what it may use.
+    fn with_selected<R>(
+        &mut self,
+        f: impl FnOnce(&mut dyn ControlModule, &mut Context<'_>) -> R,
+    ) -> Option<R> {
+        let Engine {
+            modules,
+            ids,
+            readings,
+            available,
+            info,
+            control,
+            ..
+        } = self;
+        let selected = (*control)?;
+        let module = modules.iter_mut().find(|m| m.control_type() == selected)?;
+        let mut cx = Context {
+            ids,
+            readings: readings.as_ref(),
+            available: *available,
+            kind: info.kind,
+        };
+        Some(f(module.as_mut(), &mut cx))
     }
 
     // ----------------------------------------------------------------------------------
@@ -710,56 +660,11 @@ impl Engine {
         if !self.available {
             return Err("the device is unavailable".to_string());
         }
-        let control = self.control.ok_or("no control type is selected")?;
-        match (self.capability(control), &instructed.message) {
-            (
-                Some(ControlCapability::PowerEnvelope { min_w, max_w }),
-                Message::PebcInstruction(_),
-            ) => pebc::plan(instructed, Envelope { min_w, max_w }, now),
-            (
-                Some(ControlCapability::Storage {
-                    capacity_wh,
-                    max_charge_w,
-                    max_discharge_w,
-                    min_soc,
-                    max_soc,
-                }),
-                Message::FrbcInstruction(_),
-            ) => frbc::plan(
-                instructed,
-                &mut self.ids,
-                Storage {
-                    capacity_wh,
-                    max_charge_w,
-                    max_discharge_w,
-                    min_soc,
-                    max_soc,
-                },
-            ),
-            (
-                Some(ControlCapability::OperationModes {
-                    modes,
-                    min_on_s,
-                    min_off_s,
-                }),
-                Message::OmbcInstruction(_),
-            ) => ombc::plan(
-                instructed,
-                &mut self.ids,
-                &Modes {
-                    modes,
-                    min_on_s,
-                    min_off_s,
-                },
-                &self.ombc_timers,
-                self.ombc_mode,
-                now,
-            ),
-            _ => Err(format!(
-                "{} does not fit the selected control type",
-                instructed.kind
-            )),
+        if self.control.is_none() {
+            return Err("no control type is selected".to_string());
         }
+        self.with_selected(|module, cx| module.plan(cx, instructed, now))
+            .unwrap_or_else(|| Err("the selected control type is not offered".to_string()))
     }
 
     /// Start what is due, apply due envelope steps, end what ran out.
@@ -793,55 +698,19 @@ impl Engine {
                 self.retry = None;
                 self.status(planned.id, InstructionStatus::Succeeded);
                 self.counters.executed = self.counters.executed.saturating_add(1);
-                let effect = planned.effect.clone();
+                let statuses = self
+                    .with_selected(|module, cx| module.carried_out(cx, &planned, now))
+                    .unwrap_or_default();
                 self.plan.activate(planned);
-                self.report_effect(effect, now);
+                for message in statuses {
+                    self.send(message);
+                }
             }
             Err(error) => {
                 // Rule 4: a failed write is reported, never dropped.
                 tracing::error!(resource = %self.resource_id, instruction = %planned.id, %error, "device refused the instruction");
                 self.counters.failed = self.counters.failed.saturating_add(1);
                 self.status(planned.id, InstructionStatus::Aborted);
-            }
-        }
-    }
-
-    fn report_effect(&mut self, effect: Effect, now: Timestamp) {
-        match effect {
-            Effect::None => {}
-            Effect::FrbcMode { mode, factor, .. } => {
-                let status =
-                    frbc::actuator_status(&mut self.ids, mode, factor, self.frbc_mode, now);
-                self.send(status);
-                self.frbc_mode = Some(mode);
-            }
-            Effect::OmbcMode { mode, factor } => {
-                let previous = self.ombc_mode;
-                if let (
-                    Some(from),
-                    Some(ControlCapability::OperationModes {
-                        modes,
-                        min_on_s,
-                        min_off_s,
-                    }),
-                ) = (
-                    previous.filter(|p| *p != mode),
-                    self.capability(ControlType::OperationModeBasedControl),
-                ) {
-                    let modes = Modes {
-                        modes,
-                        min_on_s,
-                        min_off_s,
-                    };
-                    for timer in self
-                        .ombc_timers
-                        .start(&mut self.ids, &modes, from, mode, now)
-                    {
-                        self.send(timer);
-                    }
-                }
-                self.send(ombc::status(mode, factor, previous, now));
-                self.ombc_mode = Some(mode);
             }
         }
     }

@@ -62,13 +62,11 @@
 //! an installer set (design rule 3).
 
 mod clock;
+mod control;
 mod describe;
 mod engine;
-mod frbc;
 mod ids;
 mod measure;
-mod ombc;
-mod pebc;
 mod plan;
 #[cfg(test)]
 mod tests;

@@ -15,27 +15,14 @@ pub(crate) struct Step {
     pub command: Command,
 }
 
-/// What to report to the CEM once an instruction's first command was confirmed.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Effect {
-    /// Nothing beyond the instruction status (PEBC).
-    None,
-    /// The FRBC actuator entered a mode: send FRBC.ActuatorStatus.
-    FrbcMode {
-        /// The actuator.
-        actuator: Id,
-        /// The mode it is in now.
-        mode: Id,
-        /// At what factor.
-        factor: f64,
-    },
-    /// The OMBC device entered a mode: send OMBC.Status and start its timers.
-    OmbcMode {
-        /// The mode it is in now.
-        mode: Id,
-        /// At what factor.
-        factor: f64,
-    },
+/// The operation mode an instruction puts an actuator in (FRBC, OMBC): what its control
+/// type reports once the first command was confirmed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct ModeChange {
+    /// The mode entered.
+    pub mode: Id,
+    /// At what factor.
+    pub factor: f64,
 }
 
 /// An accepted instruction, translated into device commands.
@@ -49,8 +36,8 @@ pub(crate) struct Planned {
     pub steps: Vec<Step>,
     /// When its validity ends and the device is released, if it ends.
     pub ends_at: Option<Timestamp>,
-    /// What to report once it is carried out.
-    pub effect: Effect,
+    /// The mode it enters, for control types with modes.
+    pub mode: Option<ModeChange>,
     /// For people.
     pub summary: String,
     /// Arrival order, to tell which of two simultaneous instructions is newer.
@@ -199,7 +186,7 @@ mod tests {
                 })
                 .collect(),
             ends_at: steps.last().map(|s| at(*s + 10)),
-            effect: Effect::None,
+            mode: None,
             summary: id.to_string(),
             seq: 0,
         }

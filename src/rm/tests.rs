@@ -351,7 +351,7 @@ impl Harness {
             power_constraints_id: constraints.id,
             power_envelopes: vec![pebc::PowerEnvelope {
                 id: s2gw_core::s2::mint_id(),
-                commodity_quantity: super::pebc::QUANTITY,
+                commodity_quantity: super::control::QUANTITY,
                 power_envelope_elements: lower
                     .iter()
                     .map(|l| pebc::PowerEnvelopeElement::new(S2Duration::from_secs(60), *l, upper))

@@ -14,9 +14,10 @@ pub use s2_kit::session::{
     RmSession, SendError, SessionState,
 };
 pub use s2_kit::types::common::{
-    Commodity, CommodityQuantity, ControlType, EnergyManagementRole, InstructionStatus,
-    InstructionStatusUpdate, PowerMeasurement, PowerValue, ReceptionStatus, ReceptionStatusValues,
-    ResourceManagerDetails, RevokableObjects, Role, RoleType, SessionRequest, SessionRequestType,
+    Commodity, CommodityQuantity, ControlType, EnergyManagementRole, Handshake, HandshakeResponse,
+    InstructionStatus, InstructionStatusUpdate, NumberRange, PowerMeasurement, PowerRange,
+    PowerValue, ReceptionStatus, ReceptionStatusValues, ResourceManagerDetails, RevokableObjects,
+    Role, RoleType, SessionRequest, SessionRequestType, Timer, Transition,
 };
 pub use s2_kit::types::{Duration, Id, ProtocolVersion, Timestamp, WireProfile};
 pub use s2_kit::types::{frbc, ombc, pebc};

@@ -1,13 +1,105 @@
 //! FRBC: a home battery as one actuator (charge / idle / discharge) over a storage whose
 //! fill level is the state of charge in percent.
 
-use s2_kit::types::common::{NumberRange, PowerRange, Transition};
-use s2gw_core::s2::{Commodity, Id, Instructed, Message, Timestamp, frbc, mint_id};
+use s2gw_core::s2::{
+    Commodity, ControlType, Id, Instructed, Message, NumberRange, PowerRange, Timestamp,
+    Transition, frbc, mint_id,
+};
 use s2gw_core::{Command, Readings};
 
-use super::ids::IdBook;
-use super::pebc::QUANTITY;
-use super::plan::{Effect, Planned, Step};
+use super::{Context, ControlModule, QUANTITY};
+use crate::rm::ids::IdBook;
+use crate::rm::plan::{ModeChange, Planned, Step};
+
+/// A state of charge change that is worth a StorageStatus, percentage points.
+const SOC_STEP: f64 = 0.5;
+
+/// FRBC for one battery, with what this session was told.
+pub(crate) struct Frbc {
+    storage: Storage,
+    /// The mode last reported in this session.
+    mode: Option<Id>,
+    /// The fill level last reported in this session.
+    soc_sent: Option<f64>,
+}
+
+impl Frbc {
+    /// FRBC over `storage`.
+    pub(crate) fn new(storage: Storage) -> Self {
+        Self {
+            storage,
+            mode: None,
+            soc_sent: None,
+        }
+    }
+
+    /// A StorageStatus when the fill level is known and moved enough since the last one.
+    fn fill_level(&mut self, cx: &Context<'_>) -> Option<Message> {
+        if !cx.available {
+            return None;
+        }
+        let soc = cx.readings?.soc.filter(|s| s.is_finite())?;
+        if self
+            .soc_sent
+            .is_some_and(|sent| (sent - soc).abs() < SOC_STEP)
+        {
+            return None;
+        }
+        self.soc_sent = Some(soc);
+        Some(storage_status(soc).into())
+    }
+}
+
+impl ControlModule for Frbc {
+    fn control_type(&self) -> ControlType {
+        ControlType::FillRateBasedControl
+    }
+
+    fn session_started(&mut self) {
+        self.mode = None;
+        self.soc_sent = None;
+    }
+
+    fn describe(&mut self, cx: &mut Context<'_>, now: Timestamp) -> Vec<Message> {
+        // The fill level first: FlexMeasures' CEM plans once per SystemDescription, and
+        // only when it already knows the storage's state.
+        self.soc_sent = None;
+        let mut messages: Vec<Message> = self.fill_level(cx).into_iter().collect();
+        messages.push(system_description(cx.ids, self.storage, now).into());
+        let readings = cx.readings.cloned().unwrap_or_default();
+        let (mode, factor) = current_mode(cx.ids, self.storage, &readings);
+        messages.push(actuator_status(cx.ids, mode, factor, None, now).into());
+        self.mode = Some(mode);
+        messages
+    }
+
+    fn readings(&mut self, cx: &mut Context<'_>, _now: Timestamp) -> Vec<Message> {
+        self.fill_level(cx).into_iter().collect()
+    }
+
+    fn plan(
+        &mut self,
+        cx: &mut Context<'_>,
+        instructed: &Instructed,
+        _now: Timestamp,
+    ) -> Result<Planned, String> {
+        plan(instructed, cx.ids, self.storage)
+    }
+
+    fn carried_out(
+        &mut self,
+        cx: &mut Context<'_>,
+        planned: &Planned,
+        now: Timestamp,
+    ) -> Vec<Message> {
+        let Some(change) = planned.mode else {
+            return Vec::new();
+        };
+        let status = actuator_status(cx.ids, change.mode, change.factor, self.mode, now);
+        self.mode = Some(change.mode);
+        vec![status.into()]
+    }
+}
 
 /// Below this the battery counts as idle when its mode is read back from its power.
 const IDLE_BAND_W: f64 = 10.0;
@@ -208,11 +300,10 @@ pub(crate) fn plan(
             command,
         }],
         ends_at: None,
-        effect: Effect::FrbcMode {
-            actuator: instruction.actuator_id,
+        mode: Some(ModeChange {
             mode: instruction.operation_mode,
             factor,
-        },
+        }),
         seq: 0,
     })
 }

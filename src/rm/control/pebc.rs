@@ -1,16 +1,46 @@
 //! PEBC: a device that can be bounded, not driven (a curtailable PV inverter, a charger
 //! that can only be limited).
 
-use s2_kit::types::common::NumberRange;
 use s2gw_core::Command;
 use s2gw_core::device::DeviceKind;
-use s2gw_core::s2::{CommodityQuantity, Instructed, Message, Timestamp, pebc};
+use s2gw_core::s2::{ControlType, Instructed, Message, NumberRange, Timestamp, pebc};
 
-use super::ids::IdBook;
-use super::plan::{Effect, Planned, Step};
+use super::{Context, ControlModule, QUANTITY};
+use crate::rm::ids::IdBook;
+use crate::rm::plan::{Planned, Step};
 
-/// The quantity envelopes bound: the device's total power.
-pub(crate) const QUANTITY: CommodityQuantity = CommodityQuantity::ElectricPower3PhaseSymmetric;
+/// PEBC for one device: its envelope is all it needs.
+pub(crate) struct Pebc {
+    envelope: Envelope,
+}
+
+impl Pebc {
+    /// A device that can be limited anywhere in `[min_w, max_w]`.
+    pub(crate) fn new(min_w: f64, max_w: f64) -> Self {
+        Self {
+            envelope: Envelope { min_w, max_w },
+        }
+    }
+}
+
+impl ControlModule for Pebc {
+    fn control_type(&self) -> ControlType {
+        ControlType::PowerEnvelopeBasedControl
+    }
+
+    fn describe(&mut self, cx: &mut Context<'_>, now: Timestamp) -> Vec<Message> {
+        vec![constraints(cx.ids, self.envelope, cx.kind, now).into()]
+    }
+
+    fn plan(
+        &mut self,
+        _cx: &mut Context<'_>,
+        instructed: &Instructed,
+        now: Timestamp,
+    ) -> Result<Planned, String> {
+        plan(instructed, self.envelope, now)
+    }
+}
 
 /// What the device can be limited to.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -108,7 +138,7 @@ pub(crate) fn plan(
         summary: summary(&steps),
         steps,
         ends_at: Some(at),
-        effect: Effect::None,
+        mode: None,
         seq: 0,
     })
 }

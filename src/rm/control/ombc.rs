@@ -9,14 +9,96 @@
 
 use std::collections::HashMap;
 
-use s2_kit::types::common::{NumberRange, PowerRange, Timer, Transition};
 use s2gw_core::device::ModeSpec;
-use s2gw_core::s2::{Duration, Id, Instructed, Message, Timestamp, mint_id, ombc};
+use s2gw_core::s2::{
+    ControlType, Duration, Id, Instructed, Message, NumberRange, PowerRange, Timer, Timestamp,
+    Transition, mint_id, ombc,
+};
 use s2gw_core::{Command, Readings};
 
-use super::ids::IdBook;
-use super::pebc::QUANTITY;
-use super::plan::{Effect, Planned, Step};
+use super::{Context, ControlModule, QUANTITY};
+use crate::rm::ids::IdBook;
+use crate::rm::plan::{ModeChange, Planned, Step};
+
+/// OMBC for one device. Its timers outlive sessions: a heat pump's minimum off time
+/// does not start over because the CEM reconnected.
+pub(crate) struct Ombc {
+    modes: Modes,
+    /// The mode last reported in this session.
+    mode: Option<Id>,
+    timers: Timers,
+}
+
+impl Ombc {
+    /// OMBC over `modes`.
+    pub(crate) fn new(modes: Modes) -> Self {
+        Self {
+            modes,
+            mode: None,
+            timers: Timers::default(),
+        }
+    }
+}
+
+impl ControlModule for Ombc {
+    fn control_type(&self) -> ControlType {
+        ControlType::OperationModeBasedControl
+    }
+
+    fn session_started(&mut self) {
+        self.mode = None;
+    }
+
+    fn describe(&mut self, cx: &mut Context<'_>, now: Timestamp) -> Vec<Message> {
+        let mut messages = vec![system_description(cx.ids, &self.modes, now).into()];
+        if let Some(current) = current_mode(&self.modes, cx.readings) {
+            let mode = mode_id(cx.ids, current);
+            messages.push(status(mode, 0.0, None, now).into());
+            self.mode = Some(mode);
+        }
+        messages
+    }
+
+    fn plan(
+        &mut self,
+        cx: &mut Context<'_>,
+        instructed: &Instructed,
+        now: Timestamp,
+    ) -> Result<Planned, String> {
+        plan(
+            instructed,
+            cx.ids,
+            &self.modes,
+            &self.timers,
+            self.mode,
+            now,
+        )
+    }
+
+    fn carried_out(
+        &mut self,
+        cx: &mut Context<'_>,
+        planned: &Planned,
+        now: Timestamp,
+    ) -> Vec<Message> {
+        let Some(change) = planned.mode else {
+            return Vec::new();
+        };
+        let previous = self.mode;
+        let mut messages: Vec<Message> = match previous.filter(|p| *p != change.mode) {
+            Some(from) => self
+                .timers
+                .start(cx.ids, &self.modes, from, change.mode, now)
+                .into_iter()
+                .map(Message::from)
+                .collect(),
+            None => Vec::new(),
+        };
+        messages.push(status(change.mode, change.factor, previous, now).into());
+        self.mode = Some(change.mode);
+        messages
+    }
+}
 
 /// The device's modes and timings, from its `OperationModes` capability.
 #[derive(Debug, Clone, PartialEq)]
@@ -252,10 +334,10 @@ pub(crate) fn plan(
             command,
         }],
         ends_at: None,
-        effect: Effect::OmbcMode {
+        mode: Some(ModeChange {
             mode: instruction.operation_mode_id,
             factor,
-        },
+        }),
         seq: 0,
     })
 }
