@@ -63,8 +63,9 @@
 
 mod clock;
 mod control;
+mod core;
 mod describe;
-mod engine;
+mod driver;
 mod ids;
 mod measure;
 mod plan;
@@ -228,9 +229,11 @@ pub fn spawn_gated_virtual_rm(
     control_allowed: watch::Receiver<bool>,
     shutdown: CancellationToken,
 ) -> (JoinHandle<()>, watch::Receiver<RmView>) {
+    let mut control_allowed = control_allowed;
+    let allowed = *control_allowed.borrow_and_update();
     let view = RmView::initial(&config, device.info().kind, clock.now());
     let (view_tx, view_rx) = watch::channel(view);
-    let engine = engine::Engine::new(config, device, endpoint.tx, clock, view_tx);
-    let handle = tokio::spawn(engine.run(endpoint.rx, control_allowed, shutdown));
+    let driver = driver::Driver::new(config, device, endpoint.tx, clock, view_tx, allowed);
+    let handle = tokio::spawn(driver.run(endpoint.rx, control_allowed, shutdown));
     (handle, view_rx)
 }
