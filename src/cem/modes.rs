@@ -75,11 +75,6 @@ pub(super) struct ModeTracker {
 }
 
 impl ModeTracker {
-    /// The mode the RM reported for the present selection.
-    pub(super) fn active(&self) -> Option<Id> {
-        self.active
-    }
-
     /// The control type was (re)selected. The RM reports its mode afresh, and the old
     /// report may be stale by then (the device went back to its default when the other
     /// control type took over), so nothing is chosen until it has.
@@ -214,7 +209,8 @@ mod tests {
         tracker.timers.report(id(10), at(100));
         tracker.reported(id(2), &transitions, &timers, at(1));
         tracker.selected();
-        assert_eq!(tracker.active(), None);
+        // Nothing is chosen before the RM reports its mode for the new selection.
+        assert_eq!(tracker.next(&modes, &transitions, at(700), |_| true), None);
         // Back in mode 1 after a reselection without being asked: 600 s from now.
         tracker.reported(id(1), &transitions, &timers, at(50));
         assert_eq!(tracker.next(&modes, &transitions, at(100), |_| true), None);
