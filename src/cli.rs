@@ -281,6 +281,16 @@ pub async fn demo(duration: Option<Duration>, plain: bool) -> anyhow::Result<Exi
             () = sleep_until(deadline) => break,
         }
     }
+    if !redraw {
+        // The last picture, so a plain run ends on its final counts, not on whatever the
+        // last five-second frame happened to show.
+        let view = crate::demo::render(
+            &gateway.snapshot(),
+            &gateway.counters.snapshot(),
+            started.elapsed(),
+        );
+        println!("{view}");
+    }
     println!("\nstopping: every device returns to its autonomous default");
     gateway.stop(SHUTDOWN_GRACE).await;
     let _ = cem_task.await;
