@@ -88,9 +88,8 @@ impl FrbcPlanner {
             };
             // Filling a full store or emptying an empty one is accepted and does nothing.
             let rate = element.fill_rate.at_factor(FACTOR);
-            !mode.abnormal_condition_only
-                && !(rate > 0.0 && level >= highest)
-                && !(rate < 0.0 && level <= lowest)
+            let pointless = (rate > 0.0 && level >= highest) || (rate < 0.0 && level <= lowest);
+            !mode.abnormal_condition_only && !pointless
         };
         let modes: Vec<Id> = actuator.operation_modes.iter().map(|m| m.id).collect();
         let mode = self
