@@ -5,15 +5,27 @@
 //! session happen. It accepts any path, plays one CEM session per connection, selects a
 //! control type per resource (rotating through everything the resource offers), and sends
 //! a believable instruction now and then.
+//!
+//! It behaves as a good CEM should: it keeps what the RM announced (PEBC limit ranges,
+//! FRBC modes and fill level, OMBC transitions with their timers and TimerStatus) and
+//! only asks for what the RM would accept, so a REJECTED in the demo points at the RM, not
+//! at the demo. One small planner per control type (`pebc`, `frbc`, `ombc`) picks the next
+//! instruction; [`Planner`] decides when.
+
+mod frbc;
+mod modes;
+mod ombc;
+mod pebc;
 
 use std::net::SocketAddr;
 use std::time::Duration as StdDuration;
 
 use futures_util::{SinkExt, StreamExt};
-use s2_kit::types::common::{CommodityQuantity, ControlType};
-use s2_kit::types::{frbc, ombc, pebc};
+use s2_kit::types::common::ControlType;
 use s2gw_core::CancellationToken;
-use s2gw_core::s2::{CemConfig, CemEvent, CemSession, Id, Message, Timestamp, mint_id};
+use s2gw_core::s2::{
+    CemConfig, CemEvent, CemSession, Duration, Id, InstructionStatus, Message, Timestamp,
+};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
@@ -82,7 +94,7 @@ async fn serve_one(
                 let _ = ws.close(None).await;
                 return Ok(());
             }
-            plan.on_event(event);
+            plan.on_event(event, Timestamp::now());
         }
         let deadline = session
             .poll_timeout()
@@ -115,24 +127,43 @@ async fn sleep_for(deadline: Option<s2_kit::Duration>) {
     }
 }
 
+/// How long a selection may go unanswered before it counts as lost.
+const SELECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an instruction may go without a final status before it counts as lost.
+const INSTRUCTION_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// What the demo CEM knows about its resource and what it does next.
 ///
-/// Kept apart from the socket loop so the choices are plain functions of what was
-/// described.
+/// Kept apart from the socket loop, with the time passed in, so the choices are plain
+/// functions of what was announced and when.
 #[derive(Debug)]
 pub struct Planner {
     config: DemoCemConfig,
     resource: Option<String>,
     offered: Vec<ControlType>,
     next_offer: usize,
-    active: Option<ControlType>,
-    selected_at: Option<std::time::Instant>,
-    last_instruction: Option<std::time::Instant>,
-    step: u64,
-    constraints: Option<pebc::PowerConstraints>,
-    frbc: Option<frbc::SystemDescription>,
-    ombc: Option<ombc::SystemDescription>,
     pending_select: bool,
+    /// When a selection was sent that the RM has not confirmed yet.
+    selecting: Option<Timestamp>,
+    active: Option<ControlType>,
+    selected_at: Option<Timestamp>,
+    last_instruction: Option<Timestamp>,
+    in_flight: Option<InFlight>,
+    pebc: pebc::PebcPlanner,
+    frbc: frbc::FrbcPlanner,
+    ombc: ombc::OmbcPlanner,
+}
+
+/// The last instruction, until the RM has said what became of it.
+#[derive(Debug)]
+struct InFlight {
+    id: Id,
+    sent_at: Timestamp,
+    /// A mode-based instruction is settled by the status that reports its new mode (after
+    /// SUCCEEDED, and after the TimerStatus of the transition): until then the planner's
+    /// picture of the mode and the timers is out of date.
+    awaits_status: bool,
+    succeeded: bool,
 }
 
 impl Planner {
@@ -143,21 +174,20 @@ impl Planner {
             resource: None,
             offered: Vec::new(),
             next_offer: 0,
+            pending_select: false,
+            selecting: None,
             active: None,
             selected_at: None,
             last_instruction: None,
-            // Step 0 would be each description's first mode, which is usually "off" or
-            // "idle": a demo that opens by switching everything off shows nothing.
-            step: 1,
-            constraints: None,
-            frbc: None,
-            ombc: None,
-            pending_select: false,
+            in_flight: None,
+            pebc: pebc::PebcPlanner::default(),
+            frbc: frbc::FrbcPlanner::default(),
+            ombc: ombc::OmbcPlanner::default(),
         }
     }
 
-    /// Learn from one session event.
-    pub fn on_event(&mut self, event: CemEvent) {
+    /// Learn from one session event that arrived at `now`.
+    pub fn on_event(&mut self, event: CemEvent, now: Timestamp) {
         match event {
             CemEvent::ResourceDescribed(details) => {
                 self.resource = Some(details.resource_id.to_string());
@@ -176,12 +206,44 @@ impl Planner {
             CemEvent::Ready { control_type } => {
                 tracing::info!(resource = ?self.resource, ?control_type, "demo CEM: control type active");
                 self.active = Some(control_type);
-                self.selected_at = Some(std::time::Instant::now());
+                self.selecting = None;
+                self.selected_at = Some(now);
                 self.last_instruction = None;
+                // Instructions for the previous type die with it (the RM drops them).
+                self.in_flight = None;
+                match control_type {
+                    ControlType::FillRateBasedControl => self.frbc.selected(),
+                    ControlType::OperationModeBasedControl => self.ombc.selected(),
+                    _ => {}
+                }
             }
-            CemEvent::Description { message, .. } => self.learn(message),
+            CemEvent::Deselected => self.active = None,
+            CemEvent::Description { message, .. } => match message {
+                Message::PebcPowerConstraints(c) => self.pebc.constraints(*c),
+                Message::FrbcSystemDescription(d) => self.frbc.described(*d),
+                Message::OmbcSystemDescription(d) => self.ombc.described(*d),
+                _ => {}
+            },
+            CemEvent::Status { message, .. } => self.on_status(&message, now),
+            CemEvent::TimerReported {
+                actuator,
+                timer,
+                finished_at,
+            } => match actuator {
+                Some(actuator) => self.frbc.timer(actuator, timer, finished_at),
+                None => self.ombc.timer(timer, finished_at),
+            },
             CemEvent::InstructionStatus(update) => {
-                tracing::info!(resource = ?self.resource, instruction = %update.instruction_id, status = ?update.status_type, "demo CEM: instruction status");
+                let status = update.status_type;
+                match status {
+                    InstructionStatus::Rejected | InstructionStatus::Aborted => {
+                        tracing::warn!(resource = ?self.resource, instruction = %update.instruction_id, ?status, "demo CEM: instruction not carried out");
+                    }
+                    _ => {
+                        tracing::info!(resource = ?self.resource, instruction = %update.instruction_id, ?status, "demo CEM: instruction status");
+                    }
+                }
+                self.on_instruction_status(update.instruction_id, status);
             }
             CemEvent::Refused {
                 kind,
@@ -199,149 +261,390 @@ impl Planner {
         }
     }
 
-    fn learn(&mut self, message: Message) {
+    fn on_status(&mut self, message: &Message, now: Timestamp) {
         match message {
-            Message::PebcPowerConstraints(c) => self.constraints = Some(*c),
-            Message::FrbcSystemDescription(d) => self.frbc = Some(*d),
-            Message::OmbcSystemDescription(d) => self.ombc = Some(*d),
+            Message::OmbcStatus(status) => self.ombc.status(status, now),
+            Message::FrbcActuatorStatus(status) => self.frbc.status(status, now),
+            Message::FrbcStorageStatus(status) => {
+                self.frbc.storage(status);
+                return;
+            }
+            _ => return,
+        }
+        if self.in_flight.as_ref().is_some_and(|i| i.succeeded) {
+            self.in_flight = None;
+        }
+    }
+
+    fn on_instruction_status(&mut self, id: Id, status: InstructionStatus) {
+        let Some(in_flight) = self.in_flight.as_mut().filter(|i| i.id == id) else {
+            return;
+        };
+        match status {
+            InstructionStatus::Succeeded if in_flight.awaits_status => in_flight.succeeded = true,
+            InstructionStatus::Succeeded => self.in_flight = None,
+            InstructionStatus::Rejected
+            | InstructionStatus::Aborted
+            | InstructionStatus::Revoked => {
+                self.in_flight = None;
+                self.frbc.not_done();
+                self.ombc.not_done();
+            }
             _ => {}
         }
     }
 
-    /// Do whatever is due: select, rotate, or instruct.
+    /// Do whatever is due at `now`: select, rotate, or instruct.
+    ///
+    /// Called every second. A mode-based planner whose every move is blocked by a timer
+    /// returns nothing, so the instruction goes on the first call after the timer
+    /// finishes.
     pub fn act(&mut self, session: &mut CemSession, now: Timestamp) {
         if self.offered.is_empty() {
             return;
         }
-        let rotate = self
-            .selected_at
-            .is_some_and(|at| at.elapsed() >= self.config.switch_every)
-            && self.offered.len() > 1;
+        if self
+            .selecting
+            .is_some_and(|at| !elapsed(at, SELECT_TIMEOUT, now))
+        {
+            // An instruction now would be for the type being left, and the RM rejects it.
+            return;
+        }
+        let rotate = self.offered.len() > 1
+            && self
+                .selected_at
+                .is_some_and(|at| elapsed(at, std_duration(self.config.switch_every), now));
         if self.pending_select || rotate {
             let choice = self.offered[self.next_offer % self.offered.len()];
             self.next_offer += 1;
             self.pending_select = false;
-            self.selected_at = Some(std::time::Instant::now());
+            self.selected_at = Some(now);
+            self.selecting = Some(now);
             if let Err(error) = session.select_control_type(choice, now) {
                 tracing::warn!(%error, "demo CEM: could not select a control type");
+                self.selecting = None;
             }
             return;
         }
+        if let Some(in_flight) = &self.in_flight {
+            if !elapsed(in_flight.sent_at, INSTRUCTION_TIMEOUT, now) {
+                return;
+            }
+            tracing::warn!(resource = ?self.resource, instruction = %in_flight.id, "demo CEM: no final status in time; going on");
+            self.in_flight = None;
+        }
         let due = self
             .last_instruction
-            .is_none_or(|at| at.elapsed() >= self.config.instruct_every);
+            .is_none_or(|at| elapsed(at, std_duration(self.config.instruct_every), now));
         if !due {
             return;
         }
         let Some(instruction) = self.instruction(now) else {
             return;
         };
-        self.last_instruction = Some(std::time::Instant::now());
-        self.step += 1;
-        if let Err(error) = session.instruct(instruction, now) {
-            tracing::warn!(%error, "demo CEM: could not send an instruction");
+        let Some(id) = instruction.instruction_id() else {
+            return;
+        };
+        self.last_instruction = Some(now);
+        match session.instruct(instruction, now) {
+            Ok(_) => {
+                self.in_flight = Some(InFlight {
+                    id,
+                    sent_at: now,
+                    awaits_status: self.active != Some(ControlType::PowerEnvelopeBasedControl),
+                    succeeded: false,
+                });
+            }
+            Err(error) => {
+                tracing::warn!(%error, "demo CEM: could not send an instruction");
+                self.frbc.not_done();
+                self.ombc.not_done();
+            }
         }
     }
 
-    /// The next instruction for the active control type, from what was described.
-    pub fn instruction(&self, now: Timestamp) -> Option<Message> {
+    /// The next instruction for the active control type, from what was announced.
+    pub fn instruction(&mut self, now: Timestamp) -> Option<Message> {
         match self.active? {
-            ControlType::PowerEnvelopeBasedControl => self.pebc(now),
-            ControlType::FillRateBasedControl => self.frbc(now),
-            ControlType::OperationModeBasedControl => self.ombc(now),
+            ControlType::PowerEnvelopeBasedControl => {
+                let envelope = std_duration(self.config.envelope);
+                self.pebc.instruction(now, envelope).map(Message::from)
+            }
+            ControlType::FillRateBasedControl => self.frbc.instruction(now).map(Message::from),
+            ControlType::OperationModeBasedControl => self.ombc.instruction(now).map(Message::from),
             _ => None,
         }
     }
+}
 
-    /// How far to open the envelope this step: 30 %, 60 %, 100 %, round and round.
-    fn fraction(&self) -> f64 {
-        [0.3, 0.6, 1.0][(self.step % 3) as usize]
+/// Whether `period` has passed since `since`.
+fn elapsed(since: Timestamp, period: Duration, now: Timestamp) -> bool {
+    since.checked_add(period).is_none_or(|at| at <= now)
+}
+
+/// An S2 duration for a std one (whole milliseconds, as S2 counts them).
+fn std_duration(d: StdDuration) -> Duration {
+    Duration::from_millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    //! The demo CEM against the real virtual RM and the real simulated devices, on tokio's
+    //! paused clock: hours of demo in well under a second, the same every run.
+
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use std::sync::Arc;
+    use std::time::{Duration as StdDuration, UNIX_EPOCH};
+
+    use s2gw_core::s2::{Frame, MessageKind};
+    use s2gw_core::{BusEvent, CancellationToken, Endpoint, EndpointPeer};
+    use s2gw_sim::{SimConfig, SimModel};
+    use tokio::sync::watch;
+
+    use super::*;
+    use crate::rm::{self, Clock, RmView, TokioClock, VirtualRmConfig};
+
+    const RESOURCE: &str = "0d6f7c2e-6a51-4c6e-9f43-3c1d2b1a9e01";
+    /// Noon UTC on an ordinary day, so the PV sees the sun without any offset.
+    const NOON: u64 = 20_000 * 86_400 + 12 * 3600;
+
+    /// What the demo CEM saw and did over a run.
+    struct Run {
+        events: Vec<CemEvent>,
+        views: Vec<RmView>,
     }
 
-    fn pebc(&self, now: Timestamp) -> Option<Message> {
-        let constraints = self.constraints.as_ref()?;
-        let quantity = constraints
-            .allowed_limit_ranges
-            .first()
-            .map_or(CommodityQuantity::ElectricPower3PhaseSymmetric, |r| {
-                r.commodity_quantity
-            });
-        let f = self.fraction();
-        let mut lower = f64::MIN;
-        let mut upper = f64::MAX;
-        for range in constraints
-            .allowed_limit_ranges
-            .iter()
-            .filter(|r| r.commodity_quantity == quantity && !r.abnormal_condition_only)
-        {
-            let (start, end) = (
-                range.range_boundary.start_of_range,
-                range.range_boundary.end_of_range,
+    impl Run {
+        fn statuses(&self, wanted: InstructionStatus) -> usize {
+            self.events
+                .iter()
+                .filter(|e| matches!(e, CemEvent::InstructionStatus(u) if u.status_type == wanted))
+                .count()
+        }
+
+        fn assert_nothing_refused(&self) {
+            for bad in [
+                InstructionStatus::Rejected,
+                InstructionStatus::Aborted,
+                InstructionStatus::Revoked,
+            ] {
+                assert_eq!(self.statuses(bad), 0, "{bad:?} in {:#?}", self.events);
+            }
+            assert!(
+                !self
+                    .events
+                    .iter()
+                    .any(|e| matches!(e, CemEvent::Refused { .. } | CemEvent::Nacked { .. })),
+                "{:#?}",
+                self.events
             );
-            let (lo, hi) = (start.min(end), start.max(end));
-            match range.limit_type {
-                // The most permissive floor is the lowest one.
-                pebc::PowerEnvelopeLimitType::LowerLimit => lower = hi - (hi - lo) * f,
-                pebc::PowerEnvelopeLimitType::UpperLimit => upper = lo + (hi - lo) * f,
+        }
+
+        /// The OMBC.Status messages that report a transition (not a first report).
+        fn ombc_moves(&self) -> Vec<(Id, Id)> {
+            self.events
+                .iter()
+                .filter_map(|e| match e {
+                    CemEvent::Status {
+                        message: Message::OmbcStatus(s),
+                        ..
+                    } => s
+                        .previous_operation_mode_id
+                        .map(|p| (p, s.active_operation_mode_id)),
+                    _ => None,
+                })
+                .collect()
+        }
+    }
+
+    /// Exchange frames until both sides are quiet; every CEM event goes to the planner.
+    async fn pump(
+        cem: &mut CemSession,
+        peer: &mut EndpointPeer,
+        planner: &mut Planner,
+        clock: &TokioClock,
+        events: &mut Vec<CemEvent>,
+    ) {
+        loop {
+            while let Some(out) = cem.poll_transmit() {
+                let frame = Frame::from_own_text(out.text).unwrap();
+                peer.tx.send(BusEvent::Frame(frame)).await.unwrap();
+            }
+            // Quiet is "nothing for 20 ms" of paused time: every task is idle by then.
+            let event = tokio::time::timeout(StdDuration::from_millis(20), peer.rx.recv()).await;
+            let Ok(Some(event)) = event else {
+                break;
+            };
+            if let BusEvent::Frame(frame) = &event {
+                cem.handle_message(frame.message().clone(), clock.timestamp());
+            }
+            while let Some(event) = cem.poll_event() {
+                planner.on_event(event.clone(), clock.timestamp());
+                events.push(event);
             }
         }
-        if lower == f64::MIN || upper == f64::MAX || lower > upper {
-            return None;
+    }
+
+    /// The demo CEM (default timings) driving one simulated device for `minutes`.
+    async fn run(model: SimModel, minutes: u64) -> Run {
+        let origin = UNIX_EPOCH + StdDuration::from_secs(NOON);
+        let clock = TokioClock::starting_at(origin);
+        let device = s2gw_sim::build(
+            "demo",
+            &SimConfig::new(model),
+            Arc::new(s2gw_sim::TokioClock::new(origin)),
+        );
+        let (endpoint, mut peer) = Endpoint::pair(64);
+        let shutdown = CancellationToken::new();
+        let (task, mut view) = rm::spawn_virtual_rm(
+            VirtualRmConfig::new(RESOURCE, "demo device"),
+            device,
+            endpoint,
+            Arc::new(clock),
+            shutdown.clone(),
+        );
+        assert!(matches!(peer.rx.recv().await, Some(BusEvent::Up)));
+        peer.tx.send(BusEvent::Up).await.unwrap();
+        let mut cem = CemSession::new(CemConfig::default());
+        cem.open(clock.timestamp());
+        let mut planner = Planner::new(DemoCemConfig::default());
+        let mut events = Vec::new();
+        let mut views = Vec::new();
+        let end = tokio::time::Instant::now() + StdDuration::from_secs(minutes * 60);
+        while tokio::time::Instant::now() < end {
+            pump(&mut cem, &mut peer, &mut planner, &clock, &mut events).await;
+            planner.act(&mut cem, clock.timestamp());
+            pump(&mut cem, &mut peer, &mut planner, &clock, &mut events).await;
+            cem.handle_timeout(clock.timestamp());
+            views.push(watch::Receiver::borrow_and_update(&mut view).clone());
+            tokio::time::sleep(StdDuration::from_secs(1)).await;
         }
-        let duration = s2_kit::Duration::from_millis(self.config.envelope.as_millis() as u64);
-        Some(Message::PebcInstruction(Box::new(pebc::Instruction {
-            message_id: mint_id(),
-            id: mint_id(),
-            execution_time: now,
-            abnormal_condition: false,
-            power_constraints_id: constraints.id,
-            power_envelopes: vec![pebc::PowerEnvelope {
-                id: mint_id(),
-                commodity_quantity: quantity,
-                power_envelope_elements: vec![pebc::PowerEnvelopeElement::new(
-                    duration, lower, upper,
-                )],
-            }],
-        })))
+        shutdown.cancel();
+        task.await.unwrap();
+        Run { events, views }
     }
 
-    fn frbc(&self, now: Timestamp) -> Option<Message> {
-        let description = self.frbc.as_ref()?;
-        let actuator = description.actuators.first()?;
-        let modes: Vec<Id> = actuator
-            .operation_modes
-            .iter()
-            .filter(|m| !m.abnormal_condition_only)
-            .map(|m| m.id)
-            .collect();
-        let mode = *modes.get((self.step as usize) % modes.len().max(1))?;
-        Some(Message::FrbcInstruction(Box::new(frbc::Instruction {
-            message_id: mint_id(),
-            id: mint_id(),
-            actuator_id: actuator.id,
-            operation_mode: mode,
-            operation_mode_factor: 0.5,
-            execution_time: now,
-            abnormal_condition: false,
-        })))
+    #[tokio::test(start_paused = true)]
+    async fn the_heat_pump_changes_mode_only_when_its_timers_allow() {
+        // 25 minutes: OMBC and NOT_CONTROLABLE alternate every 40 s, so the heat pump is
+        // released to "normal" between selections, and min_on is 600 s.
+        let run = run(SimModel::HeatPump, 25).await;
+        run.assert_nothing_refused();
+        let moves = run.ombc_moves();
+        // One move at once, then one each time min_on (counted from the release back to
+        // normal) has run out while OMBC is selected: at about 12 and 24 minutes.
+        assert_eq!(moves.len(), 3, "{moves:?}");
+        assert!(moves.iter().all(|(from, to)| from != to));
+        assert_eq!(run.statuses(InstructionStatus::Succeeded), 3);
+        // The RM reported timers, and the CEM waited for them.
+        assert!(
+            run.events
+                .iter()
+                .any(|e| matches!(e, CemEvent::TimerReported { .. }))
+        );
+        let last = run.views.last().unwrap();
+        assert_eq!(
+            (last.instructions_executed, last.instructions_failed),
+            (3, 0)
+        );
     }
 
-    fn ombc(&self, now: Timestamp) -> Option<Message> {
-        let description = self.ombc.as_ref()?;
-        let modes: Vec<Id> = description
-            .operation_modes
+    #[tokio::test(start_paused = true)]
+    async fn the_battery_charges_and_discharges_without_a_rejection() {
+        let run = run(SimModel::Battery, 5).await;
+        run.assert_nothing_refused();
+        let powers: Vec<f64> = run
+            .views
             .iter()
-            .filter(|m| !m.abnormal_condition_only)
-            .map(|m| m.id)
+            .filter_map(|v| v.readings.as_ref().map(|r| r.power_w))
             .collect();
-        let mode = *modes.get((self.step as usize) % modes.len().max(1))?;
-        Some(Message::OmbcInstruction(Box::new(ombc::Instruction {
-            message_id: mint_id(),
-            id: mint_id(),
-            execution_time: now,
-            operation_mode_id: mode,
-            operation_mode_factor: 0.0,
-            abnormal_condition: false,
-        })))
+        assert!(
+            powers.iter().any(|p| *p > 1000.0),
+            "never charged: {powers:?}"
+        );
+        assert!(
+            powers.iter().any(|p| *p < -1000.0),
+            "never discharged: {powers:?}"
+        );
+        assert!(run.statuses(InstructionStatus::Succeeded) >= 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_ev_follows_modes_and_envelopes_without_a_rejection() {
+        let run = run(SimModel::Ev, 5).await;
+        run.assert_nothing_refused();
+        assert!(!run.ombc_moves().is_empty());
+        // PEBC is selected second (after 40 s) and sends envelopes too.
+        let pebc = run
+            .events
+            .iter()
+            .filter(|e| {
+                matches!(
+                    e,
+                    CemEvent::Description {
+                        kind: MessageKind::PebcPowerConstraints,
+                        ..
+                    }
+                )
+            })
+            .count();
+        assert!(pebc >= 1);
+        assert!(run.statuses(InstructionStatus::Succeeded) >= 6);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_pv_is_curtailed_inside_its_announced_range() {
+        let run = run(SimModel::Pv, 3).await;
+        run.assert_nothing_refused();
+        let curtailed = run.views.iter().any(|v| {
+            v.active.as_deref().is_some_and(|a| a.starts_with("limit"))
+                && v.readings.as_ref().is_some_and(|r| r.power_w < -1000.0)
+        });
+        assert!(curtailed, "never curtailed while producing");
+        assert!(run.statuses(InstructionStatus::Succeeded) >= 3);
+    }
+
+    #[test]
+    fn an_envelope_stays_inside_the_announced_ranges() {
+        use s2_kit::types::common::NumberRange;
+        use s2gw_core::s2::{CommodityQuantity, pebc as p};
+        let now = Timestamp::from_unix(NOON as i64, 0);
+        let range = |limit_type, lo, hi| p::AllowedLimitRange {
+            commodity_quantity: CommodityQuantity::ElectricPower3PhaseSymmetric,
+            limit_type,
+            range_boundary: NumberRange::new(lo, hi),
+            abnormal_condition_only: false,
+        };
+        let mut planner = Planner::new(DemoCemConfig::default());
+        planner.on_event(
+            CemEvent::Description {
+                kind: MessageKind::PebcPowerConstraints,
+                message: Message::from(p::PowerConstraints {
+                    message_id: s2gw_core::s2::mint_id(),
+                    id: s2gw_core::s2::mint_id(),
+                    valid_from: now,
+                    valid_until: None,
+                    consequence_type: p::PowerEnvelopeConsequenceType::Vanish,
+                    allowed_limit_ranges: vec![
+                        range(p::PowerEnvelopeLimitType::UpperLimit, 0.0, 0.0),
+                        // Written the wrong way round on purpose: still a range.
+                        range(p::PowerEnvelopeLimitType::LowerLimit, 0.0, -6000.0),
+                    ],
+                }),
+            },
+            now,
+        );
+        planner.active = Some(ControlType::PowerEnvelopeBasedControl);
+        let mut lowers = Vec::new();
+        for _ in 0..3 {
+            let Some(Message::PebcInstruction(i)) = planner.instruction(now) else {
+                panic!("no envelope");
+            };
+            let element = &i.power_envelopes[0].power_envelope_elements[0];
+            assert_eq!(element.upper_limit, 0.0);
+            lowers.push(element.lower_limit);
+        }
+        assert_eq!(lowers, [-3600.0, -1800.0, -6000.0]);
     }
 }

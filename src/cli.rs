@@ -221,13 +221,29 @@ pub async fn modbus_read(
     Ok(ExitCode::SUCCESS)
 }
 
-/// The demo's config: the embedded demo.toml with its CEM link pointed at `cem_addr`.
-pub fn demo_config(cem_addr: SocketAddr) -> anyhow::Result<Config> {
+/// The demo's config: the embedded demo.toml with its CEM link pointed at `cem_addr`, and
+/// its simulated PV's local midday moved to `now`.
+///
+/// The PV follows the real sun curve, so a demo started at night would show 0 W and no
+/// curtailment. Rather than a time-lapse sun or a demo clock (which would speed up every
+/// simulated device, energy counters and the heat pump's timers with them), the demo sets
+/// `utc_offset_min` so that local midday is now: the curve, the clouds and the clock stay
+/// real, only the PV's time zone is chosen. A PV that states its own `utc_offset_min` keeps
+/// it; `s2gw run` never goes through here.
+pub fn demo_config(cem_addr: SocketAddr, now: std::time::SystemTime) -> anyhow::Result<Config> {
     let mut config = config::load_str(config::DEMO_TOML, Path::new("<embedded demo.toml>"))
         .map_err(|errors| anyhow::anyhow!("the embedded demo config is broken:\n{errors}"))?;
     for link in config.cem.values_mut() {
         if let config::CemTransport::WsClient { url, .. } = &mut link.transport {
             *url = format!("ws://{cem_addr}/s2/{{resource_id}}");
+        }
+    }
+    for device in &mut config.devices {
+        if let config::Connection::Sim(sim) = &mut device.connection
+            && sim.model == s2gw_sim::SimModel::Pv
+            && sim.utc_offset_min.is_none()
+        {
+            sim.utc_offset_min = Some(s2gw_sim::utc_offset_for_midday_at(sim, now));
         }
     }
     Ok(config)
@@ -245,7 +261,7 @@ pub async fn demo(duration: Option<Duration>, plain: bool) -> anyhow::Result<Exi
         DemoCemConfig::default(),
         shutdown.clone(),
     ));
-    let config = demo_config(cem_addr)?;
+    let config = demo_config(cem_addr, std::time::SystemTime::now())?;
     let gateway = Gateway::start(&config, shutdown.clone()).await?;
     let started = Instant::now();
     let redraw = !plain && std::io::IsTerminal::is_terminal(&std::io::stdout());
@@ -264,6 +280,16 @@ pub async fn demo(duration: Option<Duration>, plain: bool) -> anyhow::Result<Exi
             _ = tokio::signal::ctrl_c() => break,
             () = sleep_until(deadline) => break,
         }
+    }
+    if !redraw {
+        // The last picture, so a plain run ends on its final counts, not on whatever the
+        // last five-second frame happened to show.
+        let view = crate::demo::render(
+            &gateway.snapshot(),
+            &gateway.counters.snapshot(),
+            started.elapsed(),
+        );
+        println!("{view}");
     }
     println!("\nstopping: every device returns to its autonomous default");
     gateway.stop(SHUTDOWN_GRACE).await;

@@ -27,7 +27,7 @@ pub use config::{SimConfig, SimModel};
 pub use ev::EvCharger;
 pub use heat_pump::HeatPump;
 pub use meter::Meter;
-pub use pv::PvInverter;
+pub use pv::{PvInverter, utc_offset_for_midday_at};
 
 /// Builds the simulated device `config` describes, named `id`.
 ///

@@ -2,6 +2,7 @@
 
 use std::f64::consts::PI;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use s2gw_core::device::{ControlCapability, DeviceInfo, DeviceKind, Watts};
@@ -52,6 +53,31 @@ impl SunCurve {
     }
 }
 
+/// Local sunrise and sunset hours of `config`, with the same fallbacks as the inverter.
+fn daylight(config: &SimConfig) -> (f64, f64) {
+    let sunrise_h = common::within_or(config.sunrise_h, 0.0, 24.0, DEFAULT_SUNRISE_H);
+    let sunset_h = common::within_or(config.sunset_h, 0.0, 24.0, DEFAULT_SUNSET_H);
+    if sunrise_h >= sunset_h {
+        (DEFAULT_SUNRISE_H, DEFAULT_SUNSET_H)
+    } else {
+        (sunrise_h, sunset_h)
+    }
+}
+
+/// The `utc_offset_min` that puts local midday (halfway between sunrise and sunset, the
+/// top of the sun curve) of the PV `config` at `at`, whatever the real time of day.
+///
+/// For demos: the sun curve stays the real one and only the clock face moves, so a PV
+/// started with this offset produces near its peak for the next hours. Whole minutes in
+/// `-720..720`, inside what [`SimConfig::validate`] accepts.
+pub fn utc_offset_for_midday_at(config: &SimConfig, at: SystemTime) -> i32 {
+    let (sunrise_h, sunset_h) = daylight(config);
+    let midday_h = (sunrise_h + sunset_h) / 2.0;
+    let utc_h = common::local_hour(unix_secs(at), 0);
+    let offset_min = ((midday_h - utc_h) * 60.0).round() as i32;
+    (offset_min + 720).rem_euclid(1440) - 720
+}
+
 /// A simulated PV inverter: production (negative power) follows a half-sine between
 /// sunrise and sunset, dimmed by deterministic clouds, and curtailed by a limit.
 pub struct PvInverter {
@@ -67,11 +93,7 @@ pub struct PvInverter {
 impl PvInverter {
     /// A PV inverter from the `pv` parameters of `config`; nonsense falls back to defaults.
     pub fn new(id: &str, config: &SimConfig, clock: Arc<dyn Clock>) -> Self {
-        let mut sunrise_h = common::within_or(config.sunrise_h, 0.0, 24.0, DEFAULT_SUNRISE_H);
-        let mut sunset_h = common::within_or(config.sunset_h, 0.0, 24.0, DEFAULT_SUNSET_H);
-        if sunrise_h >= sunset_h {
-            (sunrise_h, sunset_h) = (DEFAULT_SUNRISE_H, DEFAULT_SUNSET_H);
-        }
+        let (sunrise_h, sunset_h) = daylight(config);
         let sun = SunCurve {
             rated_w: common::positive_or(config.rated_w, DEFAULT_RATED_W),
             sunrise_h,

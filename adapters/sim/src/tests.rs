@@ -7,7 +7,8 @@ use s2gw_core::device::{ControlCapability, DeviceKind};
 use s2gw_core::{Command, Device, DeviceError, Readings};
 
 use crate::{
-    Battery, Clock, EvCharger, HeatPump, ManualClock, Meter, PvInverter, SimConfig, SimModel, build,
+    Battery, Clock, EvCharger, HeatPump, ManualClock, Meter, PvInverter, SimConfig, SimModel,
+    build, utc_offset_for_midday_at,
 };
 
 /// Midnight UTC of some ordinary day (2024-10-04).
@@ -130,6 +131,39 @@ async fn pv_follows_local_time() {
     // Noon UTC is 06:00 local: sunrise, nothing yet.
     let mut pv = PvInverter::new("pv1", &config, dynamic);
     assert_eq!(read(&mut pv).await.power_w, 0.0);
+}
+
+#[tokio::test]
+async fn a_midday_offset_makes_the_pv_produce_at_any_hour() {
+    for at in [
+        0,
+        3 * HOUR + 17 * 60,
+        12 * HOUR,
+        18 * HOUR,
+        23 * HOUR + 59 * 60,
+    ] {
+        let (clock, dynamic) = clock_at(DAY + at);
+        let mut config = SimConfig::new(SimModel::Pv);
+        let offset = utc_offset_for_midday_at(&config, clock.now());
+        config.utc_offset_min = Some(offset);
+        assert!(
+            config.validate().is_empty(),
+            "{offset}: {:?}",
+            config.validate()
+        );
+        let mut pv = PvInverter::new("pv1", &config, dynamic);
+        // At the top of the curve: 5 kW rated, clouds take at most 20 %.
+        let now = read(&mut pv).await.power_w;
+        assert!((-5000.0..=-4000.0).contains(&now), "{at} s: {now} W");
+        // The curve itself is unchanged: six hours on, the sun sets.
+        clock.advance(hours(6));
+        assert_eq!(read(&mut pv).await.power_w, 0.0, "{at} s + 6 h");
+    }
+    // The midday of a custom day is halfway between its sunrise and sunset.
+    let mut config = SimConfig::new(SimModel::Pv);
+    (config.sunrise_h, config.sunset_h) = (Some(8.0), Some(16.0));
+    let (clock, _) = clock_at(DAY + 15 * HOUR);
+    assert_eq!(utc_offset_for_midday_at(&config, clock.now()), -180);
 }
 
 // ---- EV ----
