@@ -661,6 +661,75 @@ async fn a_transition_blocked_by_a_timer_is_rejected() {
     h.stop().await;
 }
 
+/// The timers the CEM was told of, as (timer, finished at).
+fn timers_reported(h: &Harness) -> Vec<(Id, Timestamp)> {
+    h.events
+        .iter()
+        .filter_map(|e| match e {
+            CemEvent::TimerReported {
+                timer, finished_at, ..
+            } => Some((*timer, *finished_at)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Timers outlive sessions, so a CEM that reconnects while one runs is told of it when
+/// it selects OMBC again, and is not refused for a reason it never heard.
+#[tokio::test(start_paused = true)]
+async fn running_timers_are_announced_again_in_a_new_session() {
+    let mut h = Harness::selected(everything(), ControlType::OperationModeBasedControl).await;
+    h.ombc_to("boost").await;
+    let started = timers_reported(&h);
+    assert!(!started.is_empty());
+    // A release moves the device to its default: keep it from interfering.
+    h.state.lock().unwrap().refuse = true;
+    h.peer
+        .tx
+        .send(BusEvent::Down {
+            reason: "socket closed".into(),
+        })
+        .await
+        .unwrap();
+    h.pump().await;
+    h.advance(Duration::from_secs(60)).await;
+    reconnect_and_read_offer(&mut h).await;
+    let h = h.select(ControlType::OperationModeBasedControl).await;
+    let again = timers_reported(&h);
+    let min_on = *started.iter().max_by_key(|(_, at)| *at).unwrap();
+    assert!(
+        again.contains(&min_on),
+        "the running minimum on time is announced again: {again:?}"
+    );
+    h.state.lock().unwrap().refuse = false;
+    h.stop().await;
+}
+
+/// The fail-safe release moves a device to its default mode, which starts the same
+/// timers as any transition: the RM knows, and a CEM is told.
+#[tokio::test(start_paused = true)]
+async fn a_release_out_of_a_mode_starts_that_transitions_timers() {
+    let mut h = Harness::selected(everything(), ControlType::OperationModeBasedControl).await;
+    h.ombc_to("boost").await;
+    h.advance(Duration::from_secs(601)).await;
+    // Deselecting releases; boost → normal starts the minimum on time again.
+    let now = h.now();
+    h.cem
+        .select_control_type(ControlType::NoSelection, now)
+        .unwrap();
+    h.pump().await;
+    assert_eq!(h.applied().last(), Some(&Command::Release));
+    h.events.clear();
+    let mut h = h.select(ControlType::OperationModeBasedControl).await;
+    assert!(
+        timers_reported(&h).iter().any(|(_, at)| *at > h.now()),
+        "the release's timers are running"
+    );
+    let back = h.ombc_to("boost").await;
+    assert_eq!(h.statuses(back), [InstructionStatus::Rejected]);
+    h.stop().await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_device_that_refuses_gives_aborted() {
     let mut h = Harness::selected(everything(), ControlType::PowerEnvelopeBasedControl).await;

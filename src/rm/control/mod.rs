@@ -61,6 +61,12 @@ pub(crate) trait ControlModule: Send {
         now: Timestamp,
     ) -> Result<Planned, String>;
 
+    /// The device was released to its autonomous behaviour (fail-safe): what changed,
+    /// to report if this type is selected. Called on every module, selected or not.
+    fn released(&mut self, _cx: &mut Context<'_>, _now: Timestamp) -> Vec<Message> {
+        Vec::new()
+    }
+
     /// The device confirmed the instruction's first command: the statuses to report.
     fn carried_out(
         &mut self,

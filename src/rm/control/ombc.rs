@@ -56,6 +56,32 @@ impl ControlModule for Ombc {
             messages.push(status(mode, 0.0, None, now).into());
             self.mode = Some(mode);
         }
+        // Timers outlive sessions: a CEM that reconnects must learn which still run, or
+        // its first instruction is refused for a reason it was never told.
+        messages.extend(self.timers.running(now).map(Message::from));
+        messages
+    }
+
+    fn released(&mut self, cx: &mut Context<'_>, now: Timestamp) -> Vec<Message> {
+        // The release puts the device in its default mode: a transition like any other,
+        // whose timers the device itself starts too.
+        let (Some(from), Some(default)) =
+            (self.mode, self.modes.modes.iter().find(|m| m.is_default))
+        else {
+            return Vec::new();
+        };
+        let to = mode_id(cx.ids, default);
+        if from == to {
+            return Vec::new();
+        }
+        let mut messages: Vec<Message> = self
+            .timers
+            .start(cx.ids, &self.modes, from, to, now)
+            .into_iter()
+            .map(Message::from)
+            .collect();
+        messages.push(status(to, 0.0, Some(from), now).into());
+        self.mode = Some(to);
         messages
     }
 
@@ -273,6 +299,18 @@ impl Timers {
             });
         }
         statuses
+    }
+
+    /// A TimerStatus for every timer still running at `now`.
+    fn running(&self, now: Timestamp) -> impl Iterator<Item = ombc::TimerStatus> + '_ {
+        self.finish
+            .iter()
+            .filter(move |(_, finished)| **finished > now)
+            .map(|(timer, finished)| ombc::TimerStatus {
+                message_id: mint_id(),
+                timer_id: *timer,
+                finished_at: *finished,
+            })
     }
 
     /// The first timer that still runs at `at` and blocks the move `from` → `to`.

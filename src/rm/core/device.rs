@@ -134,6 +134,7 @@ impl Core {
                     self.dirty = false;
                     self.counters.releases = self.counters.releases.saturating_add(1);
                     tracing::info!(resource = %self.resource_id, "device released");
+                    self.tell_modules_released();
                 }
             }
             Err(error) => {
@@ -176,6 +177,36 @@ impl Core {
                 self.counters.failed = self.counters.failed.saturating_add(1);
                 self.status(planned.id, InstructionStatus::Aborted);
             }
+        }
+    }
+
+    /// Every control type learns of the release; the selected one's news goes out.
+    fn tell_modules_released(&mut self) {
+        let now = self.now;
+        let Core {
+            modules,
+            ids,
+            readings,
+            available,
+            info,
+            control,
+            ..
+        } = self;
+        let mut news = Vec::new();
+        for module in modules.iter_mut() {
+            let mut cx = crate::rm::control::Context {
+                ids,
+                readings: readings.as_ref(),
+                available: *available,
+                kind: info.kind,
+            };
+            let messages = module.released(&mut cx, now);
+            if Some(module.control_type()) == *control {
+                news = messages;
+            }
+        }
+        for message in news {
+            self.send(message);
         }
     }
 
