@@ -1223,11 +1223,15 @@ fn reference_config_loads_as_shipped() {
         pv.resource_id.as_str(),
         derive_resource_id("s2gw", "pv-roof").as_str()
     );
+    // The url stays a template: the gateway fills in `{id}` and the WebSocket client
+    // `{resource_id}` when they dial.
     assert_eq!(
-        config.cem["home"]
-            .url_for(&pv.resource_id, &pv.id)
-            .as_deref(),
-        Some(format!("ws://192.168.1.10:8000/s2/{}", pv.resource_id).as_str())
+        config.cem["home"].transport,
+        CemTransport::WsClient {
+            url: "ws://192.168.1.10:8000/s2/{resource_id}".to_string(),
+            ca_file: None,
+            pin_sha256: None,
+        }
     );
     assert!(!config.summary().is_empty());
 }
@@ -1286,11 +1290,10 @@ fn environment_overrides_the_file() {
     let home = &config.cem["home"];
     assert_eq!(home.ping_interval, Duration::from_secs(90));
     assert_eq!(home.token.as_ref().map(|t| t.expose()), Some("123456"));
-    let pv = &config.devices[0];
-    assert_eq!(
-        home.url_for(&pv.resource_id, &pv.id).as_deref(),
-        Some("wss://cem.example/s2/pv")
-    );
+    let CemTransport::WsClient { url, .. } = &home.transport else {
+        panic!("not a ws-client link: {home:?}")
+    };
+    assert_eq!(url, "wss://cem.example/s2/{id}");
 }
 
 #[test]

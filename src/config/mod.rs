@@ -243,20 +243,6 @@ impl CemTransport {
     }
 }
 
-impl CemLink {
-    /// The URL to dial for one resource, placeholders filled in; `None` for a `ws-server`
-    /// link.
-    pub fn url_for(&self, resource_id: &Id, id: &str) -> Option<String> {
-        match &self.transport {
-            CemTransport::WsClient { url, .. } => Some(
-                url.replace("{resource_id}", resource_id.as_str())
-                    .replace("{id}", id),
-            ),
-            CemTransport::WsServer | CemTransport::Mqtt => None,
-        }
-    }
-}
-
 /// `[[device]]`: a legacy device the gateway hosts a virtual RM for.
 #[derive(Debug, Clone)]
 pub struct DeviceSection {
