@@ -37,11 +37,11 @@
 //! installation can override a built-in), then among the [`BUILTIN_PROFILES`].
 
 //! # Layout
-//! One file per section, each owning its type and its checks: [`gateway`], [`server`],
-//! [`cem`] (links), [`device`] (and [`sim`], [`adapters`] for the connection sections),
-//! [`native`], [`mqtt`], [`profile`]; [`secret`] and [`env`] for the two layers every
-//! section shares; [`load`] for the file as a whole. Every table is read the one way
-//! [`located`] describes: serde, with every problem located.
+//! One file per section, each owning its type and its checks: `gateway.rs`, `server.rs`,
+//! `cem.rs` (links), `device.rs` (with `sim.rs` and `adapters.rs` for the connection
+//! sections), `native.rs`, `mqtt.rs`, `profile.rs`; `secret.rs` and `env.rs` for the two
+//! layers every section shares; `load.rs` for the file as a whole. Every table is read the
+//! one way `located.rs` describes: serde, with every problem located.
 
 mod adapters;
 mod cem;
