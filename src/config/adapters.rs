@@ -3,16 +3,14 @@
 //! (s2gw-mqtt), and the daemon's `[mqtt]` broker section (s2gw-mqtt's `MqttConfig`).
 //!
 //! Those crates define their tables as serde types with `deny_unknown_fields` and a
-//! `validate()` that returns `(key, reason)` pairs. A whole-table deserialize stops at the
-//! first problem and does not say where it is, so each top-level key (and each register of
-//! a map) is deserialized on its own through `serde_path_to_error`: every bad key is
-//! reported, with its dotted path. Then `validate()` runs on the typed result and its keys
-//! are mapped to the file they were written in.
+//! `validate()` that returns `(key, reason)` pairs; they are read through
+//! [`super::located`] like every table, then `validate()` runs on the typed result and its
+//! keys are mapped to the file they were written in ([`Whence`]).
 //!
 //! Modbus and MQTT device tables merge (the device's `[device.modbus]` over the profile's
 //! `[modbus]`, key by key, as the modbus crate documents; `[device.mqtt]` likewise); BLE
-//! tables do not (the profile's `[ble]` says
-//! how a kind of device is read, the device's `[device.ble]` which device it is).
+//! tables do not (the profile's `[ble]` says how a kind of device is read, the device's
+//! `[device.ble]` which device it is).
 
 use std::path::{Path, PathBuf};
 
@@ -20,111 +18,8 @@ use s2gw_ble::{BleConnection, BleProfile};
 use s2gw_modbus::config::CONNECTION_KEYS;
 use s2gw_modbus::{ModbusConfig, ModbusConnection, ModbusProfile};
 use s2gw_mqtt::{MqttConfig, MqttDeviceConfig};
-use serde::de::DeserializeOwned;
 
-use super::reader::{self, Errors};
-
-/// `(key, reason)`, keys relative to the adapter table.
-pub(crate) type Problems = Vec<(String, String)>;
-
-/// Deserialize `table` as `T`; the error is `(dotted key, reason)`.
-fn typed<T: DeserializeOwned>(table: &toml::Table) -> Result<T, (String, String)> {
-    let value = toml::Value::Table(table.clone());
-    serde_path_to_error::deserialize::<_, T>(value).map_err(|e| {
-        let path = e.path().to_string();
-        let path = if path == "." { String::new() } else { path };
-        located_reason(&path, e.inner())
-    })
-}
-
-/// Turn a serde message into `(key, reason)`: unknown and missing fields name the key
-/// itself, everything else the key the path points at.
-fn located_reason(path: &str, error: &toml::de::Error) -> (String, String) {
-    let message = error.message().trim();
-    let join = |field: &str| {
-        if path.is_empty() || path.ends_with(field) {
-            // The path may already end at the unknown key; don't repeat it.
-            if path.is_empty() {
-                field.to_string()
-            } else {
-                path.to_string()
-            }
-        } else {
-            format!("{path}.{field}")
-        }
-    };
-    if let Some(rest) = message.strip_prefix("unknown field `") {
-        let field = rest.split('`').next().unwrap_or_default();
-        let known: Vec<&str> = rest.split('`').skip(2).step_by(2).collect();
-        let reason = match reader::closest(field, &known) {
-            Some(k) => format!("unknown key (did you mean `{k}`?)"),
-            None if known.is_empty() => "unknown key".to_string(),
-            None => format!("unknown key (known keys: {})", known.join(", ")),
-        };
-        return (join(field), reason);
-    }
-    if let Some(rest) = message.strip_prefix("missing field `") {
-        let field = rest.split('`').next().unwrap_or_default();
-        return (join(field), "missing required key".to_string());
-    }
-    (path.to_string(), message.to_string())
-}
-
-/// Every problem deserializing `table` as `T` would hit, one per top-level key (one per
-/// entry of the map-valued keys in `per_entry`), with `anchor` keys (required ones) kept
-/// in every trial.
-fn every_problem<T: DeserializeOwned>(
-    table: &toml::Table,
-    anchor: &[&str],
-    per_entry: &[&str],
-) -> Problems {
-    let base: toml::Table = table
-        .iter()
-        .filter(|(k, _)| anchor.contains(&k.as_str()))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    let mut problems = Problems::new();
-    let mut trial = |key: &str, value: &toml::Value| {
-        let mut t = base.clone();
-        t.insert(key.to_string(), value.clone());
-        if let Err(p) = typed::<T>(&t)
-            && !problems.contains(&p)
-        {
-            problems.push(p);
-        }
-    };
-    for (key, value) in table {
-        match value {
-            toml::Value::Table(entries) if per_entry.contains(&key.as_str()) => {
-                for (name, entry) in entries {
-                    let mut one = toml::Table::new();
-                    one.insert(name.clone(), entry.clone());
-                    trial(key, &toml::Value::Table(one));
-                }
-            }
-            _ => trial(key, value),
-        }
-    }
-    if problems.is_empty()
-        && let Err(p) = typed::<T>(table)
-    {
-        // A problem only the whole table shows (a required key nobody wrote).
-        problems.push(p);
-    }
-    problems
-}
-
-/// Deserialize with every problem reported, or the value.
-pub(crate) fn read_all<T: DeserializeOwned>(
-    table: &toml::Table,
-    anchor: &[&str],
-    per_entry: &[&str],
-) -> Result<T, Problems> {
-    match typed::<T>(table) {
-        Ok(value) => Ok(value),
-        Err(_) => Err(every_problem::<T>(table, anchor, per_entry)),
-    }
-}
+use super::located::{Errors, Problems, read_all, top_key, under};
 
 /// Split a `modbus` table into its connection keys and its profile keys.
 fn split_modbus(table: &toml::Table) -> (toml::Table, toml::Table) {
@@ -145,15 +40,6 @@ fn read_modbus(table: &toml::Table) -> Result<ModbusConfig, Problems> {
             profile,
         }),
         (c, p) => Err(c.err().into_iter().chain(p.err()).flatten().collect()),
-    }
-}
-
-/// Prefix adapter-relative keys with `prefix` (`modbus`, `device[0].ble`).
-pub(crate) fn under(prefix: &str, key: &str) -> String {
-    if key.is_empty() {
-        prefix.to_string()
-    } else {
-        format!("{prefix}.{key}")
     }
 }
 
@@ -199,8 +85,8 @@ impl Whence<'_> {
     /// Report `key` where it was written: the device if it wrote it, else the profile if
     /// that did; a key nobody wrote is missing from the device when it says where the
     /// device is (naming the bus is the device's job), else from the profile.
-    fn push(&self, errors: &mut Errors, adapter: &str, key: &str, reason: String) {
-        let top = key.split(['.', '[']).next().unwrap_or(key);
+    pub(crate) fn push(&self, errors: &mut Errors, adapter: &str, key: &str, reason: String) {
+        let top = top_key(key);
         let in_device = self.device.contains_key(top);
         let missing_bus = !self.profile_table.contains_key(top) && self.device_keys.contains(&top);
         if top.is_empty() || in_device || missing_bus {

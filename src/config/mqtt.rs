@@ -9,10 +9,12 @@
 use std::time::Duration;
 
 use s2gw_mqtt::MqttConfig;
+use serde::Deserialize;
 
-use super::adapters::{self, under};
-use super::reader::Section;
-use super::{Loader, Profile};
+use super::adapters::{self, MQTT_DAEMON_KEYS};
+use super::load::Cx;
+use super::located::{At, SecretText, Text, Uint, under};
+use super::profile::Profile;
 
 /// Default `mqtt.state_interval_ms`: a device's state goes to the broker at most once a
 /// second (always the latest).
@@ -32,19 +34,38 @@ pub struct MqttSection {
     pub state_interval: Duration,
 }
 
-impl Loader<'_> {
+/// The daemon's keys of `[mqtt]` ([`MQTT_DAEMON_KEYS`]); the others are `MqttConfig`'s.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MqttDaemonToml {
+    /// Only from the environment (a `password` in the file is refused before this).
+    password: Option<SecretText>,
+    password_file: Option<Text>,
+    state_interval_ms: Option<Uint<3_600_000>>,
+}
+
+impl Cx<'_> {
     /// Read `[mqtt]`; `None` when anything in it is wrong (every problem reported).
-    pub(super) fn mqtt(&mut self, table: &toml::Table) -> Option<MqttSection> {
-        let origin = self.origin.clone();
-        let before = self.errors.list.len();
-        let mut s = Section::new(&origin, "mqtt", table);
-        let password = self.secret_named(&mut s, "password", "password_file");
-        let interval = s
-            .opt_uint(self.errors, "state_interval_ms", 3_600_000)
-            .unwrap_or(DEFAULT_STATE_INTERVAL_MS);
+    pub(crate) fn mqtt(&mut self, table: &toml::Table) -> Option<MqttSection> {
+        let mark = self.mark();
+        let own: toml::Table = table
+            .iter()
+            .filter(|(k, _)| MQTT_DAEMON_KEYS.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let (raw, at) = self.read::<MqttDaemonToml>(&own, "mqtt")?;
+        let password = self.secret(
+            &at,
+            ("password", raw.password.map(|t| t.0)),
+            ("password_file", raw.password_file.map(|t| t.0)),
+        );
+        let interval = raw
+            .state_interval_ms
+            .map_or(DEFAULT_STATE_INTERVAL_MS, |u| u.0);
         if interval < 100 {
-            self.err(
-                "mqtt.state_interval_ms",
+            at.err(
+                self.errors,
+                "state_interval_ms",
                 format!("must be at least 100 ms, got {interval}"),
             );
         }
@@ -64,7 +85,7 @@ impl Loader<'_> {
         for (key, reason) in client.validate() {
             self.err(&under("mqtt", &key), reason);
         }
-        (self.errors.list.len() == before).then(|| MqttSection {
+        self.clean_since(mark).then(|| MqttSection {
             client,
             state_interval: Duration::from_millis(interval),
         })
@@ -115,26 +136,26 @@ impl Loader<'_> {
     }
 
     /// `[device.mqtt]` merged over the profile's `[mqtt]`; needs the `[mqtt]` broker.
-    pub(super) fn mqtt_device(
+    pub(crate) fn mqtt_device(
         &mut self,
-        path: &str,
+        at: &At,
         device: &toml::Table,
         profile: &Profile,
         broker: bool,
     ) -> Option<s2gw_mqtt::MqttDeviceConfig> {
         if !broker {
-            self.err(
-                &format!("{path}.mqtt"),
+            at.err(
+                self.errors,
+                "mqtt",
                 "an MQTT device needs the [mqtt] section (the broker connection)",
             );
         }
         let Some(defaults) = &profile.mqtt else {
-            self.no_adapter_table(path, "mqtt", profile);
+            self.no_adapter_table(at, "mqtt", profile);
             return None;
         };
-        let origin = self.origin.clone();
         let whence = adapters::Whence {
-            config: (&origin, path),
+            config: (&self.origin, at.path()),
             profile: profile.source.display_path(),
             device,
             profile_table: defaults,

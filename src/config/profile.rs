@@ -4,12 +4,15 @@
 //! device).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use s2gw_core::device::DeviceKind;
 use s2gw_core::s2::ControlType;
+use serde::Deserialize;
 
-use super::reader::{Errors, Section};
+use super::load::{Cx, parse_toml};
+use super::located::{self, Errors, Strings, Table, Text, Uint};
 
 /// The profiles compiled into the binary, so `s2gw demo` and a config naming `sim-pv` work
 /// without the config directory. The files in `config/profiles/` are the same text.
@@ -77,14 +80,6 @@ pub const BUILTIN_PROFILES: &[(&str, &str)] = &[
         include_str!("../../config/profiles/mqtt-generic.toml"),
     ),
 ];
-
-/// The adapter tables a device may use as its connection section in this build.
-pub(crate) const ADAPTERS: &[&str] = &["sim", "modbus", "ble", "mqtt"];
-
-/// Adapter tables a profile or device may carry in later versions; named so that using
-/// one says "not supported yet" rather than "unknown key". None at the moment; the
-/// mechanism stays for the next adapter.
-pub(crate) const FUTURE_ADAPTERS: &[&str] = &[];
 
 /// Where a profile came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -234,14 +229,22 @@ pub(crate) fn parse_control_types(
     ok.then_some(out)
 }
 
-/// The hint for a reserved adapter table.
-pub(crate) fn future_adapter_hint(name: &str) -> Option<String> {
-    FUTURE_ADAPTERS.contains(&name).then(|| {
-        format!(
-            "the `{name}` adapter is not available in this build yet (available: {})",
-            ADAPTERS.join(", ")
-        )
-    })
+/// A profile file as written. Fields in alphabetical order: serde lists them in
+/// declaration order in `unknown key (known keys: …)`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProfileToml {
+    ble: Option<Table>,
+    control_types: Option<Strings>,
+    description: Option<Text>,
+    instruction_processing_delay_ms: Option<Uint<3_600_000>>,
+    kind: Option<Text>,
+    manufacturer: Option<Text>,
+    modbus: Option<Table>,
+    model: Option<Text>,
+    mqtt: Option<Table>,
+    name: Option<Text>,
+    sim: Option<Table>,
 }
 
 /// Parse and validate profile text; problems are reported against `source`'s path.
@@ -251,64 +254,52 @@ pub(crate) fn parse_profile(
     errors: &mut Errors,
 ) -> Option<Profile> {
     let file = source.display_path();
-    let table: toml::Table = match toml::from_str(text) {
-        Ok(t) => t,
-        Err(e) => {
-            let (key, reason) = super::syntax_error(text, &e);
-            errors.push(&file, &key, reason);
-            return None;
-        }
-    };
-    let before = errors.list.len();
-    let mut s = Section::new(&file, "", &table);
-    let name = s.req_str(errors, "name");
+    let table = parse_toml(text, &file, errors)?;
+    let mark = errors.list.len();
+    let (raw, at) = located::read::<ProfileToml>(&table, &file, "", errors)?;
+    let name = at.required(errors, "name", raw.name.map(|t| t.0));
     if let Some(n) = &name
         && n.trim().is_empty()
     {
-        errors.push(&file, "name", "must not be empty");
+        at.err(errors, "name", "must not be empty");
     }
-    let description = s.opt_str(errors, "description").unwrap_or_default();
-    let kind = match s.req_str(errors, "kind") {
-        Some(k) => match parse_kind(&k) {
-            Some(kind) => Some(kind),
-            None => {
-                errors.push(
-                    &file,
+    let description = raw.description.map(|t| t.0).unwrap_or_default();
+    let kind = at
+        .required(errors, "kind", raw.kind.map(|t| t.0))
+        .and_then(|k| {
+            let kind = parse_kind(&k);
+            if kind.is_none() {
+                at.err(
+                    errors,
                     "kind",
                     format!(
-                        "unknown kind `{k}` (expected pv_inverter, ev_charger, battery, heat_pump, meter or load)"
+                        "unknown kind `{k}` (expected pv_inverter, ev_charger, battery, \
+                         heat_pump, meter or load)"
                     ),
                 );
-                None
             }
-        },
-        None => None,
-    };
-    let manufacturer = s.opt_str(errors, "manufacturer");
-    let model = s.opt_str(errors, "model");
-    let control_types = if s.has("control_types") {
-        s.opt_str_list(errors, "control_types")
-            .and_then(|names| parse_control_types(&names, &file, "control_types", errors))
-    } else {
-        errors.push(&file, "control_types", "missing required key");
-        None
-    };
-    let delay_ms = s
-        .opt_uint(errors, "instruction_processing_delay_ms", 3_600_000)
-        .unwrap_or(0);
-    let sim = s.opt_table(errors, "sim").cloned();
-    let modbus = s.opt_table(errors, "modbus").cloned();
+            kind
+        });
+    let manufacturer = raw.manufacturer.map(|t| t.0);
+    let model = raw.model.map(|t| t.0);
+    let control_types = at
+        .required(errors, "control_types", raw.control_types)
+        .and_then(|list| list.items(&file, "control_types", errors))
+        .and_then(|names| parse_control_types(&names, &file, "control_types", errors));
+    let delay_ms = raw.instruction_processing_delay_ms.map_or(0, |u| u.0);
+    let sim = raw.sim.map(|t| t.0);
+    let modbus = raw.modbus.map(|t| t.0);
     if let Some(table) = &modbus {
         super::adapters::check_modbus_profile(table, &file, errors);
     }
-    let ble_table = s.opt_table(errors, "ble");
-    let ble = ble_table.and_then(|t| super::adapters::ble_profile(t, &file, errors));
-    let mqtt = s.opt_table(errors, "mqtt").cloned();
+    let ble = raw
+        .ble
+        .and_then(|t| super::adapters::ble_profile(&t.0, &file, errors));
+    let mqtt = raw.mqtt.map(|t| t.0);
     if let Some(table) = &mqtt {
         super::adapters::check_mqtt_profile(table, &file, errors);
     }
-    s.finish(errors, future_adapter_hint);
-    if errors.list.len() > before {
+    if errors.list.len() > mark {
         return None;
     }
     Some(Profile {
@@ -327,7 +318,89 @@ pub(crate) fn parse_profile(
     })
 }
 
+impl Cx<'_> {
+    /// Resolve a device's `profile` value (at `key`; see the module docs of [`super`]),
+    /// loading each profile once.
+    pub(crate) fn profile(&mut self, key: &str, value: &str) -> Option<Arc<Profile>> {
+        if let Some(cached) = self.profiles.get(value) {
+            return cached.clone();
+        }
+        let is_path = value.contains('/') || value.ends_with(".toml");
+        let local = if is_path {
+            Some(self.resolve(value))
+        } else {
+            let candidate = self.base_dir.join("profiles").join(format!("{value}.toml"));
+            candidate.is_file().then_some(candidate)
+        };
+        let loaded = match local {
+            Some(path) => match std::fs::read_to_string(&path) {
+                Ok(text) => self.parse_profile_text(key, &text, ProfileSource::File(path)),
+                Err(e) => {
+                    self.err(
+                        key,
+                        format!("cannot read profile file {}: {e}", path.display()),
+                    );
+                    None
+                }
+            },
+            None => match builtin_profile_text(value) {
+                Some((name, text)) => {
+                    self.parse_profile_text(key, text, ProfileSource::BuiltIn(name))
+                }
+                None => {
+                    let names: Vec<&str> = BUILTIN_PROFILES.iter().map(|(n, _)| *n).collect();
+                    let looked = self.base_dir.join("profiles").join(format!("{value}.toml"));
+                    self.err(
+                        key,
+                        format!(
+                            "unknown profile `{value}`: not a built-in profile ({}) and no file {}",
+                            names.join(", "),
+                            looked.display()
+                        ),
+                    );
+                    None
+                }
+            },
+        };
+        self.profiles.insert(value.to_string(), loaded.clone());
+        loaded
+    }
+
+    fn parse_profile_text(
+        &mut self,
+        key: &str,
+        text: &str,
+        source: ProfileSource,
+    ) -> Option<Arc<Profile>> {
+        let shown = source.display_path();
+        let parsed = parse_profile(text, source, self.errors).map(Arc::new);
+        if parsed.is_none() {
+            // Point from the device to the profile's own errors, which name its file.
+            self.err(
+                key,
+                format!("profile {} is invalid (see its errors)", shown.display()),
+            );
+        }
+        parsed
+    }
+}
+
 /// The text of a built-in profile.
 pub fn builtin_profile_text(name: &str) -> Option<(&'static str, &'static str)> {
     BUILTIN_PROFILES.iter().copied().find(|(n, _)| *n == name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_profiles_are_valid() {
+        for (name, text) in BUILTIN_PROFILES {
+            let mut errors = Errors::new();
+            let p = parse_profile(text, ProfileSource::BuiltIn(name), &mut errors);
+            assert!(errors.list.is_empty(), "{name}: {:?}", errors.list);
+            assert_eq!(p.map(|p| p.name), Some(name.to_string()));
+        }
+    }
 }

@@ -1,0 +1,105 @@
+//! `[server]`: the gateway's S2-ws-json server.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use s2gw_core::Secret;
+use serde::Deserialize;
+
+use super::load::Cx;
+use super::located::{SecretText, Text};
+
+/// `[server]`: the S2-ws-json server for native RMs (`/s2/rm/<id>`) and CEMs that dial in
+/// (`/s2/cem/<resource_id>`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerSection {
+    /// `listen`: socket address to bind.
+    pub listen: SocketAddr,
+    /// Bearer token clients must present (`token_file`, or `S2GW_SERVER__TOKEN`).
+    pub token: Option<Secret>,
+    /// `tls_cert_file` + `tls_key_file`: serve wss instead of ws.
+    pub tls: Option<TlsFiles>,
+}
+
+/// A certificate chain and its private key, both PEM files (existence checked at load).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// `tls_cert_file`.
+    pub cert_file: PathBuf,
+    /// `tls_key_file`.
+    pub key_file: PathBuf,
+}
+
+/// `[server]` as written. Fields in alphabetical order: serde lists them in declaration
+/// order in `unknown key (known keys: …)`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServerToml {
+    listen: Option<Text>,
+    tls_cert_file: Option<Text>,
+    tls_key_file: Option<Text>,
+    /// Only from the environment (a `token` in the file is refused before this).
+    token: Option<SecretText>,
+    token_file: Option<Text>,
+}
+
+impl Cx<'_> {
+    /// Read `[server]`.
+    pub(crate) fn server(&mut self, table: &toml::Table) -> Option<ServerSection> {
+        let mark = self.mark();
+        let (raw, at) = self.read::<ServerToml>(table, "server")?;
+        let listen = at
+            .required(self.errors, "listen", raw.listen)
+            .and_then(|Text(l)| match l.parse::<SocketAddr>() {
+                Ok(addr) => Some(addr),
+                Err(_) => {
+                    at.err(
+                        self.errors,
+                        "listen",
+                        format!(
+                            "`{l}` is not an IP address and port such as 127.0.0.1:8080 or \
+                             [::]:8080 (host names are not resolved)"
+                        ),
+                    );
+                    None
+                }
+            });
+        let token = self.secret(
+            &at,
+            ("token", raw.token.map(|t| t.0)),
+            ("token_file", raw.token_file.map(|t| t.0)),
+        );
+        let cert = self.existing_file(&at, "tls_cert_file", raw.tls_cert_file.map(|t| t.0));
+        let key = self.existing_file(&at, "tls_key_file", raw.tls_key_file.map(|t| t.0));
+        let tls = match (at.given("tls_cert_file"), at.given("tls_key_file")) {
+            (true, false) => {
+                at.err(
+                    self.errors,
+                    "tls_cert_file",
+                    "tls_cert_file is set but tls_key_file is not: give both or neither",
+                );
+                None
+            }
+            (false, true) => {
+                at.err(
+                    self.errors,
+                    "tls_key_file",
+                    "tls_key_file is set but tls_cert_file is not: give both or neither",
+                );
+                None
+            }
+            _ => cert.zip(key).map(|(cert_file, key_file)| TlsFiles {
+                cert_file,
+                key_file,
+            }),
+        };
+        if !self.clean_since(mark) {
+            return None;
+        }
+        Some(ServerSection {
+            listen: listen?,
+            token: token?,
+            tls,
+        })
+    }
+}
