@@ -183,25 +183,11 @@ impl Core {
     /// Every control type learns of the release; the selected one's news goes out.
     fn tell_modules_released(&mut self) {
         let now = self.now;
-        let Core {
-            modules,
-            ids,
-            readings,
-            available,
-            info,
-            control,
-            ..
-        } = self;
+        let (modules, mut cx, selected) = self.modules_in_context();
         let mut news = Vec::new();
         for module in modules.iter_mut() {
-            let mut cx = crate::rm::control::Context {
-                ids,
-                readings: readings.as_ref(),
-                available: *available,
-                kind: info.kind,
-            };
             let messages = module.released(&mut cx, now);
-            if Some(module.control_type()) == *control {
+            if Some(module.control_type()) == selected {
                 news = messages;
             }
         }

@@ -300,24 +300,27 @@ impl Core {
         &mut self,
         f: impl FnOnce(&mut dyn ControlModule, &mut Context<'_>) -> R,
     ) -> Option<R> {
-        let Core {
-            modules,
-            ids,
-            readings,
-            available,
-            info,
-            control,
-            ..
-        } = self;
-        let selected = (*control)?;
+        let (modules, mut cx, selected) = self.modules_in_context();
+        let selected = selected?;
         let module = modules.iter_mut().find(|m| m.control_type() == selected)?;
-        let mut cx = Context {
-            ids,
-            readings: readings.as_ref(),
-            available: *available,
-            kind: info.kind,
-        };
         Some(f(module.as_mut(), &mut cx))
+    }
+
+    /// The control modules, what they may use, and which one is selected.
+    fn modules_in_context(
+        &mut self,
+    ) -> (
+        &mut [Box<dyn ControlModule>],
+        Context<'_>,
+        Option<ControlType>,
+    ) {
+        let cx = Context {
+            ids: &mut self.ids,
+            readings: self.readings.as_ref(),
+            available: self.available,
+            kind: self.info.kind,
+        };
+        (&mut self.modules, cx, self.control)
     }
 
     fn after(&self, duration: StdDuration) -> Timestamp {
