@@ -208,6 +208,7 @@ impl SensorState {
             active: self.active_mode().map(|m| Command::SetMode {
                 mode: m.name.clone(),
             }),
+            ..Readings::default()
         }
     }
 }

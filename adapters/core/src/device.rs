@@ -76,6 +76,23 @@ pub enum ControlCapability {
         /// Highest state of charge the device allows, in percent.
         max_soc: f64,
     },
+    /// A task to be done within a window, in one of several programmes (S2 PPBC): a
+    /// dishwasher, a washing machine. The window and progress come with the readings
+    /// ([`Readings::task`]).
+    PowerProfile {
+        /// The programmes the user allows for the task, the appliance's own choice first
+        /// (what it runs when it starts by itself).
+        programmes: Vec<ProgrammeSpec>,
+    },
+    /// A demand that must be met, by one or more actuators that can each meet it their own
+    /// way (S2 DDBC): a hybrid heat pump's heat pump and gas boiler. The demand and what
+    /// each actuator does come with the readings ([`Readings::demand`]).
+    DemandDriven {
+        /// The actuators.
+        actuators: Vec<ActuatorSpec>,
+        /// How long each value of [`DemandState::forecast`] covers, in seconds.
+        forecast_step_s: u64,
+    },
     /// Discrete operation modes (S2 OMBC): SG-Ready states, charger current steps.
     OperationModes {
         /// The modes, the device's autonomous default marked.
@@ -127,6 +144,80 @@ impl ModeSpec {
     }
 }
 
+/// One programme of an appliance's task (PPBC).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ProgrammeSpec {
+    /// A short stable name (`"eco"`), unique within the device.
+    pub name: String,
+    /// What a person reads.
+    pub label: String,
+    /// Its phases, in order.
+    pub phases: Vec<PhaseSpec>,
+    /// Whether it may be paused once started (an interruptible drying phase).
+    pub interruptible: bool,
+}
+
+impl ProgrammeSpec {
+    /// How long the whole programme takes, in seconds.
+    pub fn duration_s(&self) -> u64 {
+        self.phases.iter().map(|p| p.duration_s).sum()
+    }
+}
+
+/// One phase of a programme: a power, for a while.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PhaseSpec {
+    /// How long it lasts, in seconds.
+    pub duration_s: u64,
+    /// The power it draws.
+    pub power_w: Watts,
+}
+
+/// What an actuator of a demand-driven device uses to meet the demand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fuel {
+    /// Electricity (a heat pump): its power is in W.
+    Electricity,
+    /// Natural gas (a boiler): its power is the gas's heat input in W.
+    Gas,
+}
+
+/// One actuator of a demand-driven device (DDBC).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ActuatorSpec {
+    /// A short stable name (`"heat_pump"`), unique within the device.
+    pub name: String,
+    /// What a person reads.
+    pub label: String,
+    /// What it runs on.
+    pub fuel: Fuel,
+    /// Its modes, the one it runs in on its own marked.
+    pub modes: Vec<SupplyModeSpec>,
+    /// Minimum time a mode must stay on before it may change, in seconds.
+    pub min_on_s: u64,
+}
+
+/// One mode of a demand-driven actuator: what it supplies, and at what power, from factor
+/// 0 to factor 1.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SupplyModeSpec {
+    /// A short stable name (`"on"`), unique within the actuator.
+    pub name: String,
+    /// What a person reads.
+    pub label: String,
+    /// The supply at factor 0 (in the demand's unit, e.g. W thermal).
+    pub supply_min: f64,
+    /// The supply at factor 1.
+    pub supply_max: f64,
+    /// The power (of the actuator's fuel) at factor 0.
+    pub power_min_w: Watts,
+    /// The power at factor 1.
+    pub power_max_w: Watts,
+    /// Whether this is what the actuator does on its own.
+    pub is_default: bool,
+}
+
 /// What the engine tells a device to do.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "command", rename_all = "snake_case")]
@@ -158,6 +249,24 @@ pub enum Command {
         /// The mode.
         mode: String,
     },
+    /// Start the task with this programme now (PPBC; see [`ProgrammeSpec::name`]).
+    StartProgramme {
+        /// The programme.
+        programme: String,
+    },
+    /// Pause the running programme (PPBC interruption).
+    Pause,
+    /// Resume the paused programme.
+    Resume,
+    /// Put one actuator of a demand-driven device in a mode, at a factor (DDBC).
+    SetActuator {
+        /// The actuator ([`ActuatorSpec::name`]).
+        actuator: String,
+        /// The mode ([`SupplyModeSpec::name`]).
+        mode: String,
+        /// Where between the mode's factor 0 and 1, in `[0, 1]`.
+        factor: f64,
+    },
 }
 
 impl Command {
@@ -177,6 +286,14 @@ impl Command {
             }
             Command::SetCurrent { amps, phases } => format!("{amps:.0} A x {phases}p"),
             Command::SetMode { mode } => format!("mode {mode}"),
+            Command::StartProgramme { programme } => format!("start {programme}"),
+            Command::Pause => "paused".to_string(),
+            Command::Resume => "resumed".to_string(),
+            Command::SetActuator {
+                actuator,
+                mode,
+                factor,
+            } => format!("{actuator} {mode} at {:.0} %", factor * 100.0),
         }
     }
 }
@@ -209,6 +326,75 @@ pub struct Readings {
     pub status: DeviceStatus,
     /// The command the device is following, as far as it reports one.
     pub active: Option<Command>,
+    /// An appliance's task (PPBC), while it has one.
+    pub task: Option<TaskState>,
+    /// A demand-driven device's demand and actuators (DDBC).
+    pub demand: Option<DemandState>,
+}
+
+/// An appliance's task: its window and how far it got (PPBC).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TaskState {
+    /// Numbers the task: a new number is a new task (the user loaded it again).
+    pub task_id: u64,
+    /// The earliest it may start.
+    pub earliest_start: std::time::SystemTime,
+    /// When it must be done.
+    pub latest_end: std::time::SystemTime,
+    /// When the appliance starts by itself, with its own programme, if nobody started it:
+    /// its fail-safe (it always runs).
+    pub own_start: std::time::SystemTime,
+    /// How far it got.
+    pub progress: TaskProgress,
+}
+
+/// How far a task got.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum TaskProgress {
+    /// Not started.
+    Waiting,
+    /// Running a programme.
+    Running {
+        /// Which.
+        programme: String,
+        /// For how long so far (pauses excluded), in seconds.
+        elapsed_s: f64,
+    },
+    /// Paused in a programme.
+    Paused {
+        /// Which.
+        programme: String,
+        /// For how long it ran before the pause, in seconds.
+        elapsed_s: f64,
+    },
+    /// Done.
+    Finished {
+        /// Which programme it ran.
+        programme: String,
+    },
+}
+
+/// A demand-driven device's state (DDBC).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DemandState {
+    /// The demand to meet now, in the actuators' supply unit (e.g. W thermal).
+    pub demand: f64,
+    /// The expected demand ahead, one value per `forecast_step_s` of the capability.
+    pub forecast: Vec<f64>,
+    /// What each actuator does now.
+    pub actuators: Vec<ActuatorState>,
+}
+
+/// What one actuator does now.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ActuatorState {
+    /// The actuator ([`ActuatorSpec::name`]).
+    pub actuator: String,
+    /// Its mode ([`SupplyModeSpec::name`]).
+    pub mode: String,
+    /// Where in the mode, in `[0, 1]`.
+    pub factor: f64,
 }
 
 /// Why a device could not be read or commanded.

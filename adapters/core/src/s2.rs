@@ -15,12 +15,12 @@ pub use s2_kit::session::{
 };
 pub use s2_kit::types::common::{
     Commodity, CommodityQuantity, ControlType, EnergyManagementRole, Handshake, HandshakeResponse,
-    InstructionStatus, InstructionStatusUpdate, NumberRange, PowerMeasurement, PowerRange,
-    PowerValue, ReceptionStatus, ReceptionStatusValues, ResourceManagerDetails, RevokableObjects,
-    Role, RoleType, SessionRequest, SessionRequestType, Timer, Transition,
+    InstructionStatus, InstructionStatusUpdate, NumberRange, PowerForecastValue, PowerMeasurement,
+    PowerRange, PowerValue, ReceptionStatus, ReceptionStatusValues, ResourceManagerDetails,
+    RevokableObjects, Role, RoleType, SessionRequest, SessionRequestType, Timer, Transition,
 };
 pub use s2_kit::types::{Duration, Id, ProtocolVersion, Timestamp, WireProfile};
-pub use s2_kit::types::{frbc, ombc, pebc};
+pub use s2_kit::types::{ddbc, frbc, ombc, pebc, ppbc};
 pub use s2_kit::{decode, encode};
 
 /// The largest frame accepted from a transport unless configured otherwise: 1 MiB.
@@ -70,7 +70,19 @@ impl Frame {
 
     /// Decode trusted text that this process encoded itself (an s2-kit session's output).
     pub fn from_own_text(text: String) -> Result<Self, Box<DecodeError>> {
-        let message = decode(&text).map_err(Box::new)?;
+        Self::from_own_text_as(text, WireProfile::default())
+    }
+
+    /// Like [`Frame::from_own_text`], for a session that agreed on `profile` (the
+    /// versions differ in DDBC).
+    pub fn from_own_text_as(text: String, profile: WireProfile) -> Result<Self, Box<DecodeError>> {
+        let options = DecodeOptions {
+            profile,
+            ..DecodeOptions::default()
+        };
+        let message = s2_kit::codec::decode_with(&text, &options)
+            .map_err(Box::new)?
+            .message;
         Ok(Self::from_parts(message, text))
     }
 

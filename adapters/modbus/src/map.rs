@@ -197,6 +197,7 @@ impl MapDevice {
             soc: num(&r.soc),
             status,
             active: self.active.clone(),
+            ..Readings::default()
         }
     }
 
@@ -378,6 +379,10 @@ impl MapDevice {
                 None => refuse("this device takes no charging current"),
             },
             Command::SetMode { mode } => self.mode_plan(mode),
+            Command::StartProgramme { .. }
+            | Command::Pause
+            | Command::Resume
+            | Command::SetActuator { .. } => refuse("this profile maps no appliance commands"),
         }
     }
 

@@ -593,6 +593,7 @@ impl SunSpecDevice {
             soc: num("124.ChaState"),
             status,
             active: self.active.clone().or_else(|| self.foreign_command()),
+            ..Readings::default()
         }
     }
 

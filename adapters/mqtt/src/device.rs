@@ -429,7 +429,7 @@ impl Device for MqttDevice {
             energy_wh: fresh("energy"),
             soc: fresh("soc"),
             status: DeviceStatus::Ok,
-            active: None,
+            ..Readings::default()
         })
     }
 
@@ -477,6 +477,10 @@ impl Device for MqttDevice {
             }
             Command::LimitPower { .. } => refused("a power limit"),
             Command::SetPower { .. } => refused("a power setpoint"),
+            Command::StartProgramme { .. } | Command::Pause | Command::Resume => {
+                refused("an appliance programme")
+            }
+            Command::SetActuator { .. } => refused("an actuator mode"),
         }
     }
 }

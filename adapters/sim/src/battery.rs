@@ -131,6 +131,7 @@ impl Device for Battery {
             soc: Some(self.soc),
             status: DeviceStatus::Ok,
             active: self.active.clone(),
+            ..Readings::default()
         })
     }
 

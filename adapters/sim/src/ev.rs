@@ -221,10 +221,14 @@ impl EvCharger {
             Command::SetMode { mode } => self.set_mode(mode),
             // A charger cannot make a car draw more, so only the upper bound matters.
             Command::LimitPower { max_w, .. } => self.step_within(*max_w),
-            Command::SetPower { .. } => Err(DeviceError::Refused(
-                "an EV charger takes a current, a mode or a power limit, not a power setpoint"
-                    .to_string(),
-            )),
+            Command::SetPower { .. }
+            | Command::StartProgramme { .. }
+            | Command::Pause
+            | Command::Resume
+            | Command::SetActuator { .. } => Err(DeviceError::Refused(format!(
+                "an EV charger takes a current, a mode or a power limit, not `{}`",
+                command.summary()
+            ))),
         }
     }
 
@@ -287,6 +291,7 @@ impl Device for EvCharger {
             soc: None,
             status: DeviceStatus::Ok,
             active: self.active.clone(),
+            ..Readings::default()
         })
     }
 

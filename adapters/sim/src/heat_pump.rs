@@ -204,6 +204,7 @@ impl Device for HeatPump {
             soc: None,
             status: DeviceStatus::Ok,
             active: self.active.clone(),
+            ..Readings::default()
         })
     }
 

@@ -93,6 +93,7 @@ impl Device for Meter {
             soc: None,
             status: DeviceStatus::Ok,
             active: None,
+            ..Readings::default()
         })
     }
 

@@ -170,6 +170,7 @@ impl Device for PvInverter {
             soc: None,
             status: DeviceStatus::Ok,
             active: self.active.clone(),
+            ..Readings::default()
         })
     }
 

@@ -8,14 +8,16 @@
 //! Write `control/<type>.rs` with a struct implementing [`ControlModule`], and give its
 //! device capability one arm in `module_for`. Nothing else in the engine changes.
 
+mod ddbc;
 mod frbc;
 mod not_controllable;
 mod ombc;
 mod pebc;
+mod ppbc;
 
 use s2gw_core::Readings;
 use s2gw_core::device::{ControlCapability, DeviceKind};
-use s2gw_core::s2::{CommodityQuantity, ControlType, Instructed, Message, Timestamp};
+use s2gw_core::s2::{CommodityQuantity, ControlType, Instructed, Message, Timestamp, WireProfile};
 
 use super::ids::IdBook;
 use super::plan::Planned;
@@ -33,6 +35,8 @@ pub(crate) struct Context<'a> {
     pub available: bool,
     /// What kind of device it is.
     pub kind: DeviceKind,
+    /// The wire shape the session agreed on, once it did (DDBC differs by version).
+    pub profile: Option<WireProfile>,
 }
 
 /// One control type of one device. Created once per RM (state that outlives a session,
@@ -111,6 +115,11 @@ fn module_for(capability: &ControlCapability) -> Box<dyn ControlModule> {
             min_on_s,
             min_off_s,
         })),
+        ControlCapability::PowerProfile { programmes } => Box::new(ppbc::Ppbc::new(programmes)),
+        ControlCapability::DemandDriven {
+            actuators,
+            forecast_step_s,
+        } => Box::new(ddbc::Ddbc::new(actuators, forecast_step_s)),
     }
 }
 

@@ -21,7 +21,7 @@ use std::collections::VecDeque;
 use std::time::Duration as StdDuration;
 
 use s2gw_core::device::DeviceInfo;
-use s2gw_core::s2::{ControlType, Id, RmSession, Timestamp};
+use s2gw_core::s2::{ControlType, Id, RmSession, Timestamp, WireProfile};
 use s2gw_core::{Backoff, BusEvent, Command, DeviceError, Readings};
 
 use super::clock::to_system_time;
@@ -91,6 +91,8 @@ pub(crate) struct Core {
     announced: bool,
     session: Option<RmSession>,
     link: LinkState,
+    /// The wire shape this session agreed on.
+    profile: Option<WireProfile>,
     control: Option<ControlType>,
     /// One module per control type the device offers; the selected one decides.
     modules: Vec<Box<dyn ControlModule>>,
@@ -135,6 +137,7 @@ impl Core {
             announced: false,
             session: None,
             link: LinkState::Down,
+            profile: None,
             control: None,
             readings: None,
             available: false,
@@ -319,6 +322,7 @@ impl Core {
             readings: self.readings.as_ref(),
             available: self.available,
             kind: self.info.kind,
+            profile: self.profile,
         };
         (&mut self.modules, cx, self.control)
     }

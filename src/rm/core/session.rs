@@ -28,6 +28,7 @@ impl Core {
         session.open(self.now);
         self.session = Some(session);
         self.link = LinkState::Handshaking;
+        self.profile = None;
         self.control = None;
         self.measurer.reset();
         for module in &mut self.modules {
@@ -84,11 +85,12 @@ impl Core {
 
     /// Move what the session queued to the outbox.
     pub(super) fn flush(&mut self) {
+        let profile = self.profile.unwrap_or_default();
         let Some(session) = self.session.as_mut() else {
             return;
         };
         while let Some(out) = session.poll_transmit() {
-            match Frame::from_own_text(out.text) {
+            match Frame::from_own_text_as(out.text, profile) {
                 Ok(frame) => self.outbox.push_back(Output::Bus(BusEvent::Frame(frame))),
                 Err(error) => {
                     tracing::error!(resource = %self.resource_id, %error, "s2-kit produced a frame it cannot decode");
@@ -100,9 +102,10 @@ impl Core {
     fn on_session_event(&mut self, event: RmEvent) {
         let id = self.resource_id;
         match event {
-            RmEvent::Negotiated { version, .. } => {
+            RmEvent::Negotiated { version, profile } => {
                 tracing::info!(resource = %id, %version, "S2 protocol version agreed");
                 self.link = LinkState::Connected(version.to_string());
+                self.profile = Some(profile);
             }
             RmEvent::Ready { control_type } => self.on_selected(control_type),
             RmEvent::Deselected => {
