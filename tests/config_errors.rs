@@ -169,7 +169,7 @@ bad_configs! {
         => "device[1].cem", "unknown cem link `away` (defined: home)";
     /// unknown profile
     unknown_profile: "[[device]]\nid = \"x\"\nprofile = \"sim-nope\"\ncem = \"home\"\n[device.sim]\nmodel = \"pv\"\n"
-        => "device[1].profile", "unknown profile `sim-nope`: not a built-in profile (sim-pv, sim-ev, sim-battery, sim-heat-pump, sim-meter, modbus-sunspec-inverter, modbus-sunspec-storage, modbus-abb-terra-ac, modbus-alfen-eve, modbus-sg-ready, modbus-sdm630, ble-bthome-meter, ble-relay, mqtt-shelly-gen2-switch, mqtt-tasmota-plug, mqtt-openevse, mqtt-generic)";
+        => "device[1].profile", "unknown profile `sim-nope`: not a built-in profile (sim-pv, sim-ev, sim-battery, sim-heat-pump, sim-meter, sim-dishwasher, sim-hybrid-heat-pump, modbus-sunspec-inverter, modbus-sunspec-storage, modbus-abb-terra-ac, modbus-alfen-eve, modbus-sg-ready, modbus-sdm630, ble-bthome-meter, ble-relay, mqtt-shelly-gen2-switch, mqtt-tasmota-plug, mqtt-openevse, mqtt-generic)";
     /// profile file that does not exist
     profile_file_that_does_not_exist: "[[device]]\nid = \"x\"\nprofile = \"vendor/inverter.toml\"\ncem = \"home\"\n[device.sim]\nmodel = \"pv\"\n"
         => "device[1].profile", "cannot read profile file";
@@ -517,7 +517,7 @@ fn profile_errors_name_the_profile_file() {
     let profile = r#"
 name = "my-inverter"
 kind = "windmill"
-control_types = ["PEBC", "PEBC", "DDBC"]
+control_types = ["PEBC", "PEBC", "XBC"]
 instruction_processing_delay_ms = "fast"
 colour = "red"
 [sim]
@@ -532,12 +532,7 @@ rated_w = 0
     let pf = case.dir.path().join("profiles/my-inverter.toml");
     assert_has(&e, &pf, "kind", "unknown kind `windmill`");
     assert_has(&e, &pf, "control_types[1]", "PEBC is listed twice");
-    assert_has(
-        &e,
-        &pf,
-        "control_types[2]",
-        "control type DDBC is not supported by s2gw",
-    );
+    assert_has(&e, &pf, "control_types[2]", "unknown control type `XBC`");
     assert_has(
         &e,
         &pf,

@@ -32,6 +32,14 @@ pub const BUILTIN_PROFILES: &[(&str, &str)] = &[
         include_str!("../../config/profiles/sim-meter.toml"),
     ),
     (
+        "sim-dishwasher",
+        include_str!("../../config/profiles/sim-dishwasher.toml"),
+    ),
+    (
+        "sim-hybrid-heat-pump",
+        include_str!("../../config/profiles/sim-hybrid-heat-pump.toml"),
+    ),
+    (
         "modbus-sunspec-inverter",
         include_str!("../../config/profiles/modbus-sunspec-inverter.toml"),
     ),
@@ -173,25 +181,21 @@ pub fn control_type_name(control_type: ControlType) -> &'static str {
 
 /// Parse a control type name; the error is the reason to report.
 ///
-/// Accepted: `NOT_CONTROLABLE` (S2's spelling), `PEBC`, `FRBC`, `OMBC` — the control types
-/// s2gw has engines for. The long S2 names are accepted too, since people copy them from
-/// the standard.
+/// Accepted: `NOT_CONTROLABLE` (S2's spelling), `PEBC`, `FRBC`, `OMBC`, `PPBC`, `DDBC`.
+/// The long S2 names are accepted too, since people copy them from the standard.
 pub fn parse_control_type(text: &str) -> Result<ControlType, String> {
     match text {
         "NOT_CONTROLABLE" => Ok(ControlType::NotControllable),
         "PEBC" | "POWER_ENVELOPE_BASED_CONTROL" => Ok(ControlType::PowerEnvelopeBasedControl),
         "FRBC" | "FILL_RATE_BASED_CONTROL" => Ok(ControlType::FillRateBasedControl),
         "OMBC" | "OPERATION_MODE_BASED_CONTROL" => Ok(ControlType::OperationModeBasedControl),
+        "PPBC" | "POWER_PROFILE_BASED_CONTROL" => Ok(ControlType::PowerProfileBasedControl),
+        "DDBC" | "DEMAND_DRIVEN_BASED_CONTROL" => Ok(ControlType::DemandDrivenBasedControl),
         "NOT_CONTROLLABLE" => Err(
             "S2 spells it NOT_CONTROLABLE (one L); write that so peers understand it".to_string(),
         ),
-        "PPBC" | "DDBC" | "POWER_PROFILE_BASED_CONTROL" | "DEMAND_DRIVEN_BASED_CONTROL" => {
-            Err(format!(
-                "control type {text} is not supported by s2gw (supported: NOT_CONTROLABLE, PEBC, FRBC, OMBC)"
-            ))
-        }
         _ => Err(format!(
-            "unknown control type `{text}` (expected NOT_CONTROLABLE, PEBC, FRBC or OMBC)"
+            "unknown control type `{text}` (expected NOT_CONTROLABLE, PEBC, FRBC, OMBC, PPBC or DDBC)"
         )),
     }
 }

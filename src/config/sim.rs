@@ -46,7 +46,7 @@ impl Cx<'_> {
             at.err(
                 self.errors,
                 "sim.model",
-                "missing required key (pv, ev, battery, heat_pump or meter)",
+                "missing required key (pv, ev, battery, heat_pump, meter, dishwasher or hybrid_heat_pump)",
             );
             return None;
         };
@@ -95,5 +95,7 @@ fn model_fits_kind(model: SimModel, kind: DeviceKind) -> bool {
             | (SimModel::Battery, DeviceKind::Battery)
             | (SimModel::HeatPump, DeviceKind::HeatPump)
             | (SimModel::Meter, DeviceKind::Meter | DeviceKind::Load)
+            | (SimModel::Dishwasher, DeviceKind::Load)
+            | (SimModel::HybridHeatPump, DeviceKind::HeatPump)
     )
 }

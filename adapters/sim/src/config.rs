@@ -16,6 +16,10 @@ pub enum SimModel {
     HeatPump,
     /// A household meter showing the base load.
     Meter,
+    /// A dishwasher with a task to do within a window (PPBC).
+    Dishwasher,
+    /// A hybrid heat pump: heat pump and gas boiler serving one heat demand (DDBC).
+    HybridHeatPump,
 }
 
 impl SimModel {
@@ -27,6 +31,8 @@ impl SimModel {
             SimModel::Battery => "battery",
             SimModel::HeatPump => "heat_pump",
             SimModel::Meter => "meter",
+            SimModel::Dishwasher => "dishwasher",
+            SimModel::HybridHeatPump => "hybrid_heat_pump",
         }
     }
 }
@@ -89,7 +95,8 @@ pub struct SimConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub initial_soc: Option<f64>,
 
-    /// `heat_pump`: seconds a running state must hold before it may change (default 600).
+    /// `heat_pump`: seconds a running state must hold before it may change (default
+    /// 600). `hybrid_heat_pump`: the compressor's minimum on and off time (default 300).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_on_s: Option<u64>,
     /// `heat_pump`: seconds "blocked" must hold before it may change (default 300).
@@ -103,6 +110,19 @@ pub struct SimConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub noise: Option<f64>,
 
+    /// `dishwasher`: hours from loading by which the task must be done (default 8).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_h: Option<f64>,
+    /// `dishwasher`: minutes after a programme ends until it is loaded again (default 30;
+    /// 0 never).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reload_min: Option<f64>,
+    /// `hybrid_heat_pump`: average heat demand in W thermal (default 5000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heat_demand_w: Option<f64>,
+    /// `hybrid_heat_pump`: the heat pump's coefficient of performance (default 3.5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cop: Option<f64>,
     /// `pv`, `ev`, `meter`: offset of local time from UTC in minutes (default 0), for the
     /// sun curve, the plug schedule and the daily load shape.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -128,10 +148,22 @@ fn given_params(c: &SimConfig) -> Vec<(&'static str, bool, &'static [SimModel])>
         ("min_soc", c.min_soc.is_some(), &[Battery]),
         ("max_soc", c.max_soc.is_some(), &[Battery]),
         ("initial_soc", c.initial_soc.is_some(), &[Battery]),
-        ("min_on_s", c.min_on_s.is_some(), &[HeatPump]),
+        (
+            "min_on_s",
+            c.min_on_s.is_some(),
+            &[HeatPump, HybridHeatPump],
+        ),
         ("min_off_s", c.min_off_s.is_some(), &[HeatPump]),
         ("base_load_w", c.base_load_w.is_some(), &[Meter]),
         ("noise", c.noise.is_some(), &[Meter]),
+        ("window_h", c.window_h.is_some(), &[Dishwasher]),
+        ("reload_min", c.reload_min.is_some(), &[Dishwasher]),
+        (
+            "heat_demand_w",
+            c.heat_demand_w.is_some(),
+            &[HybridHeatPump],
+        ),
+        ("cop", c.cop.is_some(), &[HybridHeatPump]),
         (
             "utc_offset_min",
             c.utc_offset_min.is_some(),
@@ -196,6 +228,10 @@ impl SimConfig {
             min_off_s: None,
             base_load_w: None,
             noise: None,
+            window_h: None,
+            reload_min: None,
+            heat_demand_w: None,
+            cop: None,
             utc_offset_min: None,
         }
     }
@@ -223,6 +259,10 @@ impl SimConfig {
         self.validate_pv(&mut problems);
         self.validate_ev(&mut problems);
         self.validate_battery(&mut problems);
+        check_range(&mut problems, "window_h", self.window_h, 1.0, 48.0);
+        check_range(&mut problems, "reload_min", self.reload_min, 0.0, 1440.0);
+        check_positive(&mut problems, "heat_demand_w", self.heat_demand_w);
+        check_range(&mut problems, "cop", self.cop, 1.0, 10.0);
         self.validate_common(&mut problems);
         problems
     }

@@ -712,3 +712,139 @@ async fn build_falls_back_on_nonsense() {
     let r = read(&mut *bat).await;
     assert_eq!(r.soc, Some(50.0));
 }
+
+// ---- Dishwasher ----
+
+fn dishwasher(clock: Arc<dyn Clock>) -> crate::Dishwasher {
+    crate::Dishwasher::new("dw1", &SimConfig::new(SimModel::Dishwasher), clock)
+}
+
+fn progress(readings: &Readings) -> s2gw_core::device::TaskProgress {
+    readings
+        .task
+        .clone()
+        .expect("a dishwasher always has a task")
+        .progress
+}
+
+#[tokio::test]
+async fn a_dishwasher_left_alone_starts_by_itself_and_is_done_in_time() {
+    use s2gw_core::device::TaskProgress;
+    let (clock, dynamic) = clock_at(DAY);
+    let mut dw = dishwasher(dynamic);
+    let task = read(&mut dw).await.task.unwrap();
+    assert_eq!(task.progress, TaskProgress::Waiting);
+    // Eco takes 130 min: it starts 130 min before the end of the 8 h window.
+    let own_start = task.own_start.duration_since(task.earliest_start).unwrap();
+    assert_eq!(own_start, Duration::from_secs(8 * HOUR - 130 * 60));
+    clock.advance(own_start + Duration::from_secs(60));
+    assert!(
+        matches!(progress(&read(&mut dw).await), TaskProgress::Running { programme, .. } if programme == "eco")
+    );
+    clock.advance(Duration::from_secs(130 * 60));
+    assert!(matches!(
+        progress(&read(&mut dw).await),
+        TaskProgress::Finished { .. }
+    ));
+    // Loaded again after 30 minutes: a new task.
+    clock.advance(Duration::from_secs(31 * 60));
+    let next = read(&mut dw).await.task.unwrap();
+    assert_eq!((next.task_id, next.progress), (2, TaskProgress::Waiting));
+}
+
+#[tokio::test]
+async fn a_dishwasher_runs_the_programme_it_is_told_and_pauses_only_eco() {
+    use s2gw_core::device::TaskProgress;
+    let (clock, dynamic) = clock_at(DAY);
+    let mut dw = dishwasher(dynamic);
+    let quick = Command::StartProgramme {
+        programme: "quick".into(),
+    };
+    dw.apply(&quick).await.unwrap();
+    approx(read(&mut dw).await.power_w, 2100.0, 0.1);
+    refused(dw.apply(&Command::Pause).await);
+    refused(dw.apply(&quick).await);
+    // A new task with Eco: paused, the machine idles; released, it carries on.
+    clock.advance(Duration::from_secs(61 * 60));
+    read(&mut dw).await;
+    dw.apply(&Command::StartProgramme {
+        programme: "eco".into(),
+    })
+    .await
+    .unwrap();
+    clock.advance(Duration::from_secs(600));
+    dw.apply(&Command::Pause).await.unwrap();
+    let paused = read(&mut dw).await;
+    approx(paused.power_w, 5.0, 0.1);
+    assert!(
+        matches!(progress(&paused), TaskProgress::Paused { elapsed_s, .. } if (elapsed_s - 600.0).abs() < 1.0)
+    );
+    dw.apply(&Command::Release).await.unwrap();
+    assert!(matches!(
+        progress(&read(&mut dw).await),
+        TaskProgress::Running { .. }
+    ));
+}
+
+// ---- Hybrid heat pump ----
+
+fn hybrid(clock: Arc<dyn Clock>) -> crate::HybridHeatPump {
+    crate::HybridHeatPump::new("hy1", &SimConfig::new(SimModel::HybridHeatPump), clock)
+}
+
+fn actuator_mode(readings: &Readings, actuator: &str) -> String {
+    readings
+        .demand
+        .as_ref()
+        .and_then(|d| d.actuators.iter().find(|a| a.actuator == actuator))
+        .map(|a| a.mode.clone())
+        .expect("both actuators report")
+}
+
+#[tokio::test]
+async fn a_hybrid_heat_pump_meets_the_demand_with_the_heat_pump_first() {
+    let (_clock, dynamic) = clock_at(DAY + 12 * HOUR);
+    let mut hy = hybrid(dynamic);
+    let readings = read(&mut hy).await;
+    let demand = readings.demand.clone().unwrap();
+    assert!(
+        demand.demand > 1500.0 && demand.demand < 6000.0,
+        "{}",
+        demand.demand
+    );
+    assert_eq!(demand.forecast.len(), 6);
+    assert_eq!(actuator_mode(&readings, "heat_pump"), "on");
+    assert_eq!(actuator_mode(&readings, "boiler"), "off");
+    // The heat pump's electricity is its heat over the COP of 3.5.
+    approx(readings.power_w, demand.demand / 3.5, 50.0);
+}
+
+#[tokio::test]
+async fn a_hybrid_heat_pump_lets_the_boiler_take_over_and_protects_its_compressor() {
+    let (clock, dynamic) = clock_at(DAY + 12 * HOUR);
+    let mut hy = hybrid(dynamic);
+    read(&mut hy).await;
+    let boiler_on = Command::SetActuator {
+        actuator: "boiler".into(),
+        mode: "on".into(),
+        factor: 0.5,
+    };
+    hy.apply(&boiler_on).await.unwrap();
+    let readings = read(&mut hy).await;
+    assert_eq!(
+        actuator_mode(&readings, "heat_pump"),
+        "off",
+        "the boiler covers it all"
+    );
+    approx(readings.power_w, 40.0, 0.1);
+    let heat_pump_on = Command::SetActuator {
+        actuator: "heat_pump".into(),
+        mode: "on".into(),
+        factor: 1.0,
+    };
+    assert!(refused(hy.apply(&heat_pump_on).await).contains("compressor"));
+    clock.advance(Duration::from_secs(301));
+    hy.apply(&heat_pump_on).await.unwrap();
+    hy.apply(&Command::Release).await.unwrap();
+    assert_eq!(actuator_mode(&read(&mut hy).await, "boiler"), "off");
+}
