@@ -21,6 +21,8 @@ const NC: ControlType = ControlType::NotControllable;
 const PEBC: ControlType = ControlType::PowerEnvelopeBasedControl;
 const OMBC: ControlType = ControlType::OperationModeBasedControl;
 const FRBC: ControlType = ControlType::FillRateBasedControl;
+const PPBC: ControlType = ControlType::PowerProfileBasedControl;
+const DDBC: ControlType = ControlType::DemandDrivenBasedControl;
 
 /// How long a control-type description or a measurement may take (poll and measurement
 /// intervals are 1 s in these configs).
@@ -52,6 +54,13 @@ fn device_table(id: &str) -> String {
             "profile = \"sim-heat-pump\"\n[device.sim]\nmodel = \"heat_pump\"\n".to_string()
         }
         "meter" => "profile = \"sim-meter\"\n[device.sim]\nmodel = \"meter\"\n".to_string(),
+        "dishwasher" => {
+            "profile = \"sim-dishwasher\"\n[device.sim]\nmodel = \"dishwasher\"\n".to_string()
+        }
+        "hybrid-heat-pump" => {
+            "profile = \"sim-hybrid-heat-pump\"\n[device.sim]\nmodel = \"hybrid_heat_pump\"\n"
+                .to_string()
+        }
         other => panic!("unknown test device {other}"),
     };
     format!(
@@ -72,7 +81,15 @@ fn config(cem: &TestCem, devices: &[&str]) -> String {
     text
 }
 
-const ALL: [&str; 5] = ["pv", "ev", "battery", "heat-pump", "meter"];
+const ALL: [&str; 7] = [
+    "pv",
+    "ev",
+    "battery",
+    "heat-pump",
+    "meter",
+    "dishwasher",
+    "hybrid-heat-pump",
+];
 
 /// The control types each sim profile offers, in the profile's order of preference.
 fn offered(device: &str) -> Vec<ControlType> {
@@ -82,6 +99,8 @@ fn offered(device: &str) -> Vec<ControlType> {
         "battery" => vec![FRBC, NC],
         "heat-pump" => vec![OMBC, NC],
         "meter" => vec![NC],
+        "dishwasher" => vec![PPBC, NC],
+        "hybrid-heat-pump" => vec![DDBC, NC],
         other => panic!("unknown device {other}"),
     }
 }
@@ -199,6 +218,50 @@ async fn instruct_ok(conn: &mut CemConn, message: impl Into<Message>) -> Id {
         "the status sequence of instruction {id}"
     );
     id
+}
+
+/// Wait for a PPBC.PowerProfileStatus whose one container is in `state` (the appliance
+/// reports each change once it read it back).
+async fn container_state(conn: &mut CemConn, state: &str) {
+    let wanted = format!("\"{state}\"");
+    conn.events()
+        .wait_for(
+            &format!("a PPBC.PowerProfileStatus saying {state}"),
+            |e| match e {
+                CemEvent::Status {
+                    message: Message::PpbcPowerProfileStatus(s),
+                    ..
+                } => s
+                    .sequence_container_status
+                    .iter()
+                    .all(|c| serde_json::to_string(&c.status).is_ok_and(|json| json == wanted)),
+                _ => false,
+            },
+            SOON,
+        )
+        .await;
+}
+
+/// A DDBC.Instruction putting `actuator` in the mode labelled `label` at `factor`.
+fn ddbc_instruction(
+    actuator: &s2_kit::types::ddbc::ActuatorDescription,
+    label: &str,
+    factor: f64,
+) -> s2_kit::types::ddbc::Instruction {
+    let mode = actuator
+        .operation_modes
+        .iter()
+        .find(|m| m.diagnostic_label.as_deref() == Some(label))
+        .unwrap_or_else(|| panic!("no DDBC mode labelled {label:?}"));
+    s2_kit::types::ddbc::Instruction {
+        message_id: Id::generate(),
+        id: Id::generate(),
+        execution_time: Timestamp::now(),
+        abnormal_condition: false,
+        actuator_id: actuator.id,
+        operation_mode_id: mode.id,
+        operation_mode_factor: factor,
+    }
 }
 
 fn near(value: f64, target: f64, tolerance: f64) -> bool {
@@ -467,6 +530,152 @@ async fn every_device_every_control_type(version: ProtocolVersion) {
         select_not_controllable(hp).await;
     }
 
+    // ---- dishwasher: PPBC, Eco scheduled now, its drying paused and resumed -------------
+    {
+        let dishwasher = conns.get_mut("dishwasher").unwrap();
+        dishwasher.select_ready(PPBC).await;
+        let profile = match dishwasher
+            .wait_message(MessageKind::PpbcPowerProfileDefinition, SOON)
+            .await
+        {
+            Message::PpbcPowerProfileDefinition(p) => *p,
+            other => panic!("{:?}", other.kind()),
+        };
+        container_state(dishwasher, "NOT_SCHEDULED").await;
+        let container = &profile.power_sequence_containers[0];
+        assert_eq!(container.power_sequences.len(), 2, "Eco and Quick");
+        let eco = &container.power_sequences[0];
+        assert!(eco.is_interruptible, "Eco's drying may wait");
+        let schedule = s2_kit::types::ppbc::ScheduleInstruction {
+            message_id: Id::generate(),
+            id: Id::generate(),
+            power_profile_id: profile.id,
+            sequence_container_id: container.id,
+            power_sequence_id: eco.id,
+            execution_time: Timestamp::now(),
+            abnormal_condition: false,
+        };
+        dishwasher.events().clear();
+        instruct_ok(dishwasher, schedule.clone()).await;
+        container_state(dishwasher, "EXECUTING").await;
+        dishwasher
+            .wait_power("Eco's first phase (120 W)", |w| near(w, 120.0, 1.0), SOON)
+            .await;
+        // Once it runs, the task cannot be scheduled again.
+        let again = s2_kit::types::ppbc::ScheduleInstruction {
+            message_id: Id::generate(),
+            id: Id::generate(),
+            ..schedule
+        };
+        let again_id = again.id;
+        dishwasher.instruct(again).await;
+        await_status(dishwasher, again_id, "REJECTED").await;
+        let pause = s2_kit::types::ppbc::StartInterruptionInstruction {
+            message_id: Id::generate(),
+            id: Id::generate(),
+            power_profile_id: profile.id,
+            sequence_container_id: container.id,
+            power_sequence_id: eco.id,
+            execution_time: Timestamp::now(),
+            abnormal_condition: false,
+        };
+        instruct_ok(dishwasher, pause).await;
+        container_state(dishwasher, "INTERRUPTED").await;
+        let resume = s2_kit::types::ppbc::EndInterruptionInstruction {
+            message_id: Id::generate(),
+            id: Id::generate(),
+            power_profile_id: profile.id,
+            sequence_container_id: container.id,
+            power_sequence_id: eco.id,
+            execution_time: Timestamp::now(),
+            abnormal_condition: false,
+        };
+        instruct_ok(dishwasher, resume).await;
+        container_state(dishwasher, "EXECUTING").await;
+    }
+
+    // ---- hybrid heat pump: DDBC, the boiler takes the demand, the heat pump stops ------
+    {
+        let hybrid = conns.get_mut("hybrid-heat-pump").unwrap();
+        hybrid.select_ready(DDBC).await;
+        let system = match hybrid
+            .wait_message(MessageKind::DdbcSystemDescription, SOON)
+            .await
+        {
+            Message::DdbcSystemDescription(s) => *s,
+            other => panic!("{:?}", other.kind()),
+        };
+        assert_eq!(system.actuators.len(), 2, "heat pump and gas boiler");
+        // The demand: a field of the description in 0.0.2-beta, a message in 1.0.0.
+        let demand = if version == ProtocolVersion::V0_0_2_BETA {
+            system
+                .present_demand_rate
+                .expect("0.0.2-beta carries the demand")
+        } else {
+            assert!(system.present_demand_rate.is_none());
+            match hybrid
+                .wait_message(MessageKind::DdbcPresentDemandStatus, SOON)
+                .await
+            {
+                Message::DdbcPresentDemandStatus(d) => d.present_demand_rate,
+                other => panic!("{:?}", other.kind()),
+            }
+        };
+        assert!(
+            (2000.0..=8000.0).contains(&demand.start_of_range),
+            "about 5 kW of heat, got {demand:?}"
+        );
+        hybrid
+            .wait_message(MessageKind::DdbcActuatorStatus, SOON)
+            .await;
+        hybrid
+            .wait_message(MessageKind::DdbcAverageDemandRateForecast, SOON)
+            .await;
+        let boiler = system
+            .actuators
+            .iter()
+            .find(|a| a.diagnostic_label.as_deref() == Some("gas boiler"))
+            .unwrap();
+        let boiler_on = ddbc_instruction(boiler, "boiler on", 0.5);
+        hybrid.events().clear();
+        instruct_ok(hybrid, boiler_on).await;
+        // 11.5 kW of gas heat covers the demand: the heat pump stops by itself (its
+        // compressor's minimum time starts), leaving the boiler's pump.
+        hybrid
+            .wait_power(
+                "only the boiler's pump (40 W)",
+                |w| near(w, 40.0, 1.0),
+                SOON,
+            )
+            .await;
+        hybrid
+            .events()
+            .wait_for(
+                "the heat pump's minimum on time",
+                |e| {
+                    matches!(
+                        e,
+                        CemEvent::TimerReported {
+                            actuator: Some(_),
+                            ..
+                        }
+                    )
+                },
+                SOON,
+            )
+            .await;
+        let heat_pump = system
+            .actuators
+            .iter()
+            .find(|a| a.diagnostic_label.as_deref() == Some("heat pump"))
+            .unwrap();
+        let back_on = ddbc_instruction(heat_pump, "heat pump on", 1.0);
+        let back_on_id = back_on.id;
+        hybrid.instruct(back_on).await;
+        await_status(hybrid, back_on_id, "REJECTED").await;
+        select_not_controllable(hybrid).await;
+    }
+
     // (d) Every message the CEM sent got its ReceptionStatus, OK unless sent bad on
     // purpose; (e) everything the gateway sent validates against this version's schema;
     // (a) every id the gateway used is a UUID.
@@ -505,6 +714,12 @@ async fn every_device_every_control_type(version: ProtocolVersion) {
         "FRBC.SystemDescription",
         "FRBC.ActuatorStatus",
         "FRBC.StorageStatus",
+        "PPBC.PowerProfileDefinition",
+        "PPBC.PowerProfileStatus",
+        "DDBC.SystemDescription",
+        "DDBC.ActuatorStatus",
+        "DDBC.AverageDemandRateForecast",
+        "DDBC.TimerStatus",
     ] {
         assert!(
             seen_types.contains(kind),
