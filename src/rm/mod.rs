@@ -4,9 +4,21 @@
 //! A virtual RM hosts s2-kit's sans-IO [`RmSession`](s2gw_core::s2::RmSession) (a new
 //! one for every CEM link that comes up), turns the device's [`Readings`] into S2
 //! messages and S2 instructions into device [`Command`](s2gw_core::Command)s at their
-//! `execution_time`. It is one tokio task ([`spawn_virtual_rm`]); its state is published
-//! through a watch channel as an [`RmView`] for the demo view, the MQTT mirror and
-//! metrics.
+//! `execution_time`. Its state is published through a watch channel as an [`RmView`]
+//! for the demo view, the MQTT mirror and metrics.
+//!
+//! # Layout
+//!
+//! - `core/`: the sans-IO core: bus events, device read and write results and `now` in;
+//!   bus events and device calls out, and the next deadline. All decisions live here.
+//! - `driver.rs`: the thin async loop around the core that does the I/O: one tokio task
+//!   per device ([`spawn_virtual_rm`]).
+//! - `control/`: one module per control type, each owning its description, its state
+//!   and its instruction handling; the core asks the selected one. A new control type is
+//!   a module and one arm in `control::module_for`.
+//! - `plan.rs` (waiting and active instructions), `describe.rs` (ResourceManagerDetails,
+//!   what is offered), `measure.rs` (PowerMeasurement), `ids.rs` (stable UUIDs),
+//!   `clock.rs`.
 //!
 //! # Control types
 //!
@@ -14,18 +26,14 @@
 //! |---|---|---|---|
 //! | `NotControllable` | NOT_CONTROLABLE | PowerMeasurement | — |
 //! | `PowerEnvelope` | PEBC | PEBC.PowerConstraints (UPPER and LOWER ranges) | `LimitPower` per envelope element, `Release` at its end |
-//! | `Storage` | FRBC | FRBC.SystemDescription, ActuatorStatus, StorageStatus | `SetPower` |
-//! | `OperationModes` | OMBC | OMBC.SystemDescription (min on/off timers), OMBC.Status | the mode's command |
+//! | `Storage` | FRBC | FRBC.StorageStatus, SystemDescription, ActuatorStatus | `SetPower` |
+//! | `OperationModes` | OMBC | OMBC.SystemDescription (min on/off timers), OMBC.Status, running TimerStatus | the mode's command |
+//! | `PowerProfile` | PPBC | PPBC.PowerProfileDefinition (one container, a sequence per programme), PowerProfileStatus | `StartProgramme`, `Pause`, `Resume` |
+//! | `DemandDriven` | DDBC | DDBC.SystemDescription (an actuator per device actuator), PresentDemandStatus (1.0.0), ActuatorStatus, AverageDemandRateForecast | `SetActuator` |
 //!
 //! PowerMeasurement flows for every control type: on a change of more than
 //! max(10 W, 2 %) and at least every `measurement_interval`, never while the device is
 //! unavailable.
-//!
-//! PPBC and DDBC are not offered. PPBC would need a device that describes a task as a
-//! sequence of power profiles with start windows (a washing-machine programme) and a way
-//! to start, pause and resume it; DDBC would need a demand model (a heat demand in W
-//! thermal or a flow rate) and actuators with supply rates. Neither exists in
-//! `s2gw_core::device` yet.
 //!
 //! # Instructions
 //!
