@@ -1,5 +1,15 @@
 //! The link core: what every S2 transport (WebSocket client, WebSocket server, S2 over
-//! MQTT, either side) does between its socket and the bus.
+//! MQTT, either side) does between its socket and the bus, written once.
+//!
+//! - [`LinkState`]: one link across its connections — the `Up`/`Down` pairing towards
+//!   the bus, the other side's presence, the RM side's frames ([`SessionFrames`]) and
+//!   the open connection's session.
+//! - [`LinkSession`]: one connection's S2 session — the [`Edge`](crate::Edge) every
+//!   inbound text passes, the ReceptionStatus a refusal earns, the tolerated quirks
+//!   (said once per session) and the refusal log throttle ([`RefusalLog`]).
+//!
+//! Both are sans-IO: they take [`Now`] and return what to send; each transport's async
+//! loop only moves bytes and events.
 //!
 //! ## The RM side's frames
 //!
@@ -18,6 +28,43 @@
 //! both and sorts every frame into *send now*, *wait for the next connection* or
 //! *stale*.
 
+use std::time::Instant;
+
+use crate::s2::Timestamp;
+
 mod frames;
+mod refusals;
+mod session;
+mod state;
 
 pub use frames::{Admission, SessionFrames};
+pub use refusals::{
+    DEFAULT_INDIVIDUAL, DEFAULT_SUMMARY_INTERVAL, Logged, RefusalLog, Summary, rule_of,
+};
+pub use session::{Inbound, LinkSession, Refusal};
+pub use state::{FromBus, LinkState, Opened};
+
+/// Frames of the RM side that wait for a CEM-side connection, at most. A native RM's
+/// Handshake arrives before the CEM link is up; a flood of more than this is stale by the
+/// time it could go.
+pub const QUEUE_LIMIT: usize = 256;
+
+/// The two clocks the link core reads, read once by the driver per event: the wall clock
+/// for S2 (message timestamps, the edge's checks) and the monotonic one for intervals.
+#[derive(Debug, Clone, Copy)]
+pub struct Now {
+    /// Wall-clock time, as S2 sees it.
+    pub wall: Timestamp,
+    /// Monotonic time, for throttles.
+    pub mono: Instant,
+}
+
+impl Now {
+    /// Both clocks, now. For drivers; nothing in the core calls it outside tests.
+    pub fn read() -> Self {
+        Self {
+            wall: Timestamp::now(),
+            mono: Instant::now(),
+        }
+    }
+}
