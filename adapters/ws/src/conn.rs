@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use s2gw_core::{
-    BusEvent, CancellationToken, Endpoint, Frame, FromBus, Inbound, LinkState, Now, Refusal,
-    Rejection,
+    BusEvent, CancellationToken, Endpoint, Frame, FromBus, LinkState, Now, Refusal, Rejection,
+    Verdict,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
@@ -211,11 +211,11 @@ where
                 match message {
                     WsMessage::Text(text) => {
                         let step = match link.state.inbound(text.as_str(), Now::read()) {
-                            Inbound::Deliver(frame) => {
+                            Verdict::Deliver(frame) => {
                                 *exchanged = true;
                                 to_bus(ws, link, BusEvent::Frame(frame)).await
                             }
-                            Inbound::Refuse(refusal) => answer(ws, link, refusal).await,
+                            Verdict::Refuse(refusal) => answer(ws, link, refusal).await,
                         };
                         if let Err(end) = step {
                             return end;

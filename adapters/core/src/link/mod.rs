@@ -41,7 +41,7 @@ pub use frames::{Admission, SessionFrames};
 pub use refusals::{
     DEFAULT_INDIVIDUAL, DEFAULT_SUMMARY_INTERVAL, Logged, RefusalLog, Summary, rule_of,
 };
-pub use session::{Inbound, LinkSession, Refusal};
+pub use session::{LinkSession, Refusal, Verdict};
 pub use state::{FromBus, LinkState, Opened};
 
 /// Frames of the RM side that wait for a CEM-side connection, at most. A native RM's

@@ -12,7 +12,7 @@ use crate::s2::{EnergyManagementRole, Frame, Rejection};
 
 /// What to do with one inbound text.
 #[derive(Debug)]
-pub enum Inbound {
+pub enum Verdict {
     /// It passed the edge: hand `BusEvent::Frame` of it to the bus.
     Deliver(Frame),
     /// It was refused: answer and tell the taps.
@@ -51,16 +51,16 @@ impl LinkSession {
     }
 
     /// Judge one inbound text frame.
-    pub fn inbound(&mut self, text: &str, now: Now) -> Inbound {
+    pub fn inbound(&mut self, text: &str, now: Now) -> Verdict {
         match self.edge.inbound(text, now.wall) {
             Ok(frame) => {
                 debug!(label = %self.refusals.label, kind = ?frame.kind(), "received");
                 for quirk in self.edge.take_quirks() {
                     info!(label = %self.refusals.label, %quirk, "tolerated (said once per session)");
                 }
-                Inbound::Deliver(frame)
+                Verdict::Deliver(frame)
             }
-            Err(rejection) => Inbound::Refuse(self.refuse(rejection, now)),
+            Err(rejection) => Verdict::Refuse(self.refuse(rejection, now)),
         }
     }
 
@@ -168,7 +168,7 @@ mod tests {
     fn a_good_frame_is_delivered() {
         let mut session = session();
         match session.inbound(CEM_HANDSHAKE, Now::read()) {
-            Inbound::Deliver(frame) => assert_eq!(frame.kind(), MessageKind::Handshake),
+            Verdict::Deliver(frame) => assert_eq!(frame.kind(), MessageKind::Handshake),
             other => panic!("expected delivery, got {other:?}"),
         }
     }
@@ -176,7 +176,7 @@ mod tests {
     #[test]
     fn a_bad_frame_is_answered_and_shown_to_the_taps() {
         let mut session = session();
-        let Inbound::Refuse(refusal) = session.inbound("not json", Now::read()) else {
+        let Verdict::Refuse(refusal) = session.inbound("not json", Now::read()) else {
             panic!("not json must be refused");
         };
         let reply = refusal.reply.expect("a ReceptionStatus to send back");
@@ -195,7 +195,7 @@ mod tests {
         // And the session goes on.
         assert!(matches!(
             session.inbound(CEM_HANDSHAKE, Now::read()),
-            Inbound::Deliver(_)
+            Verdict::Deliver(_)
         ));
     }
 
@@ -203,7 +203,7 @@ mod tests {
     fn a_refused_reception_status_gets_no_reply_but_the_taps_see_it() {
         let mut session = session();
         let text = r#"{"message_type":"ReceptionStatus","status":"BOGUS"}"#;
-        let Inbound::Refuse(refusal) = session.inbound(text, Now::read()) else {
+        let Verdict::Refuse(refusal) = session.inbound(text, Now::read()) else {
             panic!("a bad ReceptionStatus must be refused");
         };
         assert!(refusal.reply.is_none());

@@ -8,7 +8,7 @@ use std::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::frames::{Admission, SessionFrames};
-use super::session::{Inbound, LinkSession, Refusal, Refusals};
+use super::session::{LinkSession, Refusal, Refusals, Verdict};
 use super::{Now, QUEUE_LIMIT};
 use crate::bus::BusEvent;
 use crate::s2::{EnergyManagementRole, Frame, Id, ReceptionStatusValues, Rejection};
@@ -207,7 +207,7 @@ impl LinkState {
 
     /// Judge one inbound text: by the open session's edge, or, with no session open, by
     /// a fresh edge and refused as it deserves or told to wait (TEMPORARY_ERROR).
-    pub fn inbound(&mut self, text: &str, now: Now) -> Inbound {
+    pub fn inbound(&mut self, text: &str, now: Now) -> Verdict {
         if let Some(session) = self.session.as_mut() {
             return session.inbound(text, now);
         }
@@ -221,7 +221,7 @@ impl LinkState {
                 diagnostic: self.outside_hint.clone(),
             },
         };
-        Inbound::Refuse(self.outside.refuse(rejection, now.mono))
+        Verdict::Refuse(self.outside.refuse(rejection, now.mono))
     }
 
     /// Refuse what the transport could not read as S2 text (see [`LinkSession::refuse`]).
@@ -406,7 +406,7 @@ mod tests {
     fn outside_a_session_good_frames_are_told_to_wait_and_bad_ones_refused() {
         let mut link = facing_cem().with_outside_hint("see the state topic");
         let hello = r#"{"message_type":"Handshake","message_id":"3d0a7e1c-1111-4a2b-9c3d-000000000010","role":"CEM","supported_protocol_versions":["1.0.0"]}"#;
-        let Inbound::Refuse(refusal) = link.inbound(hello, Now::read()) else {
+        let Verdict::Refuse(refusal) = link.inbound(hello, Now::read()) else {
             panic!("nothing is delivered outside a session");
         };
         match refusal.tap {
@@ -421,7 +421,7 @@ mod tests {
             }
             other => panic!("expected Rejected, got {other:?}"),
         }
-        let Inbound::Refuse(refusal) = link.inbound("nope", Now::read()) else {
+        let Verdict::Refuse(refusal) = link.inbound("nope", Now::read()) else {
             panic!("not json is refused");
         };
         assert!(matches!(
@@ -436,7 +436,7 @@ mod tests {
         link.open();
         assert!(matches!(
             link.inbound(hello, Now::read()),
-            Inbound::Deliver(_)
+            Verdict::Deliver(_)
         ));
     }
 
