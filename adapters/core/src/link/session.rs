@@ -113,7 +113,7 @@ impl Refusals {
                 status = ?rejection.status,
                 diagnostic = %rejection.diagnostic,
                 "refused an inbound frame{}",
-                if last { " (further refusals in this session are only counted)" } else { "" }
+                if last { " (further refusals are counted and summarised)" } else { "" }
             ),
             Logged::Counted => {}
         }
