@@ -20,7 +20,7 @@ pub mod secret;
 pub use backoff::Backoff;
 pub use bus::{BusEvent, Endpoint, EndpointPeer, Rejection, Side};
 pub use device::{Command, Device, DeviceError, DeviceStatus, Readings};
-pub use link::{Admission, SessionFrames};
+pub use link::{Admission, FromBus, LinkSession, LinkState, Now, Refusal, SessionFrames, Verdict};
 pub use s2::{Edge, Frame, Quirk};
 pub use secret::Secret;
 

@@ -121,6 +121,17 @@ pub struct Rejection {
 }
 
 impl Rejection {
+    /// A frame that could not be read as S2 text at all (binary, not UTF-8): INVALID_DATA
+    /// with the nil subject, as for any frame without a readable id.
+    pub fn unreadable(diagnostic: String) -> Self {
+        Self {
+            kind: None,
+            status: ReceptionStatusValues::InvalidData,
+            subject: Id::NIL,
+            diagnostic,
+        }
+    }
+
     /// The ReceptionStatus to send back, or `None` for a refused ReceptionStatus (a
     /// ReceptionStatus is never answered).
     pub fn reply(&self) -> Option<Frame> {

@@ -12,11 +12,10 @@ use std::collections::{HashSet, VecDeque};
 use std::hash::{DefaultHasher, Hash, Hasher};
 
 use bytes::Bytes;
-use s2gw_core::s2::{
-    EnergyManagementRole, Id, Message, MessageKind, ReceptionStatusValues, Timestamp, decode,
-};
+use s2gw_core::s2::{EnergyManagementRole, Message, MessageKind, decode};
 use s2gw_core::{
-    Admission, BusEvent, CancellationToken, Edge, Endpoint, Frame, Rejection, SessionFrames, Side,
+    BusEvent, CancellationToken, Endpoint, Frame, FromBus, LinkState, Now, Refusal, Rejection,
+    Side, Verdict,
 };
 use serde_json::json;
 use tokio::sync::watch;
@@ -25,9 +24,6 @@ use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
 use crate::client::{Inbound, LinkStatus, MqttHandle, Subscription};
-
-/// Frames from the bus that wait for a session, at most (as in the WebSocket adapter).
-const QUEUE_LIMIT: usize = 256;
 
 /// Inbound payloads remembered to drop QoS 1 redeliveries.
 const DEDUPE_WINDOW: usize = 1024;
@@ -83,10 +79,9 @@ impl Peer {
     }
 }
 
-/// One open session.
+/// What S2 over MQTT adds to an open session (the link core holds its edge).
 struct Open {
     id: uuid::Uuid,
-    edge: Edge,
     /// The peer's Handshake passed in this session: another one starts a new session.
     peer_hello_seen: bool,
     version: Option<String>,
@@ -137,21 +132,18 @@ struct Topics {
 
 struct Slot {
     handle: MqttHandle,
-    label: String,
     /// The side the gateway plays on MQTT.
     side: Side,
     topics: Topics,
     endpoint: Endpoint,
     shutdown: CancellationToken,
-    /// The bus side is ready: the RM side sent `Up` (CEM link); always for a native RM.
-    other_up: bool,
+    /// The link core: the other side's presence, the RM side's frames, the Up/Down
+    /// pairing and the open session's edge. Open exactly while `session` is set.
+    link: LinkState,
     peer: Peer,
     session: Option<Open>,
     /// The peer's Handshake that arrived outside a session: it opens the next one.
     held_hello: Option<String>,
-    /// Towards a CEM: the RM side's frames that wait for a session, sorted from those of
-    /// a session that is over. Unused towards a native RM.
-    rm_frames: SessionFrames,
     dedupe: Dedupe,
     /// After a TERMINATE: no new session before this, unless the peer asks for one.
     hold_until: Option<Instant>,
@@ -183,30 +175,31 @@ impl Slot {
             Side::Rm => format!("{resource_id} mqtt-cem-link"),
             Side::Cem => format!("{resource_id} mqtt-native-rm"),
         };
+        // The edge faces the peer on MQTT: a CEM when the gateway is the RM side there.
+        let peer_role = match side {
+            Side::Rm => EnergyManagementRole::Cem,
+            Side::Cem => EnergyManagementRole::Rm,
+        };
+        let hint = format!(
+            "no S2 session is open for this resource (see {})",
+            topics.state
+        );
+        let link =
+            LinkState::new(peer_role, handle.max_frame_bytes(), label).with_outside_hint(hint);
         Self {
             handle,
-            label,
             side,
             topics,
             endpoint,
             shutdown,
-            other_up: side == Side::Cem,
+            link,
             peer: Peer::Unknown,
             session: None,
             held_hello: None,
-            rm_frames: SessionFrames::new(QUEUE_LIMIT),
             dedupe: Dedupe::default(),
             hold_until: None,
             mqtt_lost_at: None,
             reason: None,
-        }
-    }
-
-    /// The role of the peer, which the edge faces.
-    fn peer_role(&self) -> EnergyManagementRole {
-        match self.side {
-            Side::Rm => EnergyManagementRole::Cem,
-            Side::Cem => EnergyManagementRole::Rm,
         }
     }
 
@@ -217,7 +210,7 @@ impl Slot {
             .split('/')
             .all(|level| crate::topic::level_problem(level).is_none());
         if !resource_ok {
-            error!(label = %self.label, "the resource id cannot be part of an MQTT topic: link not started");
+            error!(label = %self.link.label(), "the resource id cannot be part of an MQTT topic: link not started");
             return;
         }
         let subscribed = async {
@@ -232,7 +225,7 @@ impl Slot {
             return;
         };
         let mut status = self.handle.status();
-        info!(label = %self.label, topic = %self.topics.out, "S2 over MQTT started");
+        info!(label = %self.link.label(), topic = %self.topics.out, "S2 over MQTT started");
         if self.publish_state().await.is_ok() {
             let _ = self.event_loop(&mut data, &mut peer, &mut status).await;
         }
@@ -274,15 +267,14 @@ impl Slot {
     /// The task ends: say so on the state topic (best effort; the bridge LWT covers a
     /// crash) and pair an open session's `Up` with a `Down`.
     fn stop(&mut self) {
-        if self.session.take().is_some() {
-            let _ = self.endpoint.tx.try_send(BusEvent::Down {
-                reason: "gateway shutting down".to_string(),
-            });
+        self.session = None;
+        if let Some(down) = self.link.close("gateway shutting down") {
+            let _ = self.endpoint.tx.try_send(down);
         }
         let payload = self.state_json("offline");
         self.handle
             .try_publish_retained(&self.topics.state, payload);
-        info!(label = %self.label, "S2 over MQTT stopped");
+        info!(label = %self.link.label(), "S2 over MQTT stopped");
     }
 
     fn next_deadline(&self) -> Option<Instant> {
@@ -290,14 +282,16 @@ impl Slot {
             (true, Some(at)) => Some(at + self.handle.session_grace()),
             _ => None,
         };
-        match (grace, self.hold_until) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let summary = self.link.summary_due().map(Instant::from_std);
+        [grace, self.hold_until, summary]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     async fn on_timer(&mut self) -> Flow {
         let now = Instant::now();
+        self.link.tick(now.into_std());
         if self.hold_until.is_some_and(|t| t <= now) {
             self.hold_until = None;
         }
@@ -305,7 +299,7 @@ impl Slot {
             .mqtt_lost_at
             .is_some_and(|at| at + self.handle.session_grace() <= now);
         if expired && self.session.is_some() {
-            warn!(label = %self.label, "broker unreachable for longer than the session grace: session ended");
+            warn!(label = %self.link.label(), "broker unreachable for longer than the session grace: session ended");
             self.end_session("the MQTT connection was lost for longer than the session grace")
                 .await?;
         }
@@ -325,27 +319,17 @@ impl Slot {
     }
 
     async fn on_bus(&mut self, event: BusEvent) -> Flow {
-        match event {
-            BusEvent::Up => {
-                if self.side == Side::Rm {
-                    self.other_up = true;
-                    self.rm_frames.rm_changed();
-                }
-            }
-            BusEvent::Down { reason } => {
-                debug!(label = %self.label, %reason, "the other side went down");
-                if self.side == Side::Rm {
-                    self.other_up = false;
-                    self.rm_frames.rm_changed();
-                }
+        match self.link.from_bus(event) {
+            FromBus::Send(frame) => self.send(&frame).await?,
+            FromBus::OtherSideDown { reason } => {
+                debug!(label = %self.link.label(), %reason, "the other side went down");
                 if self.session.is_some() {
                     self.end_session("the other side of the session is gone")
                         .await?;
                 }
             }
-            BusEvent::Frame(frame) => self.on_bus_frame(frame).await?,
-            BusEvent::Close { reconnect, reason } => {
-                info!(label = %self.label, reconnect, %reason, "the session is closed");
+            FromBus::Close { reconnect, reason } => {
+                info!(label = %self.link.label(), reconnect, %reason, "the session is closed");
                 if !reconnect {
                     // TERMINATE: offering a new session at once would just start another
                     // one; wait, unless the peer asks first.
@@ -360,29 +344,8 @@ impl Slot {
                     self.end_session(why).await?;
                 }
             }
-            // Refusals are for the taps.
-            BusEvent::Rejected(_) => {}
-        }
-        Ok(())
-    }
-
-    async fn on_bus_frame(&mut self, frame: Frame) -> Flow {
-        match self.side {
-            Side::Rm => match self.rm_frames.admit(frame) {
-                Admission::Send(frame) => return self.send(&frame).await,
-                Admission::Queued => {}
-                Admission::QueuedDroppingOldest => {
-                    warn!(label = %self.label, "no session and the queue is full: dropped the oldest frame");
-                }
-                Admission::Stale(frame) => {
-                    debug!(label = %self.label, kind = ?frame.kind(), "dropping a frame of an ended session");
-                }
-            },
-            Side::Cem if self.session.is_some() => return self.send(&frame).await,
-            // A CEM frame for a native RM without a session belongs to a session that is over.
-            Side::Cem => {
-                debug!(label = %self.label, kind = ?frame.kind(), "no session: frame dropped")
-            }
+            // The link core noted an Up; frames that wait or were dropped need nothing.
+            FromBus::OtherSideUp | FromBus::Nothing => {}
         }
         Ok(())
     }
@@ -400,7 +363,7 @@ impl Slot {
                 })
         };
         let Some(state) = state else {
-            warn!(label = %self.label, bytes = message.payload.len(), "peer presence is not a JSON state online or offline: ignored");
+            warn!(label = %self.link.label(), bytes = message.payload.len(), "peer presence is not a JSON state online or offline: ignored");
             return Ok(());
         };
         self.set_peer(state).await
@@ -410,7 +373,7 @@ impl Slot {
         if state == self.peer {
             return Ok(());
         }
-        info!(label = %self.label, peer = state.as_str(), "peer presence changed");
+        info!(label = %self.link.label(), peer = state.as_str(), "peer presence changed");
         self.peer = state;
         match state {
             Peer::Online => self.hold_until = None,
@@ -427,21 +390,22 @@ impl Slot {
     async fn on_data(&mut self, message: Inbound) -> Flow {
         if message.retained {
             // A retained S2 message would replay to every new subscriber forever.
-            warn!(label = %self.label, "retained S2 message ignored (S2 messages must not be retained)");
+            warn!(label = %self.link.label(), "retained S2 message ignored (S2 messages must not be retained)");
             return Ok(());
         }
         if self.dedupe.repeated(&message.payload) {
-            debug!(label = %self.label, "duplicate payload (QoS 1 redelivery): dropped");
+            debug!(label = %self.link.label(), "duplicate payload (QoS 1 redelivery): dropped");
             return Ok(());
         }
         let text = match std::str::from_utf8(&message.payload) {
             Ok(text) => text.to_string(),
             Err(_) => {
-                let rejection = invalid_data(format!(
+                let rejection = Rejection::unreadable(format!(
                     "payload of {} bytes is not UTF-8 text",
                     message.payload.len()
                 ));
-                return self.refuse(rejection).await;
+                let refusal = self.link.refuse(rejection, Now::read());
+                return self.answer(refusal).await;
             }
         };
         if is_handshake(&text) {
@@ -459,108 +423,75 @@ impl Slot {
                 return Ok(());
             }
         }
-        if self.session.is_some() {
-            self.inbound_in_session(&text).await
-        } else {
-            self.inbound_outside(&text).await
-        }
+        self.inbound(&text).await
     }
 
-    async fn inbound_in_session(&mut self, text: &str) -> Flow {
-        let Some(open) = self.session.as_mut() else {
-            return Ok(());
-        };
-        match open.edge.inbound(text, Timestamp::now()) {
-            Ok(frame) => {
-                if frame.kind() == MessageKind::Handshake {
-                    open.peer_hello_seen = true;
+    /// Judge one inbound text (in the open session, or refused outside one) and hand it
+    /// to the bus or answer it.
+    async fn inbound(&mut self, text: &str) -> Flow {
+        match self.link.inbound(text, Now::read()) {
+            Verdict::Deliver(frame) => {
+                // Only an open session delivers.
+                if let Some(open) = self.session.as_mut() {
+                    if frame.kind() == MessageKind::Handshake {
+                        open.peer_hello_seen = true;
+                    }
+                    if observe(open, frame.message()) {
+                        self.publish_state().await?;
+                    }
                 }
-                for quirk in open.edge.take_quirks() {
-                    info!(label = %self.label, %quirk, "tolerated (said once per session)");
-                }
-                if observe(open, frame.message()) {
-                    self.publish_state().await?;
-                }
-                debug!(label = %self.label, kind = ?frame.kind(), "received");
                 self.tell_bus(BusEvent::Frame(frame)).await
             }
-            Err(rejection) => self.refuse(rejection).await,
+            Verdict::Refuse(refusal) => self.answer(refusal).await,
         }
-    }
-
-    /// A message while no session is open: judged by a fresh edge; refused as it
-    /// deserves, or told to wait (TEMPORARY_ERROR).
-    async fn inbound_outside(&mut self, text: &str) -> Flow {
-        let mut scratch = Edge::new(self.peer_role(), self.handle.max_frame_bytes());
-        let rejection = match scratch.inbound(text, Timestamp::now()) {
-            Err(rejection) => rejection,
-            Ok(frame) => Rejection {
-                kind: Some(frame.kind()),
-                status: ReceptionStatusValues::TemporaryError,
-                subject: frame.id().unwrap_or(Id::NIL),
-                diagnostic: format!(
-                    "no S2 session is open for this resource (see {})",
-                    self.topics.state
-                ),
-            },
-        };
-        self.refuse(rejection).await
     }
 
     /// Answer a refused payload on the gateway's topic and show the refusal to the taps.
-    async fn refuse(&mut self, rejection: Rejection) -> Flow {
-        warn!(
-            label = %self.label,
-            kind = ?rejection.kind,
-            status = ?rejection.status,
-            diagnostic = %rejection.diagnostic,
-            "refused an inbound S2 payload"
-        );
-        if let Some(reply) = rejection.reply() {
-            self.send(&reply).await?;
+    async fn answer(&mut self, refusal: Refusal) -> Flow {
+        if let Some(reply) = &refusal.reply {
+            self.send(reply).await?;
         }
-        self.tell_bus(BusEvent::Rejected(rejection)).await
+        self.tell_bus(refusal.tap).await
     }
 
     async fn try_open(&mut self, connected: bool) -> Flow {
         let ready = self.session.is_none()
-            && self.other_up
+            && self.link.other_up()
             && self.peer == Peer::Online
             && self.hold_until.is_none()
             && connected;
         if !ready {
             return Ok(());
         }
+        let opened = self.link.open();
         let open = Open {
             id: uuid::Uuid::new_v4(),
-            edge: Edge::new(self.peer_role(), self.handle.max_frame_bytes()),
             peer_hello_seen: false,
             version: None,
             control_type: None,
         };
-        info!(label = %self.label, session = %open.id, "S2 session open");
+        info!(label = %self.link.label(), session = %open.id, "S2 session open");
         self.session = Some(open);
         self.reason = None;
-        self.tell_bus(BusEvent::Up).await?;
+        self.tell_bus(opened.up).await?;
         self.publish_state().await?;
-        for frame in self.rm_frames.connected() {
-            self.send(&frame).await?;
+        for frame in &opened.waiting {
+            self.send(frame).await?;
         }
         if let Some(hello) = self.held_hello.take() {
-            self.inbound_in_session(&hello).await?;
+            self.inbound(&hello).await?;
         }
         Ok(())
     }
 
     async fn end_session(&mut self, reason: &str) -> Flow {
         if let Some(open) = self.session.take() {
-            self.rm_frames.disconnected();
-            info!(label = %self.label, session = %open.id, %reason, "S2 session ended");
+            let down = self.link.close(reason);
+            info!(label = %self.link.label(), session = %open.id, %reason, "S2 session ended");
             self.reason = Some(reason.to_string());
-            self.tell_bus(BusEvent::Down {
-                reason: reason.to_string(),
-            })
-            .await?;
+            if let Some(down) = down {
+                self.tell_bus(down).await?;
+            }
             self.publish_state().await?;
         }
         Ok(())
@@ -570,10 +501,10 @@ impl Slot {
     async fn send(&mut self, frame: &Frame) -> Flow {
         let mut changed = false;
         if let Some(open) = self.session.as_mut() {
-            open.edge.outbound(frame, Timestamp::now());
+            self.link.outbound(frame, Now::read());
             changed = observe(open, frame.message());
         }
-        debug!(label = %self.label, kind = ?frame.kind(), "sending");
+        debug!(label = %self.link.label(), kind = ?frame.kind(), "sending");
         let payload = Bytes::copy_from_slice(frame.text().as_bytes());
         let publish = self.handle.publish(self.topics.out.clone(), payload);
         tokio::select! {
@@ -652,15 +583,6 @@ fn observe(open: &mut Open, message: &Message) -> bool {
 
 fn is_handshake(text: &str) -> bool {
     text.contains("\"Handshake\"") && decode(text).is_ok_and(|m| m.kind() == MessageKind::Handshake)
-}
-
-fn invalid_data(diagnostic: String) -> Rejection {
-    Rejection {
-        kind: None,
-        status: ReceptionStatusValues::InvalidData,
-        subject: Id::NIL,
-        diagnostic,
-    }
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

@@ -499,3 +499,224 @@ async fn no_s2_message_is_lost_across_a_broker_restart_and_the_session_resumes()
     gw.shutdown.cancel();
     let _ = Duration::ZERO;
 }
+
+fn rm_handshake() -> Frame {
+    let mut rm = RmSession::new(RmConfig::default(), s2_kit::testing::battery_details());
+    rm.open(Timestamp::now());
+    drain_rm(&mut rm)
+        .into_iter()
+        .find(|f| f.kind() == MessageKind::Handshake)
+        .unwrap()
+}
+
+fn cem_handshake() -> Frame {
+    let mut c = CemSession::new(CemConfig::default());
+    c.open(Timestamp::now());
+    Frame::from_own_text(c.poll_transmit().unwrap().text).unwrap()
+}
+
+/// A marker from the RM side whose id tells one frame from another.
+fn rm_measurement() -> Frame {
+    let text = format!(
+        r#"{{"message_type":"PowerMeasurement","message_id":"{}","measurement_timestamp":"2025-01-01T00:00:00Z","values":[{{"commodity_quantity":"ELECTRIC.POWER.L1","value":1}}]}}"#,
+        uuid::Uuid::new_v4()
+    );
+    Frame::from_own_text(text).unwrap()
+}
+
+/// A marker from the CEM side whose id tells one frame from another.
+fn cem_handshake_response() -> Frame {
+    let text = format!(
+        r#"{{"message_type":"HandshakeResponse","message_id":"{}","selected_protocol_version":"0.0.2-beta"}}"#,
+        uuid::Uuid::new_v4()
+    );
+    Frame::from_own_text(text).unwrap()
+}
+
+async fn expect_bus_up(bus: &mut EndpointPeer) {
+    match next_non_rejected(bus).await {
+        BusEvent::Up => {}
+        other => panic!("expected Up, got {other:?}"),
+    }
+}
+
+async fn expect_bus_down(bus: &mut EndpointPeer) {
+    match next_non_rejected(bus).await {
+        BusEvent::Down { .. } => {}
+        other => panic!("expected Down, got {other:?}"),
+    }
+}
+
+/// The link core's stale-frame promise, seen from the peer: the session opens with
+/// `hello` and then `marker` on `topic`, exactly these two first.
+async fn assert_opens_with(peer: &mut Peer, topic: &str, hello: &Frame, marker: &Frame) {
+    let mut next = async || {
+        let (payload, _) = peer.next_on(topic).await;
+        decode(std::str::from_utf8(&payload).unwrap()).unwrap()
+    };
+    let first = next().await;
+    assert_eq!(
+        (first.kind(), first.id()),
+        (MessageKind::Handshake, hello.id()),
+        "the session must open with its own Handshake"
+    );
+    let second = next().await;
+    assert_eq!(
+        (second.kind(), second.id()),
+        (marker.kind(), marker.id()),
+        "exactly one Handshake, then the next frame of this session"
+    );
+}
+
+/// The link core's refusal promise on MQTT: malformed payloads on `inbound` get
+/// INVALID_DATA and INVALID_MESSAGE on `replies`, the bus sees `Rejected` for each, and
+/// the session stays up: `valid` then reaches the bus as a frame of `kind`.
+async fn assert_refuses_and_goes_on(
+    peer: &mut Peer,
+    (inbound, replies): (&str, &str),
+    bus: &mut EndpointPeer,
+    valid: &str,
+    kind: MessageKind,
+) {
+    let status = async |peer: &mut Peer| {
+        let (payload, _) = peer.next_on(replies).await;
+        match decode(std::str::from_utf8(&payload).unwrap()).unwrap() {
+            Message::ReceptionStatus(status) => status.status,
+            other => panic!("expected a ReceptionStatus, got {:?}", other.kind()),
+        }
+    };
+    peer.publish(inbound, "{not json", false).await;
+    assert_eq!(status(peer).await, ReceptionStatusValues::InvalidData);
+    assert_eq!(
+        expect_rejected(bus).await,
+        ReceptionStatusValues::InvalidData
+    );
+    peer.publish(inbound, r#"{"message_type":"SelectControlType","message_id":"3d0a7e1c-1111-4a2b-9c3d-000000000001","control_type":"NOPE"}"#, false).await;
+    assert_eq!(status(peer).await, ReceptionStatusValues::InvalidMessage);
+    assert_eq!(
+        expect_rejected(bus).await,
+        ReceptionStatusValues::InvalidMessage
+    );
+    peer.publish(inbound, valid, false).await;
+    match next_event(bus).await {
+        BusEvent::Frame(frame) => assert_eq!(frame.kind(), kind),
+        other => panic!("the session must go on and deliver the valid payload, got {other:?}"),
+    }
+}
+
+/// The link core on the MQTT CEM link: the RM side's frames for a session the CEM left
+/// never reach the next session, whether they arrive while no session is open or once the
+/// next one is; that one opens with exactly one Handshake. Malformed payloads are
+/// answered on the gateway's topic while the session goes on.
+#[tokio::test]
+async fn link_core_cem_link_drops_stale_frames_and_refuses_bad_ones() {
+    let broker = Broker::start().await;
+    let base = "lc-cem";
+    let gw = gateway(broker.config(base));
+    let (endpoint, mut bus) = Endpoint::pair(64);
+    let _link = spawn_cem_link(
+        gw.handle.clone(),
+        RID.to_string(),
+        endpoint,
+        gw.shutdown.clone(),
+    );
+    let (presence, rm_topic) = (topic(base, "peer"), topic(base, "rm"));
+    to_adapter(&bus, BusEvent::Up).await;
+    let mut cem = Peer::connect(&broker, "lc-cem", &[&rm_topic]).await;
+    cem.publish(&presence, r#"{"state":"online"}"#, true).await;
+    expect_bus_up(&mut bus).await;
+    let (hello, marker) = (rm_handshake(), rm_measurement());
+    to_adapter(&bus, BusEvent::Frame(hello.clone())).await;
+    to_adapter(&bus, BusEvent::Frame(marker.clone())).await;
+    assert_opens_with(&mut cem, &rm_topic, &hello, &marker).await;
+    cem.publish(&presence, r#"{"state":"offline"}"#, true).await;
+    expect_bus_down(&mut bus).await;
+    // The RM has not heard the Down yet: more of the first session, while none is open…
+    to_adapter(&bus, BusEvent::Frame(rm_measurement())).await;
+
+    cem.publish(&presence, r#"{"state":"online"}"#, true).await;
+    expect_bus_up(&mut bus).await;
+    // … and once the next one is, before the RM answers its Up.
+    to_adapter(&bus, BusEvent::Frame(rm_measurement())).await;
+    let (hello, marker) = (rm_handshake(), rm_measurement());
+    to_adapter(&bus, BusEvent::Frame(hello.clone())).await;
+    to_adapter(&bus, BusEvent::Frame(marker.clone())).await;
+    assert_opens_with(&mut cem, &rm_topic, &hello, &marker).await;
+
+    assert_refuses_and_goes_on(
+        &mut cem,
+        (&topic(base, "cem"), &rm_topic),
+        &mut bus,
+        cem_handshake().text(),
+        MessageKind::Handshake,
+    )
+    .await;
+    gw.shutdown.cancel();
+}
+
+/// The link core on MQTT towards a native RM: what the CEM side sends while no session is
+/// open belongs to a session that is over and never reaches the next one, which gets
+/// exactly one Handshake; malformed payloads are answered on the gateway's topic while
+/// the session goes on.
+#[tokio::test]
+async fn link_core_native_rm_drops_stale_frames_and_refuses_bad_ones() {
+    let broker = Broker::start().await;
+    let base = "lc-rm";
+    let gw = gateway(broker.config(base));
+    // Room for one event towards the slot: see the synchronisation below.
+    let (endpoint, mut bus) = Endpoint::pair(1);
+    let _slot = add_native_rm(gw.handle.clone(), RID.to_string(), endpoint);
+    let (rm_topic, cem_topic, state) =
+        (topic(base, "rm"), topic(base, "cem"), topic(base, "state"));
+    let mut rm = Peer::connect(&broker, "lc-rm", &[&cem_topic, &state]).await;
+    rm.json_where(&state, |v| v["state"] == "waiting").await;
+
+    let rm_hello = rm_handshake();
+    rm.publish(&rm_topic, rm_hello.text(), false).await;
+    expect_bus_up(&mut bus).await;
+    assert_eq!(expect_frame_id(&mut bus).await, rm_hello.id());
+    let (hello, marker) = (cem_handshake(), cem_handshake_response());
+    to_adapter(&bus, BusEvent::Frame(hello.clone())).await;
+    to_adapter(&bus, BusEvent::Frame(marker.clone())).await;
+    assert_opens_with(&mut rm, &cem_topic, &hello, &marker).await;
+    rm.publish(&topic(base, "peer"), r#"{"state":"offline"}"#, true)
+        .await;
+    expect_bus_down(&mut bus).await;
+    // The CEM side answers the ended session late.
+    to_adapter(&bus, BusEvent::Frame(cem_handshake_response())).await;
+    // With room for one event, this completes only once the slot took the stale frame,
+    // and the slot handles an event before it looks at anything else (the RM's next
+    // Handshake included): the stale frame meets a slot without a session.
+    let filler = s2gw_core::Rejection::unreadable("test filler".to_string());
+    to_adapter(&bus, BusEvent::Rejected(filler)).await;
+
+    let rm_hello = rm_handshake();
+    rm.publish(&rm_topic, rm_hello.text(), false).await;
+    expect_bus_up(&mut bus).await;
+    assert_eq!(expect_frame_id(&mut bus).await, rm_hello.id());
+    let (hello, marker) = (cem_handshake(), cem_handshake_response());
+    to_adapter(&bus, BusEvent::Frame(hello.clone())).await;
+    to_adapter(&bus, BusEvent::Frame(marker.clone())).await;
+    assert_opens_with(&mut rm, &cem_topic, &hello, &marker).await;
+
+    let ack = format!(
+        r#"{{"message_type":"ReceptionStatus","subject_message_id":"{}","status":"OK"}}"#,
+        hello.id().unwrap().as_str()
+    );
+    assert_refuses_and_goes_on(
+        &mut rm,
+        (&rm_topic, &cem_topic),
+        &mut bus,
+        &ack,
+        MessageKind::ReceptionStatus,
+    )
+    .await;
+    gw.shutdown.cancel();
+}
+
+async fn expect_frame_id(bus: &mut EndpointPeer) -> Option<s2gw_core::s2::Id> {
+    match next_non_rejected(bus).await {
+        BusEvent::Frame(frame) => frame.id(),
+        other => panic!("expected a frame, got {other:?}"),
+    }
+}

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use s2gw_core::s2::EnergyManagementRole;
-use s2gw_core::{Admission, Backoff, BusEvent, CancellationToken, Edge, Endpoint, SessionFrames};
+use s2gw_core::{Backoff, CancellationToken, Endpoint, FromBus, LinkState};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -15,11 +15,7 @@ use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 use tracing::{debug, info, warn};
 
 use crate::ClientConfig;
-use crate::conn::{self, Ended, Session, Timers};
-
-/// Frames waiting for the link to come up, at most. A native RM's Handshake arrives
-/// before the CEM link is up; a flood of more than this is stale by the time it could go.
-const QUEUE_LIMIT: usize = 256;
+use crate::conn::{self, Ended, Timers};
 
 /// A connection that stayed up this long was a good one: the back-off starts over.
 const STABLE_AFTER: Duration = Duration::from_secs(10);
@@ -43,13 +39,15 @@ pub fn spawn_client(
     let url = config.url.replace("{resource_id}", &resource_id);
     let link = Link {
         backoff: Backoff::new(config.backoff.0, config.backoff.1),
-        label: format!("{resource_id} cem-link"),
+        state: LinkState::new(
+            EnergyManagementRole::Cem,
+            config.max_frame_bytes,
+            format!("{resource_id} cem-link"),
+        ),
         config,
         url,
         endpoint,
         shutdown,
-        rm_frames: SessionFrames::new(QUEUE_LIMIT),
-        rm_up: false,
         tls: None,
     };
     tokio::spawn(link.run())
@@ -58,14 +56,10 @@ pub fn spawn_client(
 struct Link {
     config: ClientConfig,
     url: String,
-    label: String,
+    /// The link core: whether the RM side is up, its frames, the Up/Down pairing.
+    state: LinkState,
     endpoint: Endpoint,
     shutdown: CancellationToken,
-    /// The RM side's frames: those that wait for a connection, sorted from those of a
-    /// session whose connection is gone.
-    rm_frames: SessionFrames,
-    /// Whether the RM side is up (it sent `Up` and no `Down` since).
-    rm_up: bool,
     backoff: Backoff,
     /// Built on the first `wss://` dial and kept: loading the platform roots is not free.
     tls: Option<Arc<rustls::ClientConfig>>,
@@ -83,60 +77,56 @@ enum Idle {
 
 impl Link {
     async fn run(mut self) {
-        info!(label = %self.label, url = %self.url, "client link started");
+        info!(label = %self.state.label(), url = %self.url, "client link started");
         // How long to wait before the next dial; `None` dials at once.
         let mut pause: Option<Duration> = None;
         loop {
-            if !self.rm_up {
+            if !self.state.other_up() {
                 match self.wait_for_up().await {
                     Idle::Stop => return,
                     _ => pause = None,
                 }
             }
             if let Some(delay) = pause.take() {
-                debug!(label = %self.label, ?delay, "waiting before the next dial");
+                debug!(label = %self.state.label(), ?delay, "waiting before the next dial");
                 match self.idle_for(delay).await {
                     Idle::Stop => return,
                     Idle::RmDown => continue,
                     Idle::Continue => {}
                 }
             }
-            let mut ws = match self.dial_watching().await {
+            let ws = match self.dial_watching().await {
                 Dialled::Connected(ws) => *ws,
                 Dialled::Failed(reason) => {
-                    warn!(label = %self.label, %reason, "dial failed");
+                    warn!(label = %self.state.label(), %reason, "dial failed");
                     pause = Some(self.backoff.next_delay());
                     continue;
                 }
                 Dialled::RmDown => continue,
                 Dialled::Stop => return,
             };
-            info!(label = %self.label, "connected to the CEM");
-            if self.endpoint.tx.send(BusEvent::Up).await.is_err() {
-                conn::close(&mut ws, conn::away(), "gateway stopping").await;
-                return;
-            }
+            info!(label = %self.state.label(), "connected to the CEM");
             let started = Instant::now();
-            let outcome = self.session(&mut ws).await;
-            drop(ws);
-            self.rm_frames.disconnected();
+            let link = conn::Link {
+                state: &mut self.state,
+                endpoint: &mut self.endpoint,
+                timers: Timers {
+                    ping_interval: self.config.ping_interval,
+                    dead_after: self.config.dead_after,
+                },
+                shutdown: &self.shutdown,
+            };
+            let outcome = conn::serve(ws, link).await;
             let reason = outcome.down_reason();
-            info!(label = %self.label, %reason, "disconnected from the CEM");
-            if matches!(outcome.ended, Ended::BusGone) {
-                return;
-            }
-            // Every Up is paired with a Down, so the RM side always knows where it stands.
-            conn::announce_down(&self.endpoint, &outcome).await;
+            info!(label = %self.state.label(), %reason, "disconnected from the CEM");
             match outcome.ended {
                 Ended::Shutdown | Ended::BusGone => return,
                 Ended::CloseRequested { reconnect: true } => pause = None,
                 // TERMINATE: the CEM ended the session; calling straight back would just
                 // start another one, so stay away for the back-off ceiling.
                 Ended::CloseRequested { reconnect: false } => pause = Some(self.config.backoff.1),
-                Ended::OtherSideDown => {
-                    self.rm_up = false;
-                    self.rm_frames.rm_changed();
-                }
+                // The link core saw the RM side go: the loop waits for its next Up.
+                Ended::OtherSideDown => {}
                 Ended::Lost(_) => {
                     if outcome.exchanged || started.elapsed() >= STABLE_AFTER {
                         self.backoff.reset();
@@ -147,33 +137,10 @@ impl Link {
         }
     }
 
-    /// Run one connected session: flush what waited, then the connection loop.
-    async fn session(&mut self, ws: &mut Socket) -> conn::Outcome {
-        let mut edge = Edge::new(EnergyManagementRole::Cem, self.config.max_frame_bytes);
-        let mut session = Session {
-            edge: &mut edge,
-            endpoint: &mut self.endpoint,
-            timers: Timers {
-                ping_interval: self.config.ping_interval,
-                dead_after: self.config.dead_after,
-            },
-            shutdown: &self.shutdown,
-            label: &self.label,
-            rm_frames: Some(&mut self.rm_frames),
-        };
-        if let Err(reason) = conn::flush_waiting(ws, &mut session).await {
-            return conn::Outcome {
-                ended: Ended::Lost(reason),
-                exchanged: false,
-            };
-        }
-        conn::run(ws, session).await
-    }
-
     /// Wait until the RM side is up.
     async fn wait_for_up(&mut self) -> Idle {
-        debug!(label = %self.label, "waiting for the resource manager");
-        while !self.rm_up {
+        debug!(label = %self.state.label(), "waiting for the resource manager");
+        while !self.state.other_up() {
             if let Idle::Stop = self.next_idle_event().await {
                 return Idle::Stop;
             }
@@ -204,35 +171,20 @@ impl Link {
             () = self.shutdown.cancelled() => return Idle::Stop,
             event = self.endpoint.rx.recv() => event,
         };
-        match event {
-            None => Idle::Stop,
-            Some(BusEvent::Up) => {
-                self.rm_up = true;
-                self.rm_frames.rm_changed();
+        let Some(event) = event else {
+            return Idle::Stop;
+        };
+        match self.state.from_bus(event) {
+            FromBus::OtherSideDown { reason } => {
+                debug!(label = %self.state.label(), %reason, "the resource manager went down");
+                Idle::RmDown
+            }
+            // Not connected: the RM side's frames wait or are dropped inside the link
+            // core (it never says Send without a connection), and there is nothing to
+            // close.
+            FromBus::OtherSideUp | FromBus::Send(_) | FromBus::Close { .. } | FromBus::Nothing => {
                 Idle::Continue
             }
-            Some(BusEvent::Down { reason }) => {
-                debug!(label = %self.label, %reason, "the resource manager went down");
-                let was_up = std::mem::replace(&mut self.rm_up, false);
-                self.rm_frames.rm_changed();
-                if was_up { Idle::RmDown } else { Idle::Continue }
-            }
-            Some(BusEvent::Frame(frame)) => {
-                match self.rm_frames.admit(frame) {
-                    Admission::Send(_) | Admission::Queued => {}
-                    Admission::QueuedDroppingOldest => warn!(
-                        label = %self.label,
-                        limit = QUEUE_LIMIT,
-                        "the CEM link is down and the queue is full: dropped the oldest frame"
-                    ),
-                    Admission::Stale(frame) => {
-                        debug!(label = %self.label, kind = %frame.kind().as_str(), "dropping a frame of an ended session");
-                    }
-                }
-                Idle::Continue
-            }
-            // Nothing is connected, so there is nothing to close.
-            Some(BusEvent::Close { .. } | BusEvent::Rejected(_)) => Idle::Continue,
         }
     }
 

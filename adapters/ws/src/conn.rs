@@ -1,16 +1,17 @@
 //! One S2 session over one WebSocket: the loop every connection runs, whichever end
 //! dialled and whichever side of the resource it plays.
 //!
-//! Keeping it in one place is what makes the edge rule hold everywhere: every inbound
-//! text frame is judged by the connection's [`Edge`], every refusal is answered on the
-//! socket and shown to the taps, and every outbound frame is shown to the edge first.
+//! What to do with every inbound text and every bus event is decided by the link core
+//! ([`LinkState`]): the edge, refusals, the RM side's frames, the `Up`/`Down` pairing.
+//! This loop moves frames between the socket and the bus and owns what is WebSocket's
+//! alone: pings and dead peers, close frames, binary frames and the hard size cap.
 
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use s2gw_core::s2::{Id, ReceptionStatusValues, Timestamp};
 use s2gw_core::{
-    Admission, BusEvent, CancellationToken, Edge, Endpoint, Frame, Rejection, SessionFrames,
+    BusEvent, CancellationToken, Endpoint, Frame, FromBus, LinkState, Now, Refusal, Rejection,
+    Verdict,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
@@ -99,56 +100,66 @@ impl Outcome {
     }
 }
 
-/// What the loop needs besides the socket.
-pub(crate) struct Session<'a> {
-    /// The edge of this connection (one per S2 session).
-    pub edge: &'a mut Edge,
+/// What a connection needs besides the socket.
+pub(crate) struct Link<'a> {
+    /// The link core of this slot or dialler: pairing, the RM side's frames, the session.
+    pub state: &'a mut LinkState,
     /// The adapter's endpoint on the bus.
     pub endpoint: &'a mut Endpoint,
     /// Keep-alive settings.
     pub timers: Timers,
     /// The daemon's shutdown.
     pub shutdown: &'a CancellationToken,
-    /// For logs: which resource and which role.
-    pub label: &'a str,
-    /// Where the peer is a CEM: the RM side's frames, sorted into sessions, so a closed
-    /// connection's frames never reach the next one. `None` where the peer is the RM.
-    pub rm_frames: Option<&'a mut SessionFrames>,
 }
 
-/// Send the RM side's frames that waited for this connection, each shown to the edge
-/// first.
-pub(crate) async fn flush_waiting<S>(
-    ws: &mut WebSocketStream<S>,
-    session: &mut Session<'_>,
-) -> Result<(), String>
+/// Run one connection from its `Up` to its `Down`: announce it, send what waited for it,
+/// run it until it ends, drop the socket, and pair the `Up` with its `Down` (unless the
+/// bus is gone, when nobody listens).
+pub(crate) async fn serve<S>(mut ws: WebSocketStream<S>, mut link: Link<'_>) -> Outcome
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let waiting = session
-        .rm_frames
-        .as_deref_mut()
-        .map(SessionFrames::connected)
-        .unwrap_or_default();
-    for frame in &waiting {
-        send_frame(ws, session, frame).await?;
+    let opened = link.state.open();
+    if link.endpoint.tx.send(opened.up).await.is_err() {
+        close(&mut ws, CloseCode::Away, "gateway stopping").await;
+        let _ = link.state.close("bus gone");
+        return Outcome {
+            ended: Ended::BusGone,
+            exchanged: false,
+        };
     }
-    Ok(())
-}
-
-/// Run one connection until it ends. The socket is closed (or lost) on return.
-pub(crate) async fn run<S>(ws: &mut WebSocketStream<S>, mut session: Session<'_>) -> Outcome
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
     let mut exchanged = false;
-    let ended = run_inner(ws, &mut session, &mut exchanged).await;
-    Outcome { ended, exchanged }
+    let mut sent = Ok(());
+    for frame in &opened.waiting {
+        sent = send_frame(&mut ws, &mut link, frame).await;
+        if sent.is_err() {
+            break;
+        }
+    }
+    let ended = match sent {
+        Ok(()) => run_inner(&mut ws, &mut link, &mut exchanged).await,
+        Err(reason) => Ended::Lost(reason),
+    };
+    drop(ws);
+    let outcome = Outcome { ended, exchanged };
+    let down = link.state.close(outcome.down_reason());
+    match (&outcome.ended, down) {
+        (Ended::BusGone, _) | (_, None) => {}
+        // At shutdown the bus may no longer be draining its channels: the `Down` is only
+        // offered, never waited for.
+        (Ended::Shutdown, Some(down)) => {
+            let _ = link.endpoint.tx.try_send(down);
+        }
+        (_, Some(down)) => {
+            let _ = link.endpoint.tx.send(down).await;
+        }
+    }
+    outcome
 }
 
 async fn run_inner<S>(
     ws: &mut WebSocketStream<S>,
-    session: &mut Session<'_>,
+    link: &mut Link<'_>,
     exchanged: &mut bool,
 ) -> Ended
 where
@@ -157,8 +168,8 @@ where
     let Timers {
         ping_interval,
         dead_after,
-    } = session.timers;
-    let label = session.label.to_string();
+    } = link.timers;
+    let label = link.state.label().to_string();
     // A zero interval would make `interval_at` panic; a millisecond is as good as zero.
     let ping_interval = ping_interval.max(Duration::from_millis(1));
     let mut ping = tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
@@ -168,9 +179,10 @@ where
 
     loop {
         let dead_at = last_seen + dead_after;
+        let summary_due = link.state.summary_due().map(Instant::from_std);
         tokio::select! {
             biased;
-            () = session.shutdown.cancelled() => {
+            () = link.shutdown.cancelled() => {
                 close(ws, CloseCode::Away, "gateway shutting down").await;
                 return Ended::Shutdown;
             }
@@ -198,24 +210,25 @@ where
                 last_seen = Instant::now();
                 match message {
                     WsMessage::Text(text) => {
-                        match inbound(ws, session, text.as_str()).await {
-                            Ok(true) => *exchanged = true,
-                            Ok(false) => {}
-                            Err(end) => return end,
+                        let step = match link.state.inbound(text.as_str(), Now::read()) {
+                            Verdict::Deliver(frame) => {
+                                *exchanged = true;
+                                to_bus(ws, link, BusEvent::Frame(frame)).await
+                            }
+                            Verdict::Refuse(refusal) => answer(ws, link, refusal).await,
+                        };
+                        if let Err(end) = step {
+                            return end;
                         }
                     }
                     WsMessage::Binary(bytes) => {
                         // S2-ws-json is text only: answer as for any unreadable frame.
-                        let rejection = Rejection {
-                            kind: None,
-                            status: ReceptionStatusValues::InvalidData,
-                            subject: Id::NIL,
-                            diagnostic: format!(
-                                "binary frame of {} bytes: S2 JSON travels in text frames",
-                                bytes.len()
-                            ),
-                        };
-                        if let Err(end) = refuse(ws, session, rejection).await {
+                        let rejection = Rejection::unreadable(format!(
+                            "binary frame of {} bytes: S2 JSON travels in text frames",
+                            bytes.len()
+                        ));
+                        let refusal = link.state.refuse(rejection, Now::read());
+                        if let Err(end) = answer(ws, link, refusal).await {
                             return end;
                         }
                     }
@@ -234,39 +247,32 @@ where
                     WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_) => {}
                 }
             }
-            event = session.endpoint.rx.recv() => match event {
-                None => {
+            event = link.endpoint.rx.recv() => {
+                let Some(event) = event else {
                     close(ws, CloseCode::Away, "gateway stopping").await;
                     return Ended::BusGone;
-                }
-                Some(BusEvent::Frame(frame)) => {
-                    let frame = match session.rm_frames.as_deref_mut() {
-                        None => frame,
-                        Some(book) => match book.admit(frame) {
-                            Admission::Send(frame) => frame,
-                            _ => {
-                                debug!(%label, "dropping a frame of an ended session");
-                                continue;
-                            }
-                        },
-                    };
-                    if let Err(reason) = send_frame(ws, session, &frame).await {
-                        return Ended::Lost(reason);
+                };
+                match link.state.from_bus(event) {
+                    FromBus::Send(frame) => {
+                        if let Err(reason) = send_frame(ws, link, &frame).await {
+                            return Ended::Lost(reason);
+                        }
                     }
+                    FromBus::Close { reconnect, reason } => {
+                        info!(%label, reconnect, %reason, "closing the session's transport");
+                        close(ws, CloseCode::Normal, &reason).await;
+                        return Ended::CloseRequested { reconnect };
+                    }
+                    FromBus::OtherSideDown { reason } => {
+                        info!(%label, %reason, "the other side went down: closing");
+                        close(ws, CloseCode::Normal, "the other side of the session is gone").await;
+                        return Ended::OtherSideDown;
+                    }
+                    // Already connected, so an Up changes nothing here; what waits, was
+                    // dropped or is for the taps needs nothing either.
+                    FromBus::OtherSideUp | FromBus::Nothing => {}
                 }
-                Some(BusEvent::Close { reconnect, reason }) => {
-                    info!(%label, reconnect, %reason, "closing the session's transport");
-                    close(ws, CloseCode::Normal, &reason).await;
-                    return Ended::CloseRequested { reconnect };
-                }
-                Some(BusEvent::Down { reason }) => {
-                    info!(%label, %reason, "the other side went down: closing");
-                    close(ws, CloseCode::Normal, "the other side of the session is gone").await;
-                    return Ended::OtherSideDown;
-                }
-                // Already connected; a repeated Up changes nothing. Rejections are for taps.
-                Some(BusEvent::Up | BusEvent::Rejected(_)) => {}
-            },
+            }
             _ = ping.tick() => {
                 let sent = tokio::time::timeout(
                     dead_after,
@@ -279,68 +285,42 @@ where
                     Err(_) => return Ended::Lost("ping could not be sent: dead peer".to_string()),
                 }
             }
-        }
-    }
-}
-
-/// Judge one inbound text frame. `Ok(true)` when it passed to the bus.
-async fn inbound<S>(
-    ws: &mut WebSocketStream<S>,
-    session: &mut Session<'_>,
-    text: &str,
-) -> Result<bool, Ended>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    match session.edge.inbound(text, Timestamp::now()) {
-        Ok(frame) => {
-            debug!(label = %session.label, kind = ?frame.kind(), "received");
-            for quirk in session.edge.take_quirks() {
-                info!(label = %session.label, %quirk, "tolerated (said once per session)");
+            () = sleep_until(summary_due), if summary_due.is_some() => {
+                link.state.tick(std::time::Instant::now());
             }
-            to_bus(ws, session, BusEvent::Frame(frame)).await?;
-            Ok(true)
         }
-        Err(rejection) => refuse(ws, session, rejection).await.map(|()| false),
     }
 }
 
 /// Answer a refused frame on the socket and show the refusal to the taps. The session
 /// stays up: one bad frame is the peer's problem, not the connection's.
-async fn refuse<S>(
+async fn answer<S>(
     ws: &mut WebSocketStream<S>,
-    session: &mut Session<'_>,
-    rejection: Rejection,
+    link: &mut Link<'_>,
+    refusal: Refusal,
 ) -> Result<(), Ended>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    warn!(
-        label = %session.label,
-        kind = ?rejection.kind,
-        status = ?rejection.status,
-        diagnostic = %rejection.diagnostic,
-        "refused an inbound frame"
-    );
-    if let Some(reply) = rejection.reply() {
-        send_frame(ws, session, &reply).await.map_err(Ended::Lost)?;
+    if let Some(reply) = &refusal.reply {
+        send_frame(ws, link, reply).await.map_err(Ended::Lost)?;
     }
-    to_bus(ws, session, BusEvent::Rejected(rejection)).await
+    to_bus(ws, link, refusal.tap).await
 }
 
 /// Hand an event to the bus. A full bus holds the connection back (backpressure), but
 /// never past shutdown.
 async fn to_bus<S>(
     ws: &mut WebSocketStream<S>,
-    session: &mut Session<'_>,
+    link: &mut Link<'_>,
     event: BusEvent,
 ) -> Result<(), Ended>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     tokio::select! {
-        sent = session.endpoint.tx.send(event) => sent.map_err(|_| Ended::BusGone),
-        () = session.shutdown.cancelled() => {
+        sent = link.endpoint.tx.send(event) => sent.map_err(|_| Ended::BusGone),
+        () = link.shutdown.cancelled() => {
             close(ws, CloseCode::Away, "gateway shutting down").await;
             Err(Ended::Shutdown)
         }
@@ -351,42 +331,32 @@ where
 /// `dead_after` means the peer stopped reading: treated as a dead peer.
 async fn send_frame<S>(
     ws: &mut WebSocketStream<S>,
-    session: &mut Session<'_>,
+    link: &mut Link<'_>,
     frame: &Frame,
 ) -> Result<(), String>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    session.edge.outbound(frame, Timestamp::now());
-    debug!(label = %session.label, kind = ?frame.kind(), "sending");
+    link.state.outbound(frame, Now::read());
+    debug!(label = %link.state.label(), kind = ?frame.kind(), "sending");
     let message = WsMessage::text(frame.text());
-    match tokio::time::timeout(session.timers.dead_after, ws.send(message)).await {
+    match tokio::time::timeout(link.timers.dead_after, ws.send(message)).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(error)) => Err(format!("send failed: {error}")),
         Err(_) => Err("send blocked: the peer stopped reading".to_string()),
     }
 }
 
-/// The close code for "going away", for callers outside this module.
-pub(crate) fn away() -> CloseCode {
-    CloseCode::Away
-}
-
-/// Tell the bus a connection ended. At shutdown the bus may no longer be draining its
-/// channels, so the `Down` is then only offered, never waited for.
-pub(crate) async fn announce_down(endpoint: &Endpoint, outcome: &Outcome) {
-    let event = BusEvent::Down {
-        reason: outcome.down_reason(),
-    };
-    if matches!(outcome.ended, Ended::Shutdown) {
-        let _ = endpoint.tx.try_send(event);
-    } else {
-        let _ = endpoint.tx.send(event).await;
+/// Sleep until `deadline`; never wakes without one (its `select!` branch is then off).
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
 /// Send a close frame and give the peer a moment to answer it.
-pub(crate) async fn close<S>(ws: &mut WebSocketStream<S>, code: CloseCode, reason: &str)
+async fn close<S>(ws: &mut WebSocketStream<S>, code: CloseCode, reason: &str)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {

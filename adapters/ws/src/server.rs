@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use s2gw_core::s2::EnergyManagementRole;
-use s2gw_core::{Admission, BusEvent, CancellationToken, Edge, Endpoint, Secret, SessionFrames};
+use s2gw_core::{CancellationToken, Endpoint, LinkState, Secret};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -22,14 +22,11 @@ use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, 
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode, header};
 use tracing::{debug, info, warn};
 
-use crate::conn::{self, Ended, Session, Timers};
+use crate::conn::{self, Ended, Timers};
 use crate::{ServerConfig, WsError};
 
 /// TLS plus the HTTP upgrade may take this long; a peer that dawdles is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Frames for a CEM slot that wait for the CEM to dial in, at most.
-const QUEUE_LIMIT: usize = 256;
 
 /// A byte stream a connection runs over: plain TCP or TLS over TCP.
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -385,68 +382,38 @@ async fn slot_task(
         Role::Rm => (format!("{resource_id} native-rm"), EnergyManagementRole::Rm),
         Role::Cem => (format!("{resource_id} cem-slot"), EnergyManagementRole::Cem),
     };
-    // Where the peer is a CEM, the RM side may speak before it dials in: its frames wait
-    // here, sorted from those of a session whose connection is gone.
-    let mut rm_frames = SessionFrames::new(QUEUE_LIMIT);
+    // Where the peer is a CEM, the RM side may speak before it dials in: the link core
+    // keeps its frames, sorted from those of a session whose connection is gone.
+    let mut state = LinkState::new(peer_role, max_frame_bytes, label.clone());
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
             connection = connections.recv() => {
-                let Some((mut ws, claim, peer)) = connection else { return };
+                let Some((ws, claim, peer)) = connection else { return };
                 info!(%label, %peer, "peer connected");
-                if endpoint.tx.send(BusEvent::Up).await.is_err() {
-                    conn::close(&mut ws, conn::away(), "gateway stopping").await;
-                    return;
-                }
-                let mut edge = Edge::new(peer_role, max_frame_bytes);
-                let mut session = Session {
-                    edge: &mut edge,
+                let link = conn::Link {
+                    state: &mut state,
                     endpoint: &mut endpoint,
                     timers,
                     shutdown: &shutdown,
-                    label: &label,
-                    rm_frames: (role == Role::Cem).then_some(&mut rm_frames),
                 };
-                let outcome = match conn::flush_waiting(&mut ws, &mut session).await {
-                    Ok(()) => conn::run(&mut ws, session).await,
-                    Err(reason) => conn::Outcome { ended: Ended::Lost(reason), exchanged: false },
-                };
-                drop(ws);
-                rm_frames.disconnected();
-                if matches!(outcome.ended, Ended::OtherSideDown) {
-                    rm_frames.rm_changed();
-                }
+                let outcome = conn::serve(ws, link).await;
                 let reason = outcome.down_reason();
                 info!(%label, %peer, %reason, "peer disconnected");
-                if matches!(outcome.ended, Ended::BusGone) {
-                    return;
-                }
-                conn::announce_down(&endpoint, &outcome).await;
                 // Free the slot only now, after Down: a reconnecting peer's Up must come
                 // after the previous connection's Down.
                 drop(claim);
-                if matches!(outcome.ended, Ended::Shutdown) {
+                if matches!(outcome.ended, Ended::Shutdown | Ended::BusGone) {
                     return;
                 }
             }
             event = endpoint.rx.recv() => match event {
                 None => return,
-                Some(BusEvent::Frame(frame)) => match role {
-                    Role::Cem => match rm_frames.admit(frame) {
-                        Admission::Send(_) | Admission::Queued => {}
-                        Admission::QueuedDroppingOldest => {
-                            warn!(%label, "no CEM connected and the queue is full: dropped the oldest frame");
-                        }
-                        Admission::Stale(frame) => {
-                            debug!(%label, kind = ?frame.kind(), "dropping a frame of an ended session");
-                        }
-                    },
-                    // A CEM frame for an RM that is not connected belongs to a session that
-                    // is already over.
-                    Role::Rm => debug!(%label, kind = ?frame.kind(), "no RM connected: frame dropped"),
-                },
-                Some(BusEvent::Up | BusEvent::Down { .. }) => rm_frames.rm_changed(),
-                Some(BusEvent::Close { .. } | BusEvent::Rejected(_)) => {}
+                // No peer is connected: the link core keeps or drops frames, notes the
+                // other side's Up and Down, and there is no transport to close.
+                Some(event) => {
+                    let _ = state.from_bus(event);
+                }
             },
         }
     }

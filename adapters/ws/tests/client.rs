@@ -507,3 +507,42 @@ async fn shutdown_closes_with_going_away() {
     assert_eq!(read_close(&mut ws).await.unwrap().code, CloseCode::Away);
     guard("the link to stop", link.task).await.unwrap();
 }
+
+/// The link core on the WebSocket client: the RM side's frames for a connection the CEM
+/// closed never reach the next connection, whether they arrive while the link is away or
+/// once the next connection is up; that one opens with exactly one Handshake. And
+/// malformed frames are answered there while the session goes on.
+#[tokio::test]
+async fn link_core_drops_stale_frames_and_refuses_bad_ones() {
+    let listener = listener().await;
+    let mut link = start(config(&listener));
+    to_adapter(&link.peer, BusEvent::Up).await;
+    let (mut first, _) = accept(&listener).await;
+    expect_up(&mut link.peer).await;
+    let (hello, marker) = (rm_handshake(), rm_measurement());
+    to_adapter(&link.peer, BusEvent::Frame(hello.clone())).await;
+    to_adapter(&link.peer, BusEvent::Frame(marker.clone())).await;
+    assert_opens_with(&mut first, &hello, &marker).await;
+    drop(first);
+    expect_down(&mut link.peer).await;
+    // The RM has not heard the Down yet: more of the first session, while the link is away…
+    to_adapter(&link.peer, BusEvent::Frame(rm_measurement())).await;
+
+    let (mut ws, _) = accept(&listener).await;
+    expect_up(&mut link.peer).await;
+    // … and once the next connection is up, before the RM answers its Up.
+    to_adapter(&link.peer, BusEvent::Frame(rm_measurement())).await;
+    let (hello, marker) = (rm_handshake(), rm_measurement());
+    to_adapter(&link.peer, BusEvent::Frame(hello.clone())).await;
+    to_adapter(&link.peer, BusEvent::Frame(marker.clone())).await;
+    assert_opens_with(&mut ws, &hello, &marker).await;
+
+    assert_refuses_and_goes_on(
+        &mut ws,
+        &mut link.peer,
+        &cem_handshake_text(),
+        MessageKind::Handshake,
+    )
+    .await;
+    link.stop().await;
+}

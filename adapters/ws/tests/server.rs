@@ -375,3 +375,89 @@ async fn bind_errors_name_the_address() {
     assert!(matches!(error, WsError::Bind { .. }));
     assert!(error.to_string().contains(&addr.to_string()), "{error}");
 }
+
+/// The link core on the server's CEM slot: the RM side's frames for a CEM connection that
+/// closed never reach the next one, whether they arrive while no CEM is connected or once
+/// the next one is; that one opens with exactly one Handshake. Malformed frames are
+/// answered there while the session goes on.
+#[tokio::test]
+async fn link_core_cem_slot_drops_stale_frames_and_refuses_bad_ones() {
+    let mut running = serve(ServerConfig::default()).await;
+    let url = format!("{}/s2/cem/r1", running.url);
+    to_adapter(&running.cem, BusEvent::Up).await;
+    let mut first = dial(&url).await.unwrap();
+    expect_up(&mut running.cem).await;
+    let (hello, marker) = (rm_handshake(), rm_measurement());
+    to_adapter(&running.cem, BusEvent::Frame(hello.clone())).await;
+    to_adapter(&running.cem, BusEvent::Frame(marker.clone())).await;
+    assert_opens_with(&mut first, &hello, &marker).await;
+    drop(first);
+    expect_down(&mut running.cem).await;
+    // The RM has not heard the Down yet: more of the first session, while no CEM is
+    // connected…
+    to_adapter(&running.cem, BusEvent::Frame(rm_measurement())).await;
+
+    let mut cem = dial(&url).await.unwrap();
+    expect_up(&mut running.cem).await;
+    // … and once the next CEM is, before the RM answers its Up.
+    to_adapter(&running.cem, BusEvent::Frame(rm_measurement())).await;
+    let (hello, marker) = (rm_handshake(), rm_measurement());
+    to_adapter(&running.cem, BusEvent::Frame(hello.clone())).await;
+    to_adapter(&running.cem, BusEvent::Frame(marker.clone())).await;
+    assert_opens_with(&mut cem, &hello, &marker).await;
+
+    assert_refuses_and_goes_on(
+        &mut cem,
+        &mut running.cem,
+        &cem_handshake_text(),
+        MessageKind::Handshake,
+    )
+    .await;
+    running.stop().await;
+}
+
+/// The link core on the server's native-RM slot: what the CEM side sends while no RM is
+/// connected belongs to a session that is over and never reaches the next connection,
+/// which gets exactly one Handshake; malformed frames are answered there while the
+/// session goes on.
+#[tokio::test]
+async fn link_core_native_rm_slot_drops_stale_frames_and_refuses_bad_ones() {
+    trace();
+    let mut server = Server::bind(ServerConfig::default()).await.unwrap();
+    // Room for one event towards the slot: see the synchronisation below.
+    let (endpoint, mut bus) = Endpoint::pair(1);
+    server.add_native_rm("r2".to_string(), endpoint);
+    let url = format!("ws://{}/s2/rm/r2", server.local_addr());
+    let shutdown = CancellationToken::new();
+    let task = server.spawn(shutdown.clone());
+
+    let first = dial(&url).await.unwrap();
+    expect_up(&mut bus).await;
+    drop(first);
+    expect_down(&mut bus).await;
+    // The CEM side answers the closed connection late.
+    to_adapter(&bus, BusEvent::Frame(cem_handshake())).await;
+    // With room for one event, this completes only once the slot took the stale frame,
+    // and the slot handles an event before it looks at anything else (a new connection
+    // included): the stale frame meets a slot without a connection.
+    let filler = s2gw_core::Rejection::unreadable("test filler".to_string());
+    to_adapter(&bus, BusEvent::Rejected(filler)).await;
+
+    let mut rm = dial(&url).await.unwrap();
+    expect_up(&mut bus).await;
+    let rm_hello = rm_handshake();
+    send_text(&mut rm, rm_hello.text()).await;
+    assert_eq!(expect_frame(&mut bus).await.id(), rm_hello.id());
+    let (hello, marker) = (cem_handshake(), cem_handshake_response());
+    to_adapter(&bus, BusEvent::Frame(hello.clone())).await;
+    to_adapter(&bus, BusEvent::Frame(marker.clone())).await;
+    assert_opens_with(&mut rm, &hello, &marker).await;
+
+    let ack = format!(
+        r#"{{"message_type":"ReceptionStatus","subject_message_id":"{}","status":"OK"}}"#,
+        hello.id().unwrap().as_str()
+    );
+    assert_refuses_and_goes_on(&mut rm, &mut bus, &ack, MessageKind::ReceptionStatus).await;
+    shutdown.cancel();
+    guard("the server to stop", task).await.unwrap();
+}

@@ -224,3 +224,94 @@ pub fn cem_handshake_text() -> String {
         .unwrap();
     frame.text().to_string()
 }
+
+/// A PowerMeasurement from the RM side: a marker whose id tells one frame from another.
+pub fn rm_measurement() -> Frame {
+    use s2gw_core::s2::{CommodityQuantity, PowerMeasurement, PowerValue};
+    Frame::new(Message::PowerMeasurement(PowerMeasurement {
+        message_id: s2gw_core::s2::mint_id(),
+        measurement_timestamp: Timestamp::now(),
+        values: vec![PowerValue {
+            commodity_quantity: CommodityQuantity::ElectricPowerL1,
+            value: 1.0,
+        }],
+    }))
+}
+
+/// The RM's Handshake, from a real RmSession.
+pub fn rm_handshake() -> Frame {
+    let (_, frames) = rm_session();
+    frames
+        .into_iter()
+        .find(|f| f.kind() == MessageKind::Handshake)
+        .unwrap()
+}
+
+/// The CEM's Handshake, from a real CemSession.
+pub fn cem_handshake() -> Frame {
+    Frame::from_own_text(cem_handshake_text()).unwrap()
+}
+
+/// A HandshakeResponse from the CEM side: a marker whose id tells one frame from another.
+pub fn cem_handshake_response() -> Frame {
+    Frame::new(Message::HandshakeResponse(
+        s2gw_core::s2::HandshakeResponse {
+            message_id: s2gw_core::s2::mint_id(),
+            selected_protocol_version: s2gw_core::s2::ProtocolVersion::V0_0_2_BETA,
+        },
+    ))
+}
+
+/// The link core's stale-frame promise, seen from the peer: the connection opens with
+/// `hello` and then `marker`, exactly these two first, and nothing of an earlier one.
+pub async fn assert_opens_with<S>(ws: &mut WebSocketStream<S>, hello: &Frame, marker: &Frame)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let first = read_message(ws).await;
+    assert_eq!(
+        (first.kind(), first.id()),
+        (MessageKind::Handshake, hello.id()),
+        "the connection must open with this session's Handshake"
+    );
+    let second = read_message(ws).await;
+    assert_eq!(
+        (second.kind(), second.id()),
+        (marker.kind(), marker.id()),
+        "exactly one Handshake, then the next frame of this session"
+    );
+}
+
+/// The link core's refusal promise, seen from the peer and the bus: malformed frames get
+/// INVALID_DATA and INVALID_MESSAGE on this connection, the bus sees `Rejected` for each,
+/// and the session stays up: `valid` then reaches the bus as a frame of `kind`.
+pub async fn assert_refuses_and_goes_on<S>(
+    ws: &mut WebSocketStream<S>,
+    bus: &mut EndpointPeer,
+    valid: &str,
+    kind: MessageKind,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    send_text(ws, "{not json").await;
+    assert_eq!(read_status(ws).await, ReceptionStatusValues::InvalidData);
+    assert_eq!(
+        expect_rejected(bus).await.status,
+        ReceptionStatusValues::InvalidData
+    );
+    send_text(
+        ws,
+        r#"{"message_type":"SelectControlType","message_id":"3d0a7e1c-1111-4a2b-9c3d-000000000001","control_type":"NOPE"}"#,
+    )
+    .await;
+    assert_eq!(read_status(ws).await, ReceptionStatusValues::InvalidMessage);
+    assert_eq!(
+        expect_rejected(bus).await.status,
+        ReceptionStatusValues::InvalidMessage
+    );
+    send_text(ws, valid).await;
+    match next_event(bus).await {
+        BusEvent::Frame(frame) => assert_eq!(frame.kind(), kind),
+        other => panic!("the session must go on and deliver the valid frame, got {other:?}"),
+    }
+}
