@@ -44,6 +44,29 @@ pub(crate) struct Planned {
     pub seq: u64,
 }
 
+impl Planned {
+    /// An instruction that is one command at one time.
+    pub(crate) fn once(id: Id, at: Timestamp, command: Command, summary: String) -> Self {
+        Self {
+            id,
+            execute_at: at,
+            summary,
+            steps: vec![Step { at, command }],
+            ends_at: None,
+            mode: None,
+            seq: 0,
+        }
+    }
+
+    /// The same, putting its actuator in `mode` at `factor`.
+    pub(crate) fn entering(self, mode: Id, factor: f64) -> Self {
+        Self {
+            mode: Some(ModeChange { mode, factor }),
+            ..self
+        }
+    }
+}
+
 /// The instruction being followed.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Active {

@@ -19,7 +19,7 @@ use s2gw_core::s2::{
 
 use super::{Context, ControlModule, QUANTITY};
 use crate::rm::ids::IdBook;
-use crate::rm::plan::{ModeChange, Planned, Step};
+use crate::rm::plan::Planned;
 
 /// Natural gas's heat per litre (about 35.17 MJ/m³, the Dutch calorific value): a
 /// boiler's heat input in W is this many times its gas flow in l/s.
@@ -252,21 +252,11 @@ impl ControlModule for Ddbc {
             mode: mode.name.clone(),
             factor,
         };
-        Ok(Planned {
-            id: instruction.id,
-            execute_at: instruction.execution_time,
-            summary: format!("{}: {}", actuator.label, command.summary()),
-            steps: vec![Step {
-                at: instruction.execution_time,
-                command,
-            }],
-            ends_at: None,
-            mode: Some(ModeChange {
-                mode: instruction.operation_mode_id,
-                factor,
-            }),
-            seq: 0,
-        })
+        let summary = format!("{}: {}", actuator.label, command.summary());
+        Ok(
+            Planned::once(instruction.id, instruction.execution_time, command, summary)
+                .entering(instruction.operation_mode_id, factor),
+        )
     }
 
     fn carried_out(

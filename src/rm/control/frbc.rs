@@ -9,7 +9,7 @@ use s2gw_core::{Command, Readings};
 
 use super::{Context, ControlModule, QUANTITY};
 use crate::rm::ids::IdBook;
-use crate::rm::plan::{ModeChange, Planned, Step};
+use crate::rm::plan::Planned;
 
 /// A state of charge change that is worth a StorageStatus, percentage points.
 const SOC_STEP: f64 = 0.5;
@@ -291,21 +291,11 @@ pub(crate) fn plan(
         return Err(format!("{watts} W is outside the battery's range"));
     }
     let command = Command::SetPower { watts };
-    Ok(Planned {
-        id: instruction.id,
-        execute_at: instruction.execution_time,
-        summary: format!("{mode}: {}", command.summary()),
-        steps: vec![Step {
-            at: instruction.execution_time,
-            command,
-        }],
-        ends_at: None,
-        mode: Some(ModeChange {
-            mode: instruction.operation_mode,
-            factor,
-        }),
-        seq: 0,
-    })
+    let summary = format!("{mode}: {}", command.summary());
+    Ok(
+        Planned::once(instruction.id, instruction.execution_time, command, summary)
+            .entering(instruction.operation_mode, factor),
+    )
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use s2gw_core::{Command, Readings};
 
 use super::{Context, ControlModule, QUANTITY};
 use crate::rm::ids::IdBook;
-use crate::rm::plan::{ModeChange, Planned, Step};
+use crate::rm::plan::Planned;
 
 /// OMBC for one device. Its timers outlive sessions: a heat pump's minimum off time
 /// does not start over because the CEM reconnected.
@@ -363,21 +363,11 @@ pub(crate) fn plan(
     }
     let factor = instruction.operation_mode_factor;
     let command = command_at(&target, factor);
-    Ok(Planned {
-        id: instruction.id,
-        execute_at: instruction.execution_time,
-        summary: format!("{}: {}", target.label, command.summary()),
-        steps: vec![Step {
-            at: instruction.execution_time,
-            command,
-        }],
-        ends_at: None,
-        mode: Some(ModeChange {
-            mode: instruction.operation_mode_id,
-            factor,
-        }),
-        seq: 0,
-    })
+    let summary = format!("{}: {}", target.label, command.summary());
+    Ok(
+        Planned::once(instruction.id, instruction.execution_time, command, summary)
+            .entering(instruction.operation_mode_id, factor),
+    )
 }
 
 /// The mode's command at a factor: a setpoint or a charging current is interpolated over

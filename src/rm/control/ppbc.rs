@@ -17,7 +17,7 @@ use s2gw_core::s2::{
 use super::{Context, ControlModule, QUANTITY};
 use crate::rm::clock::to_timestamp;
 use crate::rm::ids::IdBook;
-use crate::rm::plan::{Planned, Step};
+use crate::rm::plan::Planned;
 
 /// PPBC for one appliance, with what this session was told.
 pub(crate) struct Ppbc {
@@ -215,7 +215,7 @@ fn schedule(
         programme: programme.name.clone(),
     };
     Ok((
-        one_step(id, at, command, format!("{} at {at}", programme.label)),
+        Planned::once(id, at, command, format!("{} at {at}", programme.label)),
         Some(programme.name.clone()),
     ))
 }
@@ -230,7 +230,7 @@ fn interrupt(
         return Err(format!("{} cannot be interrupted", programme.name));
     }
     match &task.progress {
-        TaskProgress::Running { programme: p, .. } if *p == programme.name => Ok(one_step(
+        TaskProgress::Running { programme: p, .. } if *p == programme.name => Ok(Planned::once(
             id,
             at,
             Command::Pause,
@@ -247,25 +247,13 @@ fn resume(
     at: Timestamp,
 ) -> Result<Planned, String> {
     match &task.progress {
-        TaskProgress::Paused { programme: p, .. } if *p == programme.name => Ok(one_step(
+        TaskProgress::Paused { programme: p, .. } if *p == programme.name => Ok(Planned::once(
             id,
             at,
             Command::Resume,
             format!("{} resumed", programme.label),
         )),
         _ => Err(format!("{} is not paused", programme.name)),
-    }
-}
-
-fn one_step(id: Id, at: Timestamp, command: Command, summary: String) -> Planned {
-    Planned {
-        id,
-        execute_at: at,
-        summary,
-        steps: vec![Step { at, command }],
-        ends_at: None,
-        mode: None,
-        seq: 0,
     }
 }
 
