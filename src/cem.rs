@@ -493,7 +493,7 @@ mod tests {
         let device = s2gw_sim::build(
             "demo",
             &SimConfig::new(model),
-            Arc::new(s2gw_sim::TokioClock::new(origin)),
+            Arc::new(s2gw_sim::TokioClock::starting_at(origin)),
         );
         let (endpoint, mut peer) = Endpoint::pair(64);
         let shutdown = CancellationToken::new();

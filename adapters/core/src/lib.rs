@@ -12,6 +12,7 @@
 
 pub mod backoff;
 pub mod bus;
+pub mod clock;
 pub mod device;
 pub mod link;
 pub mod s2;
@@ -19,6 +20,7 @@ pub mod secret;
 
 pub use backoff::Backoff;
 pub use bus::{BusEvent, Endpoint, EndpointPeer, Rejection, Side};
+pub use clock::{Clock, SystemClock, TokioClock};
 pub use device::{Command, Device, DeviceError, DeviceStatus, Readings};
 pub use link::{Admission, SessionFrames};
 pub use s2::{Edge, Frame, Quirk};
