@@ -286,7 +286,7 @@ fn attach_cem(
                 url: url.replace("{id}", resource.id),
                 bearer: link.token.clone(),
                 ca_file: ca_file.clone(),
-                pin_sha256: pin_sha256.map(|pin| hex(&pin)),
+                pin_sha256: pin_sha256.map(|pin| s2gw_core::hex::encode(&pin)),
                 ping_interval: link.ping_interval,
                 dead_after: link.dead_after,
                 max_frame_bytes: config.gateway.max_frame_bytes,
@@ -322,10 +322,6 @@ fn attach_cem(
         }
     }
     Ok(())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn server_config(config: &Config, section: &crate::config::ServerSection) -> s2gw_ws::ServerConfig {

@@ -81,6 +81,12 @@ pub fn to_timestamp(time: SystemTime) -> Timestamp {
     }
 }
 
+/// `time` as RFC 3339 in UTC (`2025-01-01T12:00:00.123Z`), the format of every `updated`
+/// the gateway publishes: what Home Assistant and people read.
+pub fn rfc3339(time: SystemTime) -> String {
+    to_timestamp(time).to_string()
+}
+
 /// A time of day for an S2 timestamp.
 pub fn to_system_time(timestamp: Timestamp) -> SystemTime {
     let secs = timestamp.unix_secs();
@@ -110,5 +116,11 @@ mod tests {
     fn timestamps_round_trip() {
         let time = UNIX_EPOCH + StdDuration::from_millis(1_700_000_000_123);
         assert_eq!(to_system_time(to_timestamp(time)), time);
+    }
+
+    #[test]
+    fn rfc3339_is_utc() {
+        let t = UNIX_EPOCH + StdDuration::from_secs(1_700_000_000);
+        assert!(rfc3339(t).starts_with("2023-11-14T22:13:20"));
     }
 }

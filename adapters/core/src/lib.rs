@@ -14,7 +14,9 @@ pub mod backoff;
 pub mod bus;
 pub mod clock;
 pub mod device;
+pub mod hex;
 pub mod link;
+pub mod problems;
 pub mod s2;
 pub mod secret;
 
@@ -23,6 +25,7 @@ pub use bus::{BusEvent, Endpoint, EndpointPeer, Rejection, Side};
 pub use clock::{Clock, SystemClock, TokioClock};
 pub use device::{Command, Device, DeviceError, DeviceStatus, Readings};
 pub use link::{Admission, SessionFrames};
+pub use problems::Problems;
 pub use s2::{Edge, Frame, Quirk};
 pub use secret::Secret;
 
