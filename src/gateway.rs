@@ -336,8 +336,3 @@ fn server_config(config: &Config, section: &crate::config::ServerSection) -> s2g
         ..s2gw_ws::ServerConfig::default()
     }
 }
-
-/// Counters keyed by resource id, as a plain map for reports.
-pub fn counters_snapshot(gateway: &Gateway) -> BTreeMap<String, crate::bus::taps::RouteCounters> {
-    gateway.counters.snapshot()
-}

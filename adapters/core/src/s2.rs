@@ -252,11 +252,6 @@ impl Edge {
         self.follow_profile(frame.message());
     }
 
-    /// The frame limit this edge enforces.
-    pub fn max_bytes(&self) -> usize {
-        self.max_bytes
-    }
-
     fn notice_quirks(&mut self, message: &Message, text: &str) {
         let quirk = match message {
             // Present in the text, absent in the model: it was null.
