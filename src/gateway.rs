@@ -6,6 +6,7 @@
 //! side. With `[mqtt]`, every virtual RM is mirrored to the broker and gated by its
 //! device's "CEM control allowed" switch ([`crate::mqtt_wiring`]).
 
+#[cfg(feature = "ble")]
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
