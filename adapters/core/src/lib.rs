@@ -6,7 +6,9 @@
 //! depend on one another.
 //!
 //! [`s2`] is the project's one door to `s2-kit`: the data model, the edge check that
-//! every inbound frame passes, and the protocol versions the gateway offers.
+//! every inbound frame passes, and the protocol versions the gateway offers. This crate is
+//! the only one with s2-kit as a normal dependency; the others have it as a
+//! dev-dependency, for the tests' use of s2-kit's `testing` oracles and peers.
 
 #![deny(missing_docs)]
 
