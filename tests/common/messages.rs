@@ -136,7 +136,7 @@ pub fn is_uuid(text: &str) -> bool {
     uuid::Uuid::parse_str(text).is_ok() && text.len() == 36
 }
 
-/// Assert every ReceptionStatus the gateway sent answered OK except those listed.
+/// The status the gateway answered `subject` with, if it answered it.
 pub fn status_of(receptions: &[ReceptionStatus], subject: &str) -> Option<ReceptionStatusValues> {
     receptions
         .iter()
