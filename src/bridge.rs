@@ -4,9 +4,8 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
-use s2gw_core::s2::Timestamp;
 use s2gw_mqtt::{BridgeData, LinkStatus};
 use serde_json::{Value, json};
 use tokio::sync::watch;
@@ -127,7 +126,7 @@ impl DaemonBridge {
             "instructions_executed": view.instructions_executed,
             "instructions_failed": view.instructions_failed,
             "releases": view.releases,
-            "updated": rfc3339(view.updated),
+            "updated": s2gw_core::clock::rfc3339(view.updated),
         })
     }
 
@@ -245,16 +244,4 @@ impl BridgeData for DaemonBridge {
         v["counters"] = Self::counters_of(&counters, &n.resource_id);
         Some(v)
     }
-}
-
-/// RFC 3339 in UTC, as the mirror writes its `updated`.
-fn rfc3339(time: SystemTime) -> String {
-    let stamp = match time.duration_since(UNIX_EPOCH) {
-        Ok(d) => Timestamp::from_unix(
-            i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
-            d.subsec_nanos(),
-        ),
-        Err(_) => Timestamp::UNIX_EPOCH,
-    };
-    stamp.to_string()
 }

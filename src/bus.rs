@@ -134,7 +134,7 @@ mod tests {
     }
 
     fn handshake() -> Frame {
-        Frame::new(Message::Handshake(s2_kit::types::common::Handshake {
+        Frame::new(Message::Handshake(s2gw_core::s2::Handshake {
             message_id: s2gw_core::s2::mint_id(),
             role: EnergyManagementRole::Rm,
             supported_protocol_versions: Some(s2gw_core::s2::offered_versions()),

@@ -21,10 +21,10 @@ use std::net::SocketAddr;
 use std::time::Duration as StdDuration;
 
 use futures_util::{SinkExt, StreamExt};
-use s2_kit::types::common::ControlType;
 use s2gw_core::CancellationToken;
 use s2gw_core::s2::{
-    CemConfig, CemEvent, CemSession, Duration, Id, InstructionStatus, Message, Timestamp,
+    CemConfig, CemEvent, CemSession, ControlType, Duration, Id, InstructionStatus, Message,
+    Timestamp,
 };
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
@@ -120,7 +120,7 @@ async fn serve_one(
     }
 }
 
-async fn sleep_for(deadline: Option<s2_kit::Duration>) {
+async fn sleep_for(deadline: Option<Duration>) {
     match deadline {
         Some(d) => tokio::time::sleep(StdDuration::from_millis(d.as_millis())).await,
         None => std::future::pending().await,
@@ -493,7 +493,7 @@ mod tests {
         let device = s2gw_sim::build(
             "demo",
             &SimConfig::new(model),
-            Arc::new(s2gw_sim::TokioClock::new(origin)),
+            Arc::new(s2gw_sim::TokioClock::starting_at(origin)),
         );
         let (endpoint, mut peer) = Endpoint::pair(64);
         let shutdown = CancellationToken::new();
@@ -607,8 +607,7 @@ mod tests {
 
     #[test]
     fn an_envelope_stays_inside_the_announced_ranges() {
-        use s2_kit::types::common::NumberRange;
-        use s2gw_core::s2::{CommodityQuantity, pebc as p};
+        use s2gw_core::s2::{CommodityQuantity, NumberRange, pebc as p};
         let now = Timestamp::from_unix(NOON as i64, 0);
         let range = |limit_type, lo, hi| p::AllowedLimitRange {
             commodity_quantity: CommodityQuantity::ElectricPower3PhaseSymmetric,

@@ -6,6 +6,7 @@
 //! side. With `[mqtt]`, every virtual RM is mirrored to the broker and gated by its
 //! device's "CEM control allowed" switch ([`crate::mqtt_wiring`]).
 
+#[cfg(feature = "ble")]
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -286,7 +287,7 @@ fn attach_cem(
                 url: url.replace("{id}", resource.id),
                 bearer: link.token.clone(),
                 ca_file: ca_file.clone(),
-                pin_sha256: pin_sha256.map(|pin| hex(&pin)),
+                pin_sha256: pin_sha256.map(|pin| s2gw_core::hex::encode(&pin)),
                 ping_interval: link.ping_interval,
                 dead_after: link.dead_after,
                 max_frame_bytes: config.gateway.max_frame_bytes,
@@ -324,10 +325,6 @@ fn attach_cem(
     Ok(())
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn server_config(config: &Config, section: &crate::config::ServerSection) -> s2gw_ws::ServerConfig {
     s2gw_ws::ServerConfig {
         listen: section.listen,
@@ -339,9 +336,4 @@ fn server_config(config: &Config, section: &crate::config::ServerSection) -> s2g
         max_frame_bytes: config.gateway.max_frame_bytes,
         ..s2gw_ws::ServerConfig::default()
     }
-}
-
-/// Counters keyed by resource id, as a plain map for reports.
-pub fn counters_snapshot(gateway: &Gateway) -> BTreeMap<String, crate::bus::taps::RouteCounters> {
-    gateway.counters.snapshot()
 }

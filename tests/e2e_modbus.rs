@@ -31,7 +31,6 @@ use tokio::sync::mpsc;
 use tokio_modbus::prelude::{ExceptionCode, Request, Response, SlaveRequest};
 
 const NC: ControlType = ControlType::NotControllable;
-const PEBC: ControlType = ControlType::PowerEnvelopeBasedControl;
 const OMBC: ControlType = ControlType::OperationModeBasedControl;
 
 /// How long a poll-driven effect may take (poll and measurement intervals are 1 s).
@@ -217,18 +216,6 @@ async fn await_status(conn: &mut CemConn, instruction: Id, any: &[&str]) -> Stri
     frame["status_type"].as_str().unwrap().to_string()
 }
 
-/// Select PEBC and return the constraints the gateway describes.
-async fn pebc_constraints(conn: &mut CemConn) -> pebc::PowerConstraints {
-    conn.select_ready(PEBC).await;
-    match conn
-        .wait_message(MessageKind::PebcPowerConstraints, SOON)
-        .await
-    {
-        Message::PebcPowerConstraints(c) => *c,
-        other => panic!("expected PEBC.PowerConstraints, got {:?}", other.kind()),
-    }
-}
-
 /// Instruct a production limit of `limit_w` (positive) for an hour; its instruction id.
 async fn limit(conn: &mut CemConn, constraints: &pebc::PowerConstraints, limit_w: f64) -> Id {
     let instruction = pebc_instruction(
@@ -297,7 +284,7 @@ async fn sunspec_inverters() {
     let m704 = model_at(50000, &CHAIN_704, 704);
     for name in ["pv-123", "pv-704"] {
         let conn = conns.get_mut(name).unwrap();
-        let constraints = pebc_constraints(conn).await;
+        let constraints = conn.select_pebc(SOON).await;
         let id = limit(conn, &constraints, 2500.0).await;
         let last = await_status(conn, id, &["SUCCEEDED", "ABORTED", "REJECTED"]).await;
         assert_eq!(last, "SUCCEEDED", "{name}: {:?}", statuses_of(conn, id));
@@ -365,7 +352,7 @@ async fn fc6_only() {
         &[device("kostal", "modbus-sunspec-inverter", &peer, fc6)],
     ));
     let mut conn = connect(&mut cem, 1).await.remove("kostal").unwrap();
-    let constraints = pebc_constraints(&mut conn).await;
+    let constraints = conn.select_pebc(SOON).await;
     let id = limit(&mut conn, &constraints, 2000.0).await;
     let last = await_status(&mut conn, id, &["SUCCEEDED", "ABORTED", "REJECTED"]).await;
     assert_eq!(last, "SUCCEEDED", "{:?}", statuses_of(&conn, id));
@@ -406,7 +393,7 @@ async fn failed_writes() {
     ));
     let mut conns = connect(&mut cem, 2).await;
     for (name, conn) in &mut conns {
-        let constraints = pebc_constraints(conn).await;
+        let constraints = conn.select_pebc(SOON).await;
         let id = limit(conn, &constraints, 1000.0).await;
         let last = await_status(conn, id, &["SUCCEEDED", "ABORTED", "REJECTED"]).await;
         assert!(

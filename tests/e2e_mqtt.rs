@@ -7,18 +7,15 @@
 
 mod common;
 
-use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::*;
-use s2_kit::message::{Message, MessageKind};
 use s2_kit::session::CemEvent;
 use s2_kit::types::common::{
     ControlType, InstructionStatus, ReceptionStatusValues, SessionRequestType,
 };
 use s2_kit::types::{Duration as S2Duration, Id, ProtocolVersion, Timestamp};
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 /// The base topic of every test (one broker per test, so they never meet).
 const BASE: &str = "s2gw";
@@ -318,15 +315,7 @@ async fn a_killed_gateway_is_reported_offline_by_its_lwt() {
 
 /// Select PEBC and limit the PV's production to 2 kW; returns when it is measured.
 async fn limit_pv(conn: &mut CemConn) {
-    conn.select_ready(ControlType::PowerEnvelopeBasedControl)
-        .await;
-    let constraints = match conn
-        .wait_message(MessageKind::PebcPowerConstraints, GUARD)
-        .await
-    {
-        Message::PebcPowerConstraints(c) => *c,
-        other => panic!("{:?}", other.kind()),
-    };
+    let constraints = conn.select_pebc(GUARD).await;
     let instruction = pebc_instruction(
         &constraints,
         -2000.0,
@@ -444,12 +433,7 @@ async fn a_cem_on_mqtt_drives_a_device() {
     let (version, details) = cem.handshake().await;
     assert_eq!(version, ProtocolVersion::V0_0_2_BETA);
     assert_eq!(details.resource_id.as_str(), rid);
-    cem.select_ready(ControlType::PowerEnvelopeBasedControl)
-        .await;
-    let constraints = match cem.wait_message(MessageKind::PebcPowerConstraints).await {
-        Message::PebcPowerConstraints(c) => *c,
-        other => panic!("{:?}", other.kind()),
-    };
+    let constraints = cem.select_pebc(GUARD).await;
     let instruction = pebc_instruction(
         &constraints,
         -2000.0,
@@ -459,7 +443,7 @@ async fn a_cem_on_mqtt_drives_a_device() {
     );
     let (message_id, id) = (instruction.message_id, instruction.id);
     cem.instruct(instruction).await;
-    let status = cem.reception_for(message_id.as_str()).await;
+    let status = cem.reception_for(message_id.as_str(), GUARD).await;
     assert_eq!(status.status, ReceptionStatusValues::Ok);
     cem.events()
         .wait_for(
@@ -514,42 +498,9 @@ async fn a_cem_on_mqtt_drives_a_device() {
 // (e) an s2-python RM on WebSocket, bridged to a CEM on MQTT
 // ----------------------------------------------------------------------------------------
 
-/// s2-python's label on the ReceptionStatus it sends: proof the answer came from it.
-const S2PYTHON_OK: &str = "Processed okay.";
-
-fn start_s2python(url: &str, rid: &str) -> (tokio::process::Child, Queue<String>) {
-    let python = python();
-    let script = workspace().join("tests/peers/s2python_rm.py");
-    let mut child = tokio::process::Command::new(&python)
-        .arg(&script)
-        .arg(url)
-        .arg(rid)
-        .arg("60")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("cannot start the s2-python RM (scripts/python-peers.sh makes its venv)");
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
-    tokio::spawn(async move {
-        while let Ok(Some(line)) = stdout.next_line().await {
-            eprintln!("[s2python] {line}");
-            let _ = tx.send(line);
-        }
-    });
-    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
-    tokio::spawn(async move {
-        while let Ok(Some(line)) = stderr.next_line().await {
-            eprintln!("[s2python:err] {line}");
-        }
-    });
-    (child, Queue::new(rx))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_s2python_rm_reaches_a_cem_on_mqtt() {
+    check_s2python();
     let broker = Broker::start().await;
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -566,88 +517,8 @@ async fn an_s2python_rm_reaches_a_cem_on_mqtt() {
     let mut daemon = Daemon::start(&config);
     running(&mut daemon).await;
     let mut cem = MqttCem::start(&broker, BASE, &rid).await;
-    let (mut child, mut said) = start_s2python(&format!("ws://127.0.0.1:{port}/s2/rm/py-rm"), &rid);
-
-    let (version, details) = cem.handshake().await;
-    assert_eq!(version, ProtocolVersion::V0_0_2_BETA);
-    assert_eq!(details.resource_id.as_str(), rid, "resource id preserved");
-    assert_eq!(details.name.as_deref(), Some("s2-python RM"));
-    cem.select_ready(ControlType::PowerEnvelopeBasedControl)
-        .await;
-    let constraints = match cem.wait_message(MessageKind::PebcPowerConstraints).await {
-        Message::PebcPowerConstraints(c) => *c,
-        other => panic!("{:?}", other.kind()),
-    };
-    let sent_id = said
-        .wait_map(
-            "s2-python's constraints id",
-            |l| l.strip_prefix("SAW constraints_sent ").map(str::to_string),
-            GUARD,
-        )
-        .await;
-    assert_eq!(constraints.id.as_str(), sent_id, "constraints id preserved");
-    said.wait_for(
-        "s2-python to get the CEM's OK for its constraints",
-        |l| l.starts_with("SAW reception_status ") && l.ends_with(" OK"),
-        GUARD,
-    )
-    .await;
-    let instruction = pebc_instruction(
-        &constraints,
-        0.0,
-        2000.0,
-        Timestamp::now(),
-        S2Duration::from_secs(600),
-    );
-    let id = instruction.id;
-    cem.instruct(instruction).await;
-    said.wait_for(
-        "s2-python to receive the instruction",
-        |l| l.starts_with(&format!("SAW instruction {id}")),
-        GUARD,
-    )
-    .await;
-    cem.events()
-        .wait_for(
-            "SUCCEEDED from s2-python over MQTT",
-            |e| {
-                matches!(e, CemEvent::InstructionStatus(u)
-                    if u.instruction_id == id && u.status_type == InstructionStatus::Succeeded)
-            },
-            GUARD,
-        )
-        .await;
-    cem.terminate().await;
-    said.wait_for(
-        "s2-python to see TERMINATE",
-        |l| l == "SAW session_request TERMINATE",
-        GUARD,
-    )
-    .await;
-    let status = within("the s2-python RM to exit", GUARD, child.wait())
-        .await
-        .unwrap();
-    assert!(status.success(), "the s2-python RM exited with {status}");
-
-    // Every CEM message was answered by s2-python itself, across WebSocket and MQTT.
-    for (kind, message_id) in cem.sent() {
-        if kind == "ReceptionStatus" {
-            continue;
-        }
-        let status = cem.reception_for(&message_id.unwrap()).await;
-        assert_eq!(status.status, ReceptionStatusValues::Ok, "{kind}");
-        assert_eq!(
-            status.diagnostic_label.as_deref(),
-            Some(S2PYTHON_OK),
-            "{kind}: the answer must come from s2-python, not the gateway"
-        );
-    }
-    for text in cem.raw_frames() {
-        let value: Value = serde_json::from_str(&text).unwrap();
-        for (key, id) in ids_in(&value) {
-            assert!(is_uuid(&id), "{key}={id} is not a UUID");
-        }
-    }
+    let mut peer = spawn_s2python_rm(&format!("ws://127.0.0.1:{port}/s2/rm/py-rm"), &rid, 60);
+    s2python_rm_scenario(&mut cem, &mut peer, &rid).await;
     daemon.assert_running();
 }
 

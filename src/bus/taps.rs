@@ -167,7 +167,7 @@ mod tests {
     use s2gw_core::s2::{EnergyManagementRole, Frame, Message, mint_id, offered_versions};
 
     fn handshake() -> Frame {
-        Frame::new(Message::Handshake(s2_kit::types::common::Handshake {
+        Frame::new(Message::Handshake(s2gw_core::s2::Handshake {
             message_id: mint_id(),
             role: EnergyManagementRole::Rm,
             supported_protocol_versions: Some(offered_versions()),

@@ -3,8 +3,7 @@
 
 use std::collections::HashMap;
 
-use s2_kit::types::common::{Timer, Transition};
-use s2gw_core::s2::{Id, Timestamp};
+use s2gw_core::s2::{Id, Timer, Timestamp, Transition};
 
 /// When each timer finishes, as the RM's TimerStatus messages said.
 #[derive(Debug, Default, Clone)]

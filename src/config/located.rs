@@ -67,7 +67,7 @@ impl Errors {
 }
 
 /// `(key, reason)`, keys relative to the table read.
-pub(crate) type Problems = Vec<(String, String)>;
+pub(crate) use s2gw_core::problems::Problems;
 
 /// Deserialize `table` as `T`; the error is `(dotted key, reason)`.
 fn typed<T: DeserializeOwned>(table: &toml::Table) -> Result<T, (String, String)> {

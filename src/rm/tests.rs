@@ -959,7 +959,7 @@ async fn a_simulated_pv_inverter_is_curtailed_and_released() {
     use s2gw_sim::{SimConfig, SimModel};
     // 2025-06-15 12:00 UTC: the simulated sun is up.
     let start = UNIX_EPOCH + Duration::from_secs(1_749_988_800);
-    let sim_clock = Arc::new(s2gw_sim::TokioClock::new(start));
+    let sim_clock = Arc::new(s2gw_sim::TokioClock::starting_at(start));
     let mut config = SimConfig::new(SimModel::Pv);
     config.cloudiness = Some(0.0);
     let device = s2gw_sim::build("pv-1", &config, sim_clock);

@@ -14,12 +14,7 @@ use uuid::Uuid;
 use crate::bindkey::BindKey;
 use crate::gatt::{Endian, Template, ValueFormat};
 
-/// Problems found in a config: `(key, reason)`.
-type Problems = Vec<(String, String)>;
-
-fn push(problems: &mut Problems, key: &str, reason: impl Into<String>) {
-    problems.push((key.to_string(), reason.into()));
-}
+use s2gw_core::problems::{Problems, push};
 
 /// Default for `stale_after_s`: BTHome sensors advertise every few seconds to a minute,
 /// so five minutes of silence means the sensor is gone (or out of range).
@@ -95,7 +90,7 @@ impl BleConnection {
 
     /// Everything wrong with this section, as `(key, reason)` pairs; empty when fine.
     /// Reads `bindkey_file` (so a missing or malformed key file is found by `s2gw check`).
-    pub fn validate(&self) -> Vec<(String, String)> {
+    pub fn validate(&self) -> Problems {
         let mut problems = Problems::new();
         if self.address.is_none() && self.name.is_none() {
             push(
@@ -300,7 +295,7 @@ impl BleProfile {
     }
 
     /// Everything wrong with this table, as `(key, reason)` pairs; empty when fine.
-    pub fn validate(&self) -> Vec<(String, String)> {
+    pub fn validate(&self) -> Problems {
         let mut problems = Problems::new();
         check_uuid(&mut problems, "service_uuid", self.service_uuid.as_deref());
         check_stale(&mut problems, self.stale_after_s);

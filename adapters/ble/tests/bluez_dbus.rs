@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use s2gw_ble::bthome::{SERVICE_UUID, encode};
 use s2gw_ble::config::BindKeyText;
 use s2gw_ble::{BindKey, BleConnection, BleError, BleProfile, build, check_bluez};
+use s2gw_core::hex::encode as hex;
 use s2gw_core::{DeviceError, DeviceStatus, Readings};
 
 const METER: &str = "54:48:E6:8F:80:A5";
@@ -37,10 +38,6 @@ impl MockBluez {
         self.output.read_line(&mut answer).unwrap();
         assert_eq!(answer.trim(), "ok", "mock refused `{command}`");
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Start the mock once and point this process's system bus at it. Setting the variable

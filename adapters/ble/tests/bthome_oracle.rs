@@ -13,6 +13,7 @@ use std::process::Command;
 
 use s2gw_ble::bthome::{self, Encoding, Scale, Value};
 use s2gw_ble::{BindKey, config::parse_address};
+use s2gw_core::hex::encode as hex;
 use serde_json::{Value as Json, json};
 
 fn manifest_dir() -> PathBuf {
@@ -162,10 +163,6 @@ fn event(events: &mut Vec<Json>, key: String, name: Option<&str>, props: Json) {
     if let Some(name) = name {
         events.push(json!([key, name, props]));
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Numbers agree exactly, except objects with a non-decimal scale (0.35 °C), which the

@@ -1,7 +1,8 @@
 //! The gateway's one door to `s2-kit` (pinned `=0.3.0`).
 //!
-//! Everything S2 the rest of s2gw touches comes through here, so a future s2-kit upgrade
-//! is one module's work. It adds two things of ours: [`Frame`], a typed message together
+//! Everything S2 the rest of s2gw touches comes through here (only this crate depends on
+//! s2-kit outside tests, which also use its `testing` oracles), so a future s2-kit
+//! upgrade is one module's work. It adds two things of ours: [`Frame`], a typed message together
 //! with the exact bytes that carried it, and [`Edge`], the check every frame passes where
 //! it enters from a transport.
 
@@ -273,11 +274,6 @@ impl Edge {
         };
         let _ = self.analyzer.observe(own, frame.text(), now);
         self.follow_profile(frame.message());
-    }
-
-    /// The frame limit this edge enforces.
-    pub fn max_bytes(&self) -> usize {
-        self.max_bytes
     }
 
     fn notice_quirks(&mut self, message: &Message, text: &str) {

@@ -17,12 +17,8 @@ use crate::point::{PollGroup, WriteFc};
 use crate::target::{Parity, SerialLine, Target};
 use crate::value::{ByteOrder, Sentinels, ValueType, WordOrder};
 
-/// Problems found in a config: `(key, reason)`.
-pub type Problems = Vec<(String, String)>;
-
-fn push(problems: &mut Problems, key: &str, reason: impl Into<String>) {
-    problems.push((key.to_string(), reason.into()));
-}
+pub use s2gw_core::problems::Problems;
+use s2gw_core::problems::push;
 
 /// Where a device is and how its bus is timed (`tcp`, `unit`, `timeout_ms`, ...).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -55,11 +55,6 @@ impl Target {
         self.to_string()
     }
 
-    /// Whether requests go over a serial line (RTU timing rules apply).
-    pub fn is_serial(&self) -> bool {
-        !matches!(self, Target::Tcp(_))
-    }
-
     /// Opens the connection for `unit`, within `timeout`.
     pub(crate) async fn connect(
         &self,

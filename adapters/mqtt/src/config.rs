@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use s2gw_core::Secret;
+use s2gw_core::{Problems, Secret};
 use serde::{Deserialize, Serialize};
 
 use crate::topic;
@@ -190,7 +190,7 @@ impl MqttConfig {
     }
 
     /// Every problem with the config as `(key, reason)`; empty when it is usable.
-    pub fn validate(&self) -> Vec<(String, String)> {
+    pub fn validate(&self) -> Problems {
         let mut problems = Vec::new();
         let mut push = |key: &str, reason: String| problems.push((key.to_string(), reason));
         if self.host.trim().is_empty() {

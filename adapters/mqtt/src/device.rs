@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use s2gw_core::device::{ControlCapability, DeviceInfo, ModeSpec};
-use s2gw_core::{Command, Device, DeviceError, DeviceStatus, Readings};
+use s2gw_core::{Command, Device, DeviceError, DeviceStatus, Problems, Readings};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::time::Instant;
@@ -131,7 +131,7 @@ fn stale() -> u64 {
 
 impl MqttDeviceConfig {
     /// Every problem as `(key, reason)`; empty when usable.
-    pub fn validate(&self) -> Vec<(String, String)> {
+    pub fn validate(&self) -> Problems {
         let mut problems = Vec::new();
         let mut push = |k: &str, r: &str| problems.push((k.to_string(), r.to_string()));
         if !(1..=86_400).contains(&self.stale_after_s) {

@@ -204,22 +204,6 @@ impl StateMirror {
         }
     }
 
-    /// Forget a device: its retained state, availability and discovery are deleted.
-    pub async fn remove_device(&self, device_id: &str) {
-        lock(&self.inner).devices.remove(device_id);
-        let topics = [
-            self.handle.topic(device_id),
-            self.handle.topic(&format!("{device_id}/availability")),
-            self.discovery_topic(device_id),
-        ];
-        for topic in topics {
-            if self.handle.clear_retained(topic).await.is_err() {
-                return;
-            }
-        }
-        info!(device = %device_id, "device removed from MQTT");
-    }
-
     /// `s2gw_<base with / as _>`: what every identifier of this gateway starts with.
     fn gateway_id(&self) -> String {
         format!("s2gw_{}", self.handle.base().replace('/', "_"))

@@ -1,27 +1,14 @@
 //! Injectable time, so simulated devices behave the same in every test run.
+//!
+//! Devices integrate energy and state of charge over the time elapsed between calls, and
+//! the sun and load curves follow the time of day, so a test that controls the [`Clock`]
+//! (shared with the virtual RM engine, in `s2gw_core::clock`) controls the whole
+//! simulation. [`ManualClock`] is the simulation's own: a clock that moves only when told.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// Where a simulated device gets the time from.
-///
-/// Devices integrate energy and state of charge over the time elapsed between calls, and
-/// the sun and load curves follow the time of day, so a test that controls the clock
-/// controls the whole simulation.
-pub trait Clock: Send + Sync {
-    /// The current wall-clock time.
-    fn now(&self) -> SystemTime;
-}
-
-/// The real clock, for the running daemon.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> SystemTime {
-        SystemTime::now()
-    }
-}
+pub use s2gw_core::clock::{Clock, SystemClock, TokioClock};
 
 /// A clock that only moves when told to, for tests.
 #[derive(Debug)]
@@ -69,30 +56,6 @@ impl ManualClock {
 impl Clock for ManualClock {
     fn now(&self) -> SystemTime {
         *self.lock()
-    }
-}
-
-/// A clock driven by tokio's time, so tests running with `tokio::time::pause()` (the
-/// `test-util` feature) move simulated devices along with their virtual timers.
-#[derive(Debug, Clone, Copy)]
-pub struct TokioClock {
-    start_wall: SystemTime,
-    start_instant: tokio::time::Instant,
-}
-
-impl TokioClock {
-    /// A clock that reads `start` now and runs with tokio's (possibly paused) time.
-    pub fn new(start: SystemTime) -> Self {
-        Self {
-            start_wall: start,
-            start_instant: tokio::time::Instant::now(),
-        }
-    }
-}
-
-impl Clock for TokioClock {
-    fn now(&self) -> SystemTime {
-        self.start_wall + self.start_instant.elapsed()
     }
 }
 

@@ -172,12 +172,7 @@ fn given_params(c: &SimConfig) -> Vec<(&'static str, bool, &'static [SimModel])>
     ]
 }
 
-/// Problems found in a config: `(key, reason)`.
-type Problems = Vec<(String, String)>;
-
-fn push(problems: &mut Problems, key: &str, reason: impl Into<String>) {
-    problems.push((key.to_string(), reason.into()));
-}
+use s2gw_core::problems::{Problems, push};
 
 /// Reports a value that must be a finite number greater than zero.
 fn check_positive(problems: &mut Problems, key: &str, value: Option<f64>) {
@@ -240,7 +235,7 @@ impl SimConfig {
     ///
     /// [`crate::build`] never fails (it falls back to defaults for nonsense), so the daemon
     /// calls this first to tell the user instead of silently simulating something else.
-    pub fn validate(&self) -> Vec<(String, String)> {
+    pub fn validate(&self) -> Problems {
         let mut problems = Problems::new();
         for (key, given, models) in given_params(self) {
             if given && !models.contains(&self.model) {

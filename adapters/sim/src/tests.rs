@@ -631,7 +631,7 @@ async fn build_makes_the_model_asked_for() {
 #[test]
 fn tokio_clock_starts_where_told() {
     let start = std::time::UNIX_EPOCH + Duration::from_secs(DAY);
-    let clock = crate::TokioClock::new(start);
+    let clock = crate::TokioClock::starting_at(start);
     assert!(clock.now() >= start);
 }
 

@@ -15,9 +15,9 @@ use s2gw_core::s2::{
 };
 
 use super::{Context, ControlModule, QUANTITY};
-use crate::rm::clock::to_timestamp;
 use crate::rm::ids::IdBook;
 use crate::rm::plan::Planned;
+use s2gw_core::clock::to_timestamp;
 
 /// PPBC for one appliance, with what this session was told.
 pub(crate) struct Ppbc {
