@@ -262,3 +262,75 @@ fn supply(mode: &ddbc::OperationMode, factor: f64) -> f64 {
 fn middle((lo, hi): (f64, f64)) -> f64 {
     (lo + hi) / 2.0
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use s2gw_core::s2::NumberRange;
+
+    use super::*;
+
+    fn mode(label: &str, lo: f64, hi: f64) -> ddbc::OperationMode {
+        ddbc::OperationMode {
+            id: mint_id(),
+            diagnostic_label: Some(label.to_string()),
+            power_ranges: Vec::new(),
+            supply_range: NumberRange::new(lo, hi),
+            running_costs: None,
+            abnormal_condition_only: false,
+        }
+    }
+
+    fn actuator(on: (f64, f64)) -> ddbc::ActuatorDescription {
+        ddbc::ActuatorDescription {
+            id: mint_id(),
+            diagnostic_label: None,
+            supported_commodities: Vec::new(),
+            operation_modes: vec![mode("off", 0.0, 0.0), mode("on", on.0, on.1)],
+            transitions: Vec::new(),
+            timers: Vec::new(),
+        }
+    }
+
+    /// The heat supplied by `wanted`.
+    fn supplied(switches: &[Switch<'_>], wanted: &[Wanted<'_>]) -> f64 {
+        wanted
+            .iter()
+            .map(|w| {
+                let s = switches
+                    .iter()
+                    .find(|s| s.actuator.id == w.actuator.id)
+                    .unwrap();
+                let m = if w.mode == s.on.id { s.on } else { s.off };
+                supply(m, w.factor)
+            })
+            .sum()
+    }
+
+    #[test]
+    fn the_lead_covers_the_demand_and_the_rest_makes_up_what_it_cannot() {
+        let heat_pump = actuator((1500.0, 6000.0));
+        let boiler = actuator((3000.0, 20_000.0));
+        let switches: Vec<Switch<'_>> = [&heat_pump, &boiler]
+            .into_iter()
+            .map(|a| switch(a).unwrap())
+            .collect();
+        // The heat pump alone, with headroom; the boiler off.
+        let wanted = settings(&switches, heat_pump.id, 4000.0);
+        assert_eq!(wanted[0].mode, switches[0].on.id);
+        assert_eq!(wanted[1].mode, switches[1].off.id);
+        let heat = supplied(&switches, &wanted);
+        assert!((heat - 4000.0 * HEADROOM).abs() < 1e-6, "{heat}");
+        // More than the heat pump can do: the boiler at its minimum makes up the rest.
+        let wanted = settings(&switches, heat_pump.id, 7000.0);
+        assert_eq!(wanted[0].factor, 1.0);
+        assert_eq!((wanted[1].mode, wanted[1].factor), (switches[1].on.id, 0.0));
+        assert!(supplied(&switches, &wanted) >= 7000.0);
+        // The boiler leading: first in the list (it goes on first), the heat pump off.
+        let wanted = settings(&switches, boiler.id, 4000.0);
+        assert_eq!(wanted[0].actuator.id, boiler.id);
+        assert_eq!(wanted[1].mode, switches[0].off.id);
+        assert!(supplied(&switches, &wanted) >= 4000.0);
+    }
+}

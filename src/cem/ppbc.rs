@@ -165,3 +165,60 @@ fn schedule(
         .or_else(|| sequences.iter().find(fits))?;
     Some((chosen.id, at))
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn at(secs: i64) -> Timestamp {
+        Timestamp::from_unix(1_750_000_000 + secs, 0)
+    }
+
+    fn sequence(minutes: u64, interruptible: bool) -> ppbc::PowerSequence {
+        ppbc::PowerSequence {
+            id: mint_id(),
+            elements: vec![ppbc::PowerSequenceElement {
+                duration: Duration::from_secs(minutes * 60),
+                power_values: Vec::new(),
+            }],
+            is_interruptible: interruptible,
+            max_pause_before: None,
+            abnormal_condition_only: false,
+        }
+    }
+
+    /// A window of `hours` from `at(0)`: Eco (130 min, interruptible) and Quick (30 min).
+    fn definition(hours: i64) -> ppbc::PowerProfileDefinition {
+        ppbc::PowerProfileDefinition {
+            message_id: mint_id(),
+            id: mint_id(),
+            start_time: at(0),
+            end_time: at(hours * 3600),
+            power_sequence_containers: vec![ppbc::PowerSequenceContainer {
+                id: mint_id(),
+                power_sequences: vec![sequence(130, true), sequence(30, false)],
+            }],
+        }
+    }
+
+    #[test]
+    fn a_programme_starts_soon_and_never_after_the_appliance_would_itself() {
+        let d = definition(8);
+        let container = &d.power_sequence_containers[0];
+        let eco = container.power_sequences[0].id;
+        // Soon, and the interruptible one.
+        assert_eq!(schedule(&d, container, at(60)), Some((eco, at(65))));
+        // Not before the window opens.
+        assert_eq!(schedule(&d, container, at(-60)), Some((eco, at(0))));
+        // The appliance starts Eco by itself 130 min before the end; Quick would still
+        // fit the window after that, but the appliance would be running by then.
+        let own_start = 8 * 3600 - 130 * 60;
+        assert_eq!(
+            schedule(&d, container, at(own_start - 5)),
+            Some((eco, at(own_start)))
+        );
+        assert_eq!(schedule(&d, container, at(own_start - 4)), None);
+    }
+}
