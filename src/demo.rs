@@ -170,7 +170,7 @@ pub fn render(
                 view.instructions_executed, view.instructions_failed
             ),
             link_label(&view.link),
-            clip(&state_label(view), 48)
+            clip(&state_label(view), 60)
         );
         let _ = writeln!(out, "{}", line.trim_end());
     }
