@@ -7,15 +7,18 @@
 //! a believable instruction now and then.
 //!
 //! It behaves as a good CEM should: it keeps what the RM announced (PEBC limit ranges,
-//! FRBC modes and fill level, OMBC transitions with their timers and TimerStatus) and
-//! only asks for what the RM would accept, so a REJECTED in the demo points at the RM, not
-//! at the demo. One small planner per control type (`pebc`, `frbc`, `ombc`) picks the next
-//! instruction; [`Planner`] decides when.
+//! FRBC modes and fill level, OMBC transitions with their timers and TimerStatus, the
+//! PPBC task with its window and programmes, the DDBC actuators with their demand and
+//! timers) and only asks for what the RM would accept, so a REJECTED in the demo points at
+//! the RM, not at the demo. One small planner per control type (`pebc`, `frbc`, `ombc`,
+//! `ppbc`, `ddbc`) picks the next instruction; [`Planner`] decides when.
 
+mod ddbc;
 mod frbc;
 mod modes;
 mod ombc;
 mod pebc;
+mod ppbc;
 
 use std::net::SocketAddr;
 use std::time::Duration as StdDuration;
@@ -152,6 +155,8 @@ pub struct Planner {
     pebc: pebc::PebcPlanner,
     frbc: frbc::FrbcPlanner,
     ombc: ombc::OmbcPlanner,
+    ppbc: ppbc::PpbcPlanner,
+    ddbc: ddbc::DdbcPlanner,
 }
 
 /// The last instruction, until the RM has said what became of it.
@@ -160,8 +165,9 @@ struct InFlight {
     id: Id,
     sent_at: Timestamp,
     /// A mode-based instruction is settled by the status that reports its new mode (after
-    /// SUCCEEDED, and after the TimerStatus of the transition): until then the planner's
-    /// picture of the mode and the timers is out of date.
+    /// SUCCEEDED, and after the TimerStatus of the transition), a PPBC one by the next
+    /// PowerProfileStatus: until then the planner's picture of the modes, the timers or
+    /// the task is out of date.
     awaits_status: bool,
     succeeded: bool,
 }
@@ -183,6 +189,8 @@ impl Planner {
             pebc: pebc::PebcPlanner::default(),
             frbc: frbc::FrbcPlanner::default(),
             ombc: ombc::OmbcPlanner::default(),
+            ppbc: ppbc::PpbcPlanner::default(),
+            ddbc: ddbc::DdbcPlanner::default(),
         }
     }
 
@@ -214,6 +222,7 @@ impl Planner {
                 match control_type {
                     ControlType::FillRateBasedControl => self.frbc.selected(),
                     ControlType::OperationModeBasedControl => self.ombc.selected(),
+                    ControlType::DemandDrivenBasedControl => self.ddbc.selected(),
                     _ => {}
                 }
             }
@@ -222,6 +231,8 @@ impl Planner {
                 Message::PebcPowerConstraints(c) => self.pebc.constraints(*c),
                 Message::FrbcSystemDescription(d) => self.frbc.described(*d),
                 Message::OmbcSystemDescription(d) => self.ombc.described(*d),
+                Message::PpbcPowerProfileDefinition(d) => self.ppbc.described(*d),
+                Message::DdbcSystemDescription(d) => self.ddbc.described(*d),
                 _ => {}
             },
             CemEvent::Status { message, .. } => self.on_status(&message, now),
@@ -229,9 +240,14 @@ impl Planner {
                 actuator,
                 timer,
                 finished_at,
-            } => match actuator {
-                Some(actuator) => self.frbc.timer(actuator, timer, finished_at),
-                None => self.ombc.timer(timer, finished_at),
+            } => match (actuator, self.active) {
+                // FRBC and DDBC timers both belong to an actuator; the RM sends them for
+                // the control type selected.
+                (Some(actuator), Some(ControlType::DemandDrivenBasedControl)) => {
+                    self.ddbc.timer(actuator, timer, finished_at);
+                }
+                (Some(actuator), _) => self.frbc.timer(actuator, timer, finished_at),
+                (None, _) => self.ombc.timer(timer, finished_at),
             },
             CemEvent::InstructionStatus(update) => {
                 let status = update.status_type;
@@ -269,6 +285,12 @@ impl Planner {
                 self.frbc.storage(status);
                 return;
             }
+            Message::DdbcActuatorStatus(status) => self.ddbc.status(status, now),
+            Message::DdbcPresentDemandStatus(status) => {
+                self.ddbc.demand(status);
+                return;
+            }
+            Message::PpbcPowerProfileStatus(status) => self.ppbc.status(status),
             _ => return,
         }
         if self.in_flight.as_ref().is_some_and(|i| i.succeeded) {
@@ -289,6 +311,7 @@ impl Planner {
                 self.in_flight = None;
                 self.frbc.not_done();
                 self.ombc.not_done();
+                self.ddbc.not_done();
             }
             _ => {}
         }
@@ -359,6 +382,7 @@ impl Planner {
                 tracing::warn!(%error, "demo CEM: could not send an instruction");
                 self.frbc.not_done();
                 self.ombc.not_done();
+                self.ddbc.not_done();
             }
         }
     }
@@ -372,6 +396,8 @@ impl Planner {
             }
             ControlType::FillRateBasedControl => self.frbc.instruction(now).map(Message::from),
             ControlType::OperationModeBasedControl => self.ombc.instruction(now).map(Message::from),
+            ControlType::PowerProfileBasedControl => self.ppbc.instruction(now),
+            ControlType::DemandDrivenBasedControl => self.ddbc.instruction(now).map(Message::from),
             _ => None,
         }
     }
@@ -603,6 +629,146 @@ mod tests {
         });
         assert!(curtailed, "never curtailed while producing");
         assert!(run.statuses(InstructionStatus::Succeeded) >= 3);
+    }
+
+    /// The container states the RM reported, each change once.
+    fn container_states(run: &Run) -> Vec<s2gw_core::s2::ppbc::PowerSequenceStatus> {
+        let mut states = Vec::new();
+        for event in &run.events {
+            if let CemEvent::Status {
+                message: Message::PpbcPowerProfileStatus(s),
+                ..
+            } = event
+            {
+                for c in &s.sequence_container_status {
+                    if states.last() != Some(&c.status) {
+                        states.push(c.status);
+                    }
+                }
+            }
+        }
+        states
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_dishwasher_is_scheduled_paused_and_resumed_once() {
+        use s2gw_core::s2::ppbc::PowerSequenceStatus as S;
+        // Three minutes: PPBC, NOT_CONTROLABLE, PPBC again, ... every 40 s.
+        let run = run(SimModel::Dishwasher, 3).await;
+        run.assert_nothing_refused();
+        assert_eq!(
+            container_states(&run),
+            [
+                S::NotScheduled,
+                S::Scheduled,
+                S::Executing,
+                S::Interrupted,
+                S::Executing
+            ]
+        );
+        // Schedule, pause, resume; nothing more while the programme runs.
+        assert_eq!(run.statuses(InstructionStatus::Succeeded), 3);
+        let schedules = run
+            .events
+            .iter()
+            .filter(|e| {
+                matches!(e, CemEvent::Status { message: Message::PpbcPowerProfileStatus(s), .. }
+                if s.sequence_container_status.iter().any(|c| c.status == S::Scheduled))
+            })
+            .count();
+        assert_eq!(schedules, 1);
+        let paused = run.views.iter().any(|v| {
+            v.readings
+                .as_ref()
+                .and_then(|r| r.task.as_ref())
+                .is_some_and(|t| {
+                    matches!(t.progress, s2gw_core::device::TaskProgress::Paused { .. })
+                })
+        });
+        assert!(paused, "the programme was never paused");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_hybrid_heat_pump_takes_turns_as_its_timers_allow() {
+        // Twelve minutes: DDBC and NOT_CONTROLABLE alternate every 40 s; the heat pump's
+        // minimum on time (300 s) restarts with every switch, the release's included.
+        let run = run(SimModel::HybridHeatPump, 12).await;
+        run.assert_nothing_refused();
+        let description = run
+            .events
+            .iter()
+            .find_map(|e| match e {
+                CemEvent::Description {
+                    message: Message::DdbcSystemDescription(d),
+                    ..
+                } => Some(d.clone()),
+                _ => None,
+            })
+            .expect("a DDBC.SystemDescription");
+        let boiler = description
+            .actuators
+            .iter()
+            .find(|a| a.diagnostic_label.as_deref() == Some("gas boiler"))
+            .unwrap();
+        let boiler_on = boiler
+            .operation_modes
+            .iter()
+            .find(|m| m.diagnostic_label.as_deref() == Some("boiler on"))
+            .unwrap()
+            .id;
+        // Moves the RM reported, per actuator: (actuator, from, to).
+        let moves: Vec<(Id, Id, Id)> = run
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                CemEvent::Status {
+                    message: Message::DdbcActuatorStatus(s),
+                    ..
+                } => s
+                    .previous_operation_mode_id
+                    .filter(|p| *p != s.active_operation_mode_id)
+                    .map(|p| (s.actuator_id, p, s.active_operation_mode_id)),
+                _ => None,
+            })
+            .collect();
+        let boiler_took_over = moves
+            .iter()
+            .filter(|(a, _, to)| *a == boiler.id && *to == boiler_on)
+            .count();
+        // At once, and again once the compressor's minimum on time, restarted when the
+        // release between selections switched it back on, has run out.
+        assert_eq!(boiler_took_over, 2, "{moves:?}");
+        // Every time the heat pump stopped (only the CEM stops it), it had run its 300 s
+        // since it last changed, the first time aside: it had never changed then.
+        let mut changes = Vec::new();
+        for view in &run.views {
+            let mode = view
+                .readings
+                .as_ref()
+                .and_then(|r| r.demand.as_ref())
+                .and_then(|d| d.actuators.iter().find(|a| a.actuator == "heat_pump"))
+                .map(|a| a.mode.clone());
+            if mode.is_some() && changes.last().map(|(_, m)| m) != Some(&mode) {
+                changes.push((view.updated, mode));
+            }
+        }
+        let stops: Vec<_> = changes
+            .windows(2)
+            .filter(|w| w[1].1.as_deref() == Some("off"))
+            .map(|w| w[1].0.duration_since(w[0].0).unwrap())
+            .collect();
+        assert_eq!(stops.len(), 2, "{changes:?}");
+        assert!(stops[1] >= StdDuration::from_secs(300), "{stops:?}");
+        assert!(run.events.iter().any(|e| matches!(
+            e,
+            CemEvent::TimerReported {
+                actuator: Some(_),
+                ..
+            }
+        )));
+        assert!(run.statuses(InstructionStatus::Succeeded) >= 6);
+        let last = run.views.last().unwrap();
+        assert_eq!(last.instructions_failed, 0);
     }
 
     #[test]

@@ -216,6 +216,7 @@ async fn a_home_assistant_user_sees_every_device_with_live_values() {
             .await;
         assert!(d.retained, "discovery must be retained");
         check_discovery(&d.json(), device, name, &extra);
+        check_cem_components(&d.json(), device);
         let availability = ha
             .messages
             .wait_for(
@@ -269,6 +270,220 @@ async fn a_home_assistant_user_sees_every_device_with_live_values() {
         })
         .await;
     assert!(meter.json()["power_w"].as_f64().unwrap() > 0.0);
+    daemon.assert_running();
+}
+
+/// A simulated device of `model` with its built-in profile and a fixed resource id.
+fn sim_device(id: &str, name: &str, model: &str, rid: &str) -> String {
+    format!(
+        "[[device]]\nid = \"{id}\"\nname = \"{name}\"\ncem = \"test\"\n\
+         resource_id = \"{rid}\"\npoll_interval_s = 1\nmeasurement_interval_s = 1\n\
+         profile = \"sim-{}\"\n[device.sim]\nmodel = \"{model}\"\n",
+        model.replace('_', "-")
+    )
+}
+
+/// The control type and active instruction components of a discovery, field by field.
+fn check_cem_components(d: &Value, device: &str) {
+    let oid = format!("s2gw_{BASE}_{device}");
+    for (key, name, absent) in [
+        ("control_type", "S2 control type", "none"),
+        ("active", "Active instruction", "autonomous"),
+    ] {
+        let c = &d["cmps"][key];
+        assert_eq!(c["p"], "sensor", "{key} in {d}");
+        assert_eq!(c["unique_id"], format!("{oid}_{key}"), "{d}");
+        assert_eq!(c["name"], name, "{d}");
+        assert_eq!(c["state_topic"], topic(device), "{d}");
+        assert_eq!(
+            c["value_template"],
+            format!("{{{{ value_json.{key} or '{absent}' }}}}"),
+            "{d}"
+        );
+        // Text, not a measurement: a device class or unit would make HA expect numbers.
+        assert_eq!(c["device_class"], Value::Null, "{d}");
+        assert_eq!(c["unit_of_measurement"], Value::Null, "{d}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn home_assistant_sees_ppbc_and_ddbc_devices_under_cem_control() {
+    let broker = Broker::start().await;
+    let mut cem = TestCem::start(&[ProtocolVersion::V1_0_0]).await;
+    let dishwasher_rid = Id::generate().as_str().to_string();
+    let hybrid_rid = Id::generate().as_str().to_string();
+    let config = format!(
+        "{}{}{}{}{}",
+        gateway(""),
+        ws_link(&cem),
+        broker.mqtt_section(BASE).replace(
+            "reconnect_min_ms",
+            "state_interval_ms = 200\nreconnect_min_ms"
+        ),
+        sim_device("dishwasher", "Dishwasher", "dishwasher", &dishwasher_rid),
+        sim_device(
+            "hybrid",
+            "Hybrid heat pump",
+            "hybrid_heat_pump",
+            &hybrid_rid
+        ),
+    );
+    let mut ha = MqttPeer::connect(
+        &broker,
+        "home-assistant",
+        &["homeassistant/device/+/config", &topic("#")],
+        None,
+    )
+    .await;
+    let mut daemon = Daemon::start(&config);
+    running(&mut daemon).await;
+    let mut conns = cem.conns(2, GUARD).await;
+
+    // Before any selection: connected, nothing selected, nothing active.
+    for device in ["dishwasher", "hybrid"] {
+        let state = ha
+            .wait_json(&format!("{device} connected"), &topic(device), |v| {
+                v["cem_link"] == "connected" && v["power_w"].is_number()
+            })
+            .await;
+        let v = state.json();
+        assert_eq!(v["control_type"], Value::Null, "{v}");
+        assert_eq!(v["active"], Value::Null, "{v}");
+    }
+
+    // The dishwasher: PPBC, Eco scheduled now.
+    let dishwasher = conns.get_mut(&dishwasher_rid).unwrap();
+    dishwasher.handshake().await;
+    dishwasher
+        .select_ready(ControlType::PowerProfileBasedControl)
+        .await;
+    let profile = match dishwasher
+        .wait_message(MessageKind::PpbcPowerProfileDefinition, GUARD)
+        .await
+    {
+        Message::PpbcPowerProfileDefinition(p) => *p,
+        other => panic!("{:?}", other.kind()),
+    };
+    let container = &profile.power_sequence_containers[0];
+    let eco = container.power_sequences[0].id;
+    let schedule = s2_kit::types::ppbc::ScheduleInstruction {
+        message_id: Id::generate(),
+        id: Id::generate(),
+        power_profile_id: profile.id,
+        sequence_container_id: container.id,
+        power_sequence_id: eco,
+        execution_time: Timestamp::now(),
+        abnormal_condition: false,
+    };
+    let schedule_id = schedule.id;
+    dishwasher.instruct(schedule).await;
+    dishwasher
+        .wait_instruction_status(schedule_id, InstructionStatus::Succeeded, GUARD)
+        .await;
+
+    // The hybrid heat pump: DDBC, the boiler at half power.
+    let hybrid = conns.get_mut(&hybrid_rid).unwrap();
+    hybrid.handshake().await;
+    hybrid
+        .select_ready(ControlType::DemandDrivenBasedControl)
+        .await;
+    let system = match hybrid
+        .wait_message(MessageKind::DdbcSystemDescription, GUARD)
+        .await
+    {
+        Message::DdbcSystemDescription(s) => *s,
+        other => panic!("{:?}", other.kind()),
+    };
+    let boiler = system
+        .actuators
+        .iter()
+        .find(|a| a.diagnostic_label.as_deref() == Some("gas boiler"))
+        .unwrap();
+    let boiler_on = boiler
+        .operation_modes
+        .iter()
+        .find(|m| m.diagnostic_label.as_deref() == Some("boiler on"))
+        .unwrap();
+    let instruction = s2_kit::types::ddbc::Instruction {
+        message_id: Id::generate(),
+        id: Id::generate(),
+        execution_time: Timestamp::now(),
+        abnormal_condition: false,
+        actuator_id: boiler.id,
+        operation_mode_id: boiler_on.id,
+        operation_mode_factor: 0.5,
+    };
+    let instruction_id = instruction.id;
+    hybrid.instruct(instruction).await;
+    hybrid
+        .wait_instruction_status(instruction_id, InstructionStatus::Succeeded, GUARD)
+        .await;
+
+    // State, field by field.
+    let state = ha
+        .wait_json("the dishwasher running Eco", &topic("dishwasher"), |v| {
+            v["control_type"] == "PPBC" && near(&v["power_w"], 120.0, 1.0)
+        })
+        .await;
+    let v = state.json();
+    assert_eq!(v["name"], "Dishwasher", "{v}");
+    assert_eq!(v["kind"], "load", "{v}");
+    assert!(
+        v["active"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("Eco 50 °C at ")),
+        "{v}"
+    );
+    assert!(v["energy_wh"].as_f64().is_some_and(|e| e >= 0.0), "{v}");
+    assert_eq!(v["soc"], Value::Null, "{v}");
+    assert_eq!(v["cem_link"], "connected", "{v}");
+    assert_eq!(v["cem_control"], "ON", "{v}");
+    assert_eq!(v["available"], true, "{v}");
+    let state = ha
+        .wait_json("the boiler taking the demand", &topic("hybrid"), |v| {
+            // 11.5 kW of gas heat covers the demand: the heat pump stops, the boiler's
+            // pump is all the electricity drawn.
+            v["control_type"] == "DDBC" && near(&v["power_w"], 40.0, 1.0)
+        })
+        .await;
+    let v = state.json();
+    assert_eq!(v["name"], "Hybrid heat pump", "{v}");
+    assert_eq!(v["kind"], "heat_pump", "{v}");
+    assert_eq!(v["active"], "gas boiler: boiler on at 50 %", "{v}");
+    assert!(v["energy_wh"].as_f64().is_some_and(|e| e >= 0.0), "{v}");
+    assert_eq!(v["soc"], Value::Null, "{v}");
+    assert_eq!(v["cem_link"], "connected", "{v}");
+    assert_eq!(v["cem_control"], "ON", "{v}");
+    assert_eq!(v["available"], true, "{v}");
+
+    // Discovery, as Home Assistant (re)starting now gets it retained: the usual
+    // components, energy, and what the CEM does.
+    let mut restarted = MqttPeer::connect(
+        &broker,
+        "home-assistant-restarted",
+        &["homeassistant/device/+/config"],
+        None,
+    )
+    .await;
+    for (device, name) in [("dishwasher", "Dishwasher"), ("hybrid", "Hybrid heat pump")] {
+        let d = restarted
+            .messages
+            .wait_for(
+                &format!("{device}'s discovery with energy"),
+                |m| m.topic == discovery_topic(device) && m.json()["cmps"]["energy_wh"].is_object(),
+                GUARD,
+            )
+            .await;
+        assert!(d.retained, "discovery must be retained");
+        let d = d.json();
+        check_discovery(&d, device, name, &["energy_wh"]);
+        check_cem_components(&d, device);
+        let energy = &d["cmps"]["energy_wh"];
+        assert_eq!(energy["device_class"], "energy", "{d}");
+        assert_eq!(energy["state_class"], "total_increasing", "{d}");
+        assert_eq!(energy["unit_of_measurement"], "Wh", "{d}");
+        assert_eq!(d["cmps"]["soc"], Value::Null, "no state of charge: {d}");
+    }
     daemon.assert_running();
 }
 

@@ -1,5 +1,5 @@
-//! What the mode-based control types (OMBC, FRBC) share: the RM's timers, the transition
-//! rule they enforce, and the mode the RM last reported.
+//! What the mode-based control types (OMBC, FRBC, DDBC) share: the RM's timers, the
+//! transition rule they enforce, and the mode the RM last reported.
 
 use std::collections::HashMap;
 
@@ -15,6 +15,16 @@ impl TimerBook {
     /// A TimerStatus: `timer` finishes at `finished_at` (in the past: it is not running).
     pub(super) fn report(&mut self, timer: Id, finished_at: Timestamp) {
         self.finished_at.insert(timer, finished_at);
+    }
+
+    /// A TimerStatus that cannot shorten what is known already. For timers that only
+    /// ever start (never stop early) a shorter report is stale: the RM repeats its timers
+    /// at every selection, and a change the device made while another control type was
+    /// selected may have restarted the device's own protection since, unseen by the RM
+    /// but assumed here (see [`ModeTracker::reported`]).
+    pub(super) fn report_at_least(&mut self, timer: Id, finished_at: Timestamp) {
+        let known = self.finished_at.entry(timer).or_insert(finished_at);
+        *known = (*known).max(finished_at);
     }
 
     /// When the last running blocking timer of `transition` finishes; `None` when none
@@ -116,6 +126,21 @@ impl ModeTracker {
         self.active = Some(mode);
         self.last_seen = Some(mode);
         self.asked = None;
+    }
+
+    /// The mode the RM reported for the present selection; `None` until it has.
+    pub(super) fn active(&self) -> Option<Id> {
+        self.active
+    }
+
+    /// Whether asking for `to` at `now` is allowed: staying in the active mode always
+    /// is, a move only along a described transition whose blocking timers have all
+    /// finished. `false` while the active mode is unknown.
+    pub(super) fn may_move(&self, to: Id, transitions: &[Transition], now: Timestamp) -> bool {
+        self.active.is_some_and(|active| {
+            active == to
+                || transition(transitions, active, to).is_some_and(|t| self.timers.allows(t, now))
+        })
     }
 
     /// The first of `modes` after the active one (in their order, round and round) that

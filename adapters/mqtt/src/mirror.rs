@@ -517,6 +517,37 @@ fn discovery_json(ids: &DiscoveryIds, state: &DeviceState) -> Value {
             sensor("soc", "State of charge", "battery", "measurement", "%"),
         );
     }
+    // What the CEM does with the device: which S2 control type it selected and the
+    // instruction in force. Text, so no device class; `none` and `autonomous` stand for
+    // the nulls of the state, which Home Assistant would show as the word "None".
+    let text = |key: &str, name: &str, icon: &str, absent: &str| {
+        json!({
+            "p": "sensor",
+            "unique_id": format!("{oid}_{key}"),
+            "name": name,
+            "icon": icon,
+            "state_topic": ids.state_topic,
+            "value_template": format!("{{{{ value_json.{key} or '{absent}' }}}}"),
+        })
+    };
+    cmps.insert(
+        "control_type".into(),
+        text(
+            "control_type",
+            "S2 control type",
+            "mdi:tune-variant",
+            "none",
+        ),
+    );
+    cmps.insert(
+        "active".into(),
+        text(
+            "active",
+            "Active instruction",
+            "mdi:playlist-check",
+            "autonomous",
+        ),
+    );
     cmps.insert(
         "cem_connected".into(),
         json!({
