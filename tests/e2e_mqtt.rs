@@ -10,6 +10,7 @@ mod common;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::*;
+use s2_kit::message::{Message, MessageKind};
 use s2_kit::session::CemEvent;
 use s2_kit::types::common::{
     ControlType, InstructionStatus, ReceptionStatusValues, SessionRequestType,
