@@ -169,7 +169,7 @@ bad_configs! {
         => "device[1].cem", "unknown cem link `away` (defined: home)";
     /// unknown profile
     unknown_profile: "[[device]]\nid = \"x\"\nprofile = \"sim-nope\"\ncem = \"home\"\n[device.sim]\nmodel = \"pv\"\n"
-        => "device[1].profile", "unknown profile `sim-nope`: not a built-in profile (sim-pv, sim-ev, sim-battery, sim-heat-pump, sim-meter, sim-dishwasher, sim-hybrid-heat-pump, modbus-sunspec-inverter, modbus-sunspec-storage, modbus-abb-terra-ac, modbus-alfen-eve, modbus-sg-ready, modbus-sdm630, ble-bthome-meter, ble-relay, mqtt-shelly-gen2-switch, mqtt-tasmota-plug, mqtt-openevse, mqtt-generic)";
+        => "device[1].profile", "unknown profile `sim-nope`: not a built-in profile (sim-pv, sim-ev, sim-battery, sim-heat-pump, sim-meter, sim-dishwasher, sim-hybrid-heat-pump, modbus-sunspec-inverter, modbus-sunspec-storage, modbus-abb-terra-ac, modbus-alfen-eve, modbus-sg-ready, modbus-sdm630, ble-bthome-meter, ble-relay, mqtt-shelly-gen2-switch, mqtt-tasmota-plug, mqtt-openevse, mqtt-generic, mqtt-dishwasher, mqtt-hybrid-heat-pump)";
     /// profile file that does not exist
     profile_file_that_does_not_exist: "[[device]]\nid = \"x\"\nprofile = \"vendor/inverter.toml\"\ncem = \"home\"\n[device.sim]\nmodel = \"pv\"\n"
         => "device[1].profile", "cannot read profile file";
@@ -1433,4 +1433,184 @@ fn reference_config_mqtt_examples_load_uncommented() {
             .any(|d| matches!(d.connection, Connection::Mqtt(_)))
     );
     assert_eq!(config.natives.len(), 2);
+}
+
+/// A shipped appliance profile (`config/profiles/<profile>.toml`) with `edits` made (each
+/// `from` must occur) is saved as the local profile `my-<profile>` of one MQTT device; the
+/// config fails with an error at `key` in that profile file whose reason contains
+/// `fragment`.
+fn assert_bad_mqtt_profile(profile: &str, edits: &[(&str, &str)], key: &str, fragment: &str) {
+    let mut text = std::fs::read_to_string(repo_file(&format!("config/profiles/{profile}.toml")))
+        .unwrap()
+        .replace(
+            &format!("name = \"{profile}\""),
+            &format!("name = \"my-{profile}\""),
+        );
+    for (from, to) in edits {
+        assert!(text.contains(from), "{profile} has no {from:?}");
+        text = text.replacen(from, to, 1);
+    }
+    let case = Case::new(&format!(
+        "{CEM}{MQTT}{}",
+        adapter_device(
+            "appliance",
+            &format!("my-{profile}"),
+            "[device.mqtt]\ndevice = \"dev-1\""
+        )
+    ))
+    .with_file("mqtt.password", "p")
+    .with_file(&format!("profiles/my-{profile}.toml"), &text);
+    let errors = case.errors(&[]);
+    let file = case.dir.path().join(format!("profiles/my-{profile}.toml"));
+    assert_has(&errors, &file, key, fragment);
+    assert_has(&errors, &case.path(), "device[0].profile", "is invalid");
+}
+
+/// The shipped appliance profiles with one mistake each: one `#[test]` per case.
+/// `name: profile, [(from, to), …] => key, fragment;` (see [`assert_bad_mqtt_profile`]).
+macro_rules! bad_mqtt_profiles {
+    ($($(#[$doc:meta])* $name:ident: $profile:expr, [$(($from:expr, $to:expr)),*] => $key:expr, $fragment:expr;)*) => {
+        /// One test per bad appliance profile.
+        mod bad_mqtt_profile {
+            use super::*;
+            $(
+                $(#[$doc])*
+                #[test]
+                fn $name() {
+                    assert_bad_mqtt_profile($profile, &[$(($from, $to)),*], $key, $fragment);
+                }
+            )*
+        }
+    };
+}
+
+const DW: &str = "mqtt-dishwasher";
+const HHP: &str = "mqtt-hybrid-heat-pump";
+
+bad_mqtt_profiles! {
+    /// a task state mapped to no known step
+    task_state_mapped_to_an_unknown_step: DW, [("Pause = \"paused\"", "Pause = \"halted\"")]
+        => "mqtt.task.state.map.Pause", "unknown variant `halted`";
+    /// no state means running
+    task_states_without_running: DW, [("Run = \"running\"", "Run = \"paused\"")]
+        => "mqtt.task.state.map", "must map at least one state to waiting and one to running";
+    /// a misspelt task key
+    task_key_misspelt: DW, [("window_h = 8", "windo_h = 8")]
+        => "mqtt.task.windo_h", "did you mean `window_h`?";
+    /// a window of no time
+    task_window_of_zero_hours: DW, [("window_h = 8", "window_h = 0")]
+        => "mqtt.task.window_h", "must be more than 0 and at most 168";
+    /// both elapsed and remaining
+    task_with_elapsed_and_remaining: DW, [("window_h = 8", "window_h = 8\nelapsed = { topic = \"x\" }")]
+        => "mqtt.task.remaining", "give elapsed or remaining, not both";
+    /// no start command
+    task_without_start: DW, [("start = {", "# start = {")]
+        => "mqtt.task.start", "missing required key";
+    /// a start command that cannot say which programme
+    task_start_without_programme_placeholder: DW, [("'{\"program\":{programme}}'", "'{\"program\":8196}'")]
+        => "mqtt.task.start", "must say which programme: put {programme} in its topic or payload";
+    /// an interruptible programme and no pause command
+    task_interruptible_without_pause: DW, [("pause = {", "# pause = {")]
+        => "mqtt.task.pause", "needed: a programme is interruptible";
+    /// an unknown release behaviour
+    task_unknown_on_release: DW, [("on_release = \"resume\"", "on_release = \"restart\"")]
+        => "mqtt.task.on_release", "unknown variant `restart`";
+    /// a misspelt programmes table
+    programmes_table_misspelt: DW, [("[[mqtt.programmes]]", "[[mqtt.programmez]]")]
+        => "mqtt.programmez", "did you mean `programmes`?";
+    /// a phase of no time
+    programme_phase_of_zero_seconds: DW, [("{ duration_s = 600,", "{ duration_s = 0,")]
+        => "mqtt.programmes[0].phases[0].duration_s", "must be 1 to 86400";
+    /// a phase without its power
+    programme_phase_without_power: DW, [("{ duration_s = 600, power_w = 120 }", "{ duration_s = 600 }")]
+        => "mqtt.programmes[0].phases[0].power_w", "missing required key";
+    /// two programmes of one name
+    programme_name_twice: DW, [("name = \"quick\"", "name = \"eco\"")]
+        => "mqtt.programmes[1].name", "is used by another programme";
+    /// one device value for two programmes
+    programme_value_twice: DW, [("values = [\"8195\"]", "values = [\"8196\"]")]
+        => "mqtt.programmes[1].values", "a value is already another programme's";
+    /// actuators without a demand to meet
+    actuators_without_demand: HHP, [
+        ("[mqtt.demand]", "# [mqtt.demand]"),
+        ("present = {", "# present = {"),
+        ("forecast = {", "# forecast = {"),
+        ("forecast_step_s = 3600", "# forecast_step_s = 3600")
+    ] => "mqtt.demand", "actuators need a [mqtt.demand] table";
+    /// a demand without its present value
+    demand_without_present: HHP, [("present = {", "# present = {")]
+        => "mqtt.demand.present", "missing required key";
+    /// an empty demand topic
+    demand_topic_empty: HHP, [("topic = \"{device}/ctlv2/HeatDemand\"", "topic = \"\"")]
+        => "mqtt.demand.present.topic", "must not be empty";
+    /// a forecast step that is too short
+    demand_forecast_step_too_short: HHP, [("forecast_step_s = 3600", "forecast_step_s = 10")]
+        => "mqtt.demand.forecast_step_s", "must be 60 to 86400";
+    /// an unknown fuel
+    actuator_unknown_fuel: HHP, [("fuel = \"gas\"", "fuel = \"oil\"")]
+        => "mqtt.actuators[1].fuel", "unknown variant `oil`";
+    /// no default mode
+    actuator_without_default_mode: HHP, [("power_max_w = 1715\ndefault = true", "power_max_w = 1715")]
+        => "mqtt.actuators[0].modes", "exactly one mode must be the default";
+    /// a supply range upside down
+    actuator_mode_supply_reversed: HHP, [("supply_max = 6000", "supply_max = 600")]
+        => "mqtt.actuators[0].modes[1].supply_max", "needs supply_min <= supply_max";
+    /// a power range upside down
+    actuator_mode_power_reversed: HHP, [("power_max_w = 1715", "power_max_w = 100")]
+        => "mqtt.actuators[0].modes[1].power_max_w", "needs power_min_w <= power_max_w";
+    /// one device value for two modes
+    actuator_mode_value_twice: HHP, [("values = [\"on\"]\nsupply_min = 3000", "values = [\"off\"]\nsupply_min = 3000")]
+        => "mqtt.actuators[1].modes[1].values", "a value is already another mode's";
+    /// two actuators of one name
+    actuator_name_twice: HHP, [("name = \"boiler\"", "name = \"heat_pump\"")]
+        => "mqtt.actuators[1].name", "is used by another actuator";
+    /// no way to set an actuator's modes
+    actuator_without_set: HHP, [("set = { topic = \"{device}/hmu/SetMode/set\"", "# set = { topic = \"{device}/hmu/SetMode/set\"")]
+        => "mqtt.actuators[0].set", "needed unless every mode has its own command";
+    /// a misspelt actuator key
+    actuator_key_misspelt: HHP, [("min_on_s = 300", "min_on = 300")]
+        => "mqtt.actuators[0].min_on", "did you mean `min_on_s`?";
+    /// no release for an actuator and none for the device
+    demand_driven_without_release: HHP, [("release = { topic = \"{device}/bai", "# release = { topic = \"{device}/bai")]
+        => "mqtt.release", "a demand-driven device needs a release command (the fail-safe)";
+}
+
+#[test]
+fn shipped_appliance_profiles_load_with_a_broker() {
+    let devices = [
+        adapter_device(
+            "dishwasher",
+            "mqtt-dishwasher",
+            "[device.mqtt]\ndevice = \"dishwasher\"\npower = { topic = \"shellyplusplugs-1/status/switch:0\", path = \"apower\" }",
+        ),
+        adapter_device(
+            "hybrid",
+            "mqtt-hybrid-heat-pump",
+            "[device.mqtt]\ndevice = \"ebusd\"",
+        ),
+    ];
+    let case =
+        Case::new(&format!("{CEM}{MQTT}{}", devices.concat())).with_file("mqtt.password", "p");
+    let config = config::check_with_env(&case.path(), &[]).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        config.devices[0].control_types,
+        [
+            ControlType::PowerProfileBasedControl,
+            ControlType::NotControllable
+        ]
+    );
+    assert_eq!(
+        config.devices[1].control_types,
+        [
+            ControlType::DemandDrivenBasedControl,
+            ControlType::NotControllable
+        ]
+    );
+    let Connection::Mqtt(dw) = &config.devices[0].connection else {
+        panic!("the dishwasher is not an MQTT device")
+    };
+    // The device's power replaces the profile's; the task is the profile's.
+    assert_eq!(dw.power.topic, "shellyplusplugs-1/status/switch:0");
+    assert_eq!(dw.programmes.len(), 2);
+    assert!(dw.task.is_some());
 }

@@ -1,8 +1,9 @@
 //! MQTT through the daemon process, one Debian mosquitto per test on a free loopback port:
 //! what a Home Assistant user sees (discovery, state, availability, the bridge), the LWT
 //! of a killed gateway, the "CEM control allowed" switch against a WebSocket CEM, a CEM
-//! on MQTT driving a simulated device, an s2-python RM bridged to a CEM on MQTT, and the
-//! bridge requests. Every wait is a subscription with a timeout as its failure guard.
+//! on MQTT driving a simulated device, an s2-python RM bridged to a CEM on MQTT, the
+//! bridge requests, and MQTT appliances from the example profiles (a dishwasher on PPBC,
+//! a hybrid heat pump on DDBC) driven by a CEM. Every wait is a subscription with a timeout as its failure guard.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 mod common;
@@ -881,5 +882,184 @@ async fn the_cem_control_switch_survives_a_restart() {
         })
         .await;
     assert_eq!(first.json()["cem_control"], "OFF", "{}", first.text);
+    daemon.assert_running();
+}
+
+// ----------------------------------------------------------------------------------------
+// (g) MQTT appliances: a dishwasher (PPBC) and a hybrid heat pump (DDBC)
+// ----------------------------------------------------------------------------------------
+
+/// A device of an MQTT profile, with a fixed resource id so its connection is known.
+fn mqtt_device(id: &str, rid: &str, profile: &str, mqtt: &str) -> String {
+    format!(
+        "[[device]]\nid = \"{id}\"\nresource_id = \"{rid}\"\ncem = \"test\"\n\
+         poll_interval_s = 1\nmeasurement_interval_s = 1\nprofile = \"{profile}\"\n\
+         [device.mqtt]\n{mqtt}\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cem_schedules_an_mqtt_dishwasher_and_sets_an_mqtt_hybrid_heat_pump() {
+    let broker = Broker::start().await;
+    let mut cem = TestCem::start(&[ProtocolVersion::V1_0_0]).await;
+    // The test peer plays hcpy with a metering plug, and ebusd: it listens for the
+    // commands and publishes the devices' state retained, as they do, so the gateway's
+    // subscriptions get it whenever they are made.
+    let (start, boiler_set) = (
+        "homeconnect/dw/activeProgram",
+        "ebusd/bai/SetModeOverride/set",
+    );
+    let mut peer = MqttPeer::connect(&broker, "appliances", &[start, boiler_set], None).await;
+    for (topic, payload) in [
+        (
+            "plug-dw/status/switch:0",
+            r#"{"apower":1.5,"aenergy":{"total":42.0}}"#,
+        ),
+        (
+            "homeconnect/dw/state",
+            r#"{"OperationState":"Ready","ActiveProgram":0,"RemainingProgramTime":0,"StartInRelative":0}"#,
+        ),
+        (
+            "ebusd/hmu/CurrentConsumedPower",
+            r#"{"value":{"value":1.25}}"#,
+        ),
+        ("ebusd/ctlv2/HeatDemand", r#"{"value":{"value":5.25}}"#),
+        ("ebusd/ctlv2/HeatDemandForecast", r#"{"values":[5.25,4.5]}"#),
+        ("ebusd/hmu/Status", r#"{"compressor":{"value":"on"}}"#),
+        ("ebusd/hmu/CurrentModulation", r#"{"value":{"value":80}}"#),
+        ("ebusd/bai/Status", r#"{"flame":{"value":"off"}}"#),
+    ] {
+        peer.publish(topic, payload, true).await;
+    }
+    let (dw_rid, hhp_rid) = (
+        Id::generate().as_str().to_string(),
+        Id::generate().as_str().to_string(),
+    );
+    let config = format!(
+        "{}{}{}{}{}",
+        gateway(""),
+        ws_link(&cem),
+        broker.mqtt_section(BASE),
+        mqtt_device(
+            "dishwasher",
+            &dw_rid,
+            "mqtt-dishwasher",
+            "device = \"dw\"\npower = { topic = \"plug-dw/status/switch:0\", path = \"apower\" }"
+        ),
+        mqtt_device(
+            "hybrid",
+            &hhp_rid,
+            "mqtt-hybrid-heat-pump",
+            "device = \"ebusd\""
+        )
+    );
+    let mut daemon = Daemon::start(&config);
+    let mut conns = cem.conns(2, GUARD).await;
+
+    // ---- the dishwasher: PPBC, Eco scheduled now, the start published to hcpy -----------
+    let dw = conns.get_mut(&dw_rid).unwrap();
+    let (_, details) = dw.handshake().await;
+    assert_eq!(
+        details.available_control_types,
+        [
+            ControlType::PowerProfileBasedControl,
+            ControlType::NotControllable
+        ]
+    );
+    dw.select_ready(ControlType::PowerProfileBasedControl).await;
+    let profile = match dw
+        .wait_message(MessageKind::PpbcPowerProfileDefinition, GUARD)
+        .await
+    {
+        Message::PpbcPowerProfileDefinition(p) => *p,
+        other => panic!("{:?}", other.kind()),
+    };
+    let container = &profile.power_sequence_containers[0];
+    assert_eq!(container.power_sequences.len(), 2, "Eco and Quick");
+    let eco = &container.power_sequences[0];
+    assert!(eco.is_interruptible, "Eco's drying may wait");
+    let schedule = s2_kit::types::ppbc::ScheduleInstruction {
+        message_id: Id::generate(),
+        id: Id::generate(),
+        power_profile_id: profile.id,
+        sequence_container_id: container.id,
+        power_sequence_id: eco.id,
+        execution_time: Timestamp::now(),
+        abnormal_condition: false,
+    };
+    let id = schedule.id;
+    dw.instruct(schedule).await;
+    dw.wait_instruction_status(id, InstructionStatus::Succeeded, GUARD)
+        .await;
+    let command = peer
+        .messages
+        .wait_for("hcpy to be told to start Eco", |m| m.topic == start, GUARD)
+        .await;
+    assert_eq!(command.text, r#"{"program":8196}"#);
+    assert!(!command.retained, "commands are never retained");
+
+    // ---- the hybrid heat pump: DDBC, the boiler on at half, published to ebusd ----------
+    let hhp = conns.get_mut(&hhp_rid).unwrap();
+    let (_, details) = hhp.handshake().await;
+    assert_eq!(
+        details.available_control_types,
+        [
+            ControlType::DemandDrivenBasedControl,
+            ControlType::NotControllable
+        ]
+    );
+    hhp.select_ready(ControlType::DemandDrivenBasedControl)
+        .await;
+    let system = match hhp
+        .wait_message(MessageKind::DdbcSystemDescription, GUARD)
+        .await
+    {
+        Message::DdbcSystemDescription(s) => *s,
+        other => panic!("{:?}", other.kind()),
+    };
+    assert_eq!(system.actuators.len(), 2, "heat pump and gas boiler");
+    match hhp
+        .wait_message(MessageKind::DdbcPresentDemandStatus, GUARD)
+        .await
+    {
+        Message::DdbcPresentDemandStatus(d) => {
+            assert_eq!(d.present_demand_rate.start_of_range, 5250.0, "{d:?}")
+        }
+        other => panic!("{:?}", other.kind()),
+    }
+    let boiler = system
+        .actuators
+        .iter()
+        .find(|a| a.diagnostic_label.as_deref() == Some("gas boiler"))
+        .unwrap();
+    let mode = boiler
+        .operation_modes
+        .iter()
+        .find(|m| m.diagnostic_label.as_deref() == Some("boiler on"))
+        .unwrap();
+    let instruction = s2_kit::types::ddbc::Instruction {
+        message_id: Id::generate(),
+        id: Id::generate(),
+        execution_time: Timestamp::now(),
+        abnormal_condition: false,
+        actuator_id: boiler.id,
+        operation_mode_id: mode.id,
+        operation_mode_factor: 0.5,
+    };
+    let id = instruction.id;
+    hhp.instruct(instruction).await;
+    hhp.wait_instruction_status(id, InstructionStatus::Succeeded, GUARD)
+        .await;
+    let command = peer
+        .messages
+        .wait_for(
+            "ebusd to be told to burn at half",
+            |m| m.topic == boiler_set,
+            GUARD,
+        )
+        .await;
+    assert_eq!(command.text, "on;50");
+    assert_emitted_valid("1.0.0", &hhp.raw_frames());
+    assert_emitted_valid("1.0.0", &conns[&dw_rid].raw_frames());
     daemon.assert_running();
 }

@@ -87,6 +87,14 @@ pub const BUILTIN_PROFILES: &[(&str, &str)] = &[
         "mqtt-generic",
         include_str!("../../config/profiles/mqtt-generic.toml"),
     ),
+    (
+        "mqtt-dishwasher",
+        include_str!("../../config/profiles/mqtt-dishwasher.toml"),
+    ),
+    (
+        "mqtt-hybrid-heat-pump",
+        include_str!("../../config/profiles/mqtt-hybrid-heat-pump.toml"),
+    ),
 ];
 
 /// Where a profile came from.

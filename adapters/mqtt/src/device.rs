@@ -4,13 +4,18 @@
 //!
 //! A value older than `stale_after_s` is not a measurement any more: the device then
 //! reads as `Unavailable` and nothing is made up.
+//!
+//! Appliances (a task in programmes, S2 PPBC) and demand-driven devices (actuators meeting
+//! a demand, S2 DDBC) add the tables of [`crate::appliance`].
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use s2gw_core::device::{ControlCapability, DeviceInfo, ModeSpec};
+use s2gw_core::device::{
+    ActuatorState, ControlCapability, DemandState, DeviceInfo, ModeSpec, TaskProgress, TaskState,
+};
 use s2gw_core::{Command, Device, DeviceError, DeviceStatus, Problems, Readings};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -18,6 +23,9 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use crate::MqttError;
+use crate::appliance::{
+    self, ActuatorMap, DemandMap, OnRelease, ProgrammeMap, TaskMap, TaskStep, TaskTracker,
+};
 use crate::client::MqttHandle;
 
 /// Where one reading comes from.
@@ -41,8 +49,8 @@ fn one() -> f64 {
 
 /// One command: a topic and a payload template.
 ///
-/// Placeholders: `{device}` (both), and in the payload `{watts}`, `{min_w}`, `{max_w}`,
-/// `{amps}`, `{phases}`, `{mode}` as the command provides them.
+/// Placeholders: `{device}` (both), and `{amps}`, `{phases}`, `{mode}`, `{programme}`,
+/// `{actuator}`, `{value}`, `{factor}`, `{percent}` as the command provides them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CommandMap {
@@ -123,6 +131,18 @@ pub struct MqttDeviceConfig {
     /// Settable charging current.
     #[serde(default)]
     pub current: Option<CurrentMap>,
+    /// An appliance's task (S2 PPBC), with `programmes`.
+    #[serde(default)]
+    pub task: Option<TaskMap>,
+    /// The task's programmes, the appliance's own choice first.
+    #[serde(default)]
+    pub programmes: Vec<ProgrammeMap>,
+    /// The demand a demand-driven device meets (S2 DDBC), with `actuators`.
+    #[serde(default)]
+    pub demand: Option<DemandMap>,
+    /// The actuators meeting the demand.
+    #[serde(default)]
+    pub actuators: Vec<ActuatorMap>,
 }
 
 fn stale() -> u64 {
@@ -137,16 +157,21 @@ impl MqttDeviceConfig {
         if !(1..=86_400).contains(&self.stale_after_s) {
             push("stale_after_s", "must be 1 to 86400");
         }
-        let mut topics = vec![("power.topic", &self.power.topic)];
+        let mut topics = vec![("power.topic".to_string(), self.power.topic.as_str())];
         if let Some(e) = &self.energy {
-            topics.push(("energy.topic", &e.topic));
+            topics.push(("energy.topic".to_string(), &e.topic));
         }
         if let Some(s) = &self.soc {
-            topics.push(("soc.topic", &s.topic));
+            topics.push(("soc.topic".to_string(), &s.topic));
         }
+        topics.extend(appliance::topics(
+            self.task.as_ref(),
+            self.demand.as_ref(),
+            &self.actuators,
+        ));
         for (key, topic) in topics {
             if topic.is_empty() {
-                push(key, "must not be empty");
+                push(&key, "must not be empty");
             }
             if topic.contains("{device}") && self.device.is_none() {
                 push("device", "the topics use {device}: set it in [device.mqtt]");
@@ -167,6 +192,13 @@ impl MqttDeviceConfig {
         {
             push("current", "needs 0 < min_a <= max_a and phases 1 or 3");
         }
+        problems.extend(appliance::validate(
+            self.task.as_ref(),
+            &self.programmes,
+            self.demand.as_ref(),
+            &self.actuators,
+            self.release.is_some(),
+        ));
         problems
     }
 
@@ -175,10 +207,123 @@ impl MqttDeviceConfig {
     }
 }
 
-/// The latest value of each reading, with when it came.
+/// One reading's latest value.
+#[derive(Debug, Clone)]
+enum Sample {
+    Number(f64),
+    Text(String),
+    List(Vec<f64>),
+}
+
+/// A value with when it came (monotonic, for staleness; wall clock, for "finish in").
+#[derive(Debug, Clone)]
+struct Entry {
+    sample: Sample,
+    at: Instant,
+    wall: SystemTime,
+}
+
+/// The latest value of each reading, and what the task's state changes said.
 #[derive(Default)]
 struct Latest {
-    values: BTreeMap<&'static str, (f64, Instant)>,
+    values: BTreeMap<String, Entry>,
+    task: TaskTracker,
+}
+
+/// How a reading's payload is read.
+#[derive(Debug, Clone)]
+enum Kind {
+    /// A number, scaled.
+    Number(f64),
+    /// A string (numbers and booleans as their JSON text).
+    Text,
+    /// A JSON array of numbers, each scaled.
+    List(f64),
+    /// The task's state: a string through the profile's map into the task tracker.
+    TaskState(BTreeMap<String, TaskStep>),
+}
+
+/// One subscription: which reading, on which topic, read how.
+struct Follow {
+    name: String,
+    topic: String,
+    path: String,
+    kind: Kind,
+}
+
+const TASK_STATE: &str = "task.state";
+const TASK_PROGRAMME: &str = "task.programme";
+const DEMAND: &str = "demand.present";
+const FORECAST: &str = "demand.forecast";
+
+fn actuator_key(actuator: &str, what: &str) -> String {
+    format!("actuator.{actuator}.{what}")
+}
+
+/// Every reading the config maps.
+fn follows(config: &MqttDeviceConfig) -> Vec<Follow> {
+    let number = |name: &str, map: &ReadingMap| Follow {
+        name: name.to_string(),
+        topic: map.topic.clone(),
+        path: map.path.clone(),
+        kind: Kind::Number(map.scale),
+    };
+    let mut out = vec![number("power", &config.power)];
+    out.extend(config.energy.as_ref().map(|m| number("energy", m)));
+    out.extend(config.soc.as_ref().map(|m| number("soc", m)));
+    if let Some(t) = &config.task {
+        out.push(Follow {
+            name: TASK_STATE.into(),
+            topic: t.state.topic.clone(),
+            path: t.state.path.clone(),
+            kind: Kind::TaskState(t.state.map.clone()),
+        });
+        if let Some(p) = &t.programme {
+            out.push(Follow {
+                name: TASK_PROGRAMME.into(),
+                topic: p.topic.clone(),
+                path: p.path.clone(),
+                kind: Kind::Text,
+            });
+        }
+        for (key, map) in appliance::task_numbers(t) {
+            out.push(number(&format!("task.{key}"), map));
+        }
+    }
+    if let Some(d) = &config.demand {
+        out.push(number(DEMAND, &d.present));
+        if let Some(f) = &d.forecast {
+            out.push(Follow {
+                name: FORECAST.into(),
+                topic: f.topic.clone(),
+                path: f.path.clone(),
+                kind: Kind::List(f.scale),
+            });
+        }
+    }
+    for a in &config.actuators {
+        if let Some(m) = &a.mode {
+            out.push(Follow {
+                name: actuator_key(&a.name, "mode"),
+                topic: m.topic.clone(),
+                path: m.path.clone(),
+                kind: Kind::Text,
+            });
+        }
+        if let Some(f) = &a.factor {
+            out.push(number(&actuator_key(&a.name, "factor"), f));
+        }
+    }
+    out
+}
+
+/// What the gateway told the device, for readings the device does not publish.
+#[derive(Debug, Default)]
+struct Told {
+    /// The programme last started.
+    programme: Option<String>,
+    /// Each actuator's mode and factor last set, by actuator name.
+    actuators: BTreeMap<String, (String, f64)>,
 }
 
 /// A device on MQTT.
@@ -188,6 +333,7 @@ pub struct MqttDevice {
     config: MqttDeviceConfig,
     info: DeviceInfo,
     latest: Arc<Mutex<Latest>>,
+    told: Told,
     started: Instant,
 }
 
@@ -222,18 +368,11 @@ impl MqttDevice {
         info.control = capabilities(&config);
         let id = id.into();
         let latest = Arc::new(Mutex::new(Latest::default()));
-        let maps = [
-            ("power", Some(&config.power)),
-            ("energy", config.energy.as_ref()),
-            ("soc", config.soc.as_ref()),
-        ];
-        for (name, map) in maps {
-            let Some(map) = map else { continue };
-            let rx = handle.subscribe(&config.fill(&map.topic), 1024).await?;
-            tokio::spawn(follow(
+        for follow in follows(&config) {
+            let rx = handle.subscribe(&config.fill(&follow.topic), 1024).await?;
+            tokio::spawn(run_follow(
                 rx,
-                name,
-                map.clone(),
+                follow,
                 latest.clone(),
                 id.clone(),
                 handle.shutdown_token(),
@@ -245,6 +384,7 @@ impl MqttDevice {
             config,
             info,
             latest,
+            told: Told::default(),
             started: Instant::now(),
         })
     }
@@ -256,52 +396,197 @@ impl MqttDevice {
                 "the MQTT broker is not connected".into(),
             ));
         }
-        let mut payload = self.config.fill(&map.payload);
-        for (name, value) in vars {
-            payload = payload.replace(&format!("{{{name}}}"), value);
-        }
-        debug!(device = %self.id, topic = %map.topic, "command");
+        let fill = |template: &str| {
+            let mut text = self.config.fill(template);
+            for (name, value) in vars {
+                text = text.replace(&format!("{{{name}}}"), value);
+            }
+            text
+        };
+        let topic = fill(&map.topic);
+        debug!(device = %self.id, %topic, "command");
         self.handle
-            .publish(self.config.fill(&map.topic), payload)
+            .publish(topic, fill(&map.payload))
             .await
             .map_err(|e| DeviceError::Unreachable(e.to_string()))
+    }
+
+    /// The task as the latest readings say, while there is one.
+    fn task(&self, latest: &Latest, now: Instant) -> Option<TaskState> {
+        let task = self.config.task.as_ref()?;
+        let step = latest.task.step?;
+        let number = |name: &str| match latest.values.get(name) {
+            Some(Entry {
+                sample: Sample::Number(v),
+                wall,
+                ..
+            }) => Some((*v, *wall)),
+            _ => None,
+        };
+        let own = self.config.programmes.first()?;
+        let programme = match latest.values.get(TASK_PROGRAMME) {
+            Some(Entry {
+                sample: Sample::Text(text),
+                ..
+            }) => appliance::programme_named(&self.config.programmes, text),
+            _ => None,
+        }
+        .or_else(|| {
+            let told = self.told.programme.as_deref()?;
+            self.config.programmes.iter().find(|p| p.name == told)
+        })
+        .unwrap_or(own);
+        let duration = appliance::duration_of(programme) as f64;
+        let elapsed_s = if let Some((v, _)) = number("task.elapsed") {
+            v.clamp(0.0, duration)
+        } else if let Some((v, _)) = number("task.remaining") {
+            (duration - v).clamp(0.0, duration)
+        } else {
+            latest.task.elapsed_s(now)
+        };
+        let name = programme.name.clone();
+        let progress = match step {
+            TaskStep::None => return None,
+            TaskStep::Waiting => TaskProgress::Waiting,
+            TaskStep::Running => TaskProgress::Running {
+                programme: name,
+                elapsed_s,
+            },
+            TaskStep::Paused => TaskProgress::Paused {
+                programme: name,
+                elapsed_s,
+            },
+            TaskStep::Finished => TaskProgress::Finished { programme: name },
+        };
+        let earliest_start = latest.task.loaded_at;
+        // A zero "finish in" or "ready by" is an appliance saying it has none set.
+        let latest_end = number("task.finish_in")
+            .filter(|(v, _)| *v > 0.0)
+            .map(|(v, wall)| appliance::after(wall, v))
+            .or_else(|| {
+                number("task.ready_by")
+                    .filter(|(v, _)| *v > 0.0)
+                    .map(|(v, _)| appliance::after(SystemTime::UNIX_EPOCH, v))
+            })
+            .unwrap_or_else(|| appliance::after(earliest_start, task.window_h * 3600.0))
+            .max(earliest_start);
+        let own_start = number("task.start_in")
+            .filter(|(v, _)| *v > 0.0)
+            .map(|(v, wall)| appliance::after(wall, v))
+            .unwrap_or_else(|| appliance::after(latest_end, -(appliance::duration_of(own) as f64)))
+            .max(earliest_start);
+        Some(TaskState {
+            task_id: latest.task.task_id,
+            earliest_start,
+            latest_end,
+            own_start,
+            progress,
+        })
+    }
+
+    /// The demand and what each actuator does, while the demand is a measurement.
+    fn demand(&self, latest: &Latest, fresh: &dyn Fn(&str) -> Option<f64>) -> Option<DemandState> {
+        self.config.demand.as_ref()?;
+        let demand = fresh(DEMAND)?;
+        let forecast = match latest.values.get(FORECAST) {
+            Some(Entry {
+                sample: Sample::List(values),
+                at,
+                ..
+            }) if at.elapsed() <= Duration::from_secs(self.config.stale_after_s) => values.clone(),
+            _ => Vec::new(),
+        };
+        let actuators = self
+            .config
+            .actuators
+            .iter()
+            .filter_map(|a| {
+                let read = match latest.values.get(&actuator_key(&a.name, "mode")) {
+                    Some(Entry {
+                        sample: Sample::Text(text),
+                        ..
+                    }) => appliance::mode_named(a, text),
+                    _ => None,
+                };
+                let told = self.told.actuators.get(&a.name);
+                let mode = read
+                    .or_else(|| {
+                        let (name, _) = told?;
+                        a.modes.iter().find(|m| &m.name == name)
+                    })
+                    .or_else(|| a.modes.iter().find(|m| m.default))?;
+                let factor = fresh(&actuator_key(&a.name, "factor"))
+                    .or_else(|| told.filter(|(m, _)| *m == mode.name).map(|(_, f)| *f))
+                    .unwrap_or(0.0)
+                    .clamp(0.0, 1.0);
+                Some(ActuatorState {
+                    actuator: a.name.clone(),
+                    mode: mode.name.clone(),
+                    factor,
+                })
+            })
+            .collect();
+        Some(DemandState {
+            demand,
+            forecast,
+            actuators,
+        })
     }
 }
 
 /// Keep the latest value of one reading.
-async fn follow(
+async fn run_follow(
     mut rx: crate::client::Subscription,
-    name: &'static str,
-    map: ReadingMap,
+    follow: Follow,
     latest: Arc<Mutex<Latest>>,
     device: String,
     shutdown: s2gw_core::CancellationToken,
 ) {
+    let name = follow.name.as_str();
     loop {
         let message = tokio::select! {
             () = shutdown.cancelled() => return,
             message = rx.recv() => match message { Some(m) => m, None => return },
         };
-        match extract(&message.payload, &map.path) {
-            Some(value) if (value * map.scale).is_finite() => {
+        let (at, wall) = (Instant::now(), SystemTime::now());
+        let sample = match &follow.kind {
+            Kind::Number(scale) => extract(&message.payload, &follow.path)
+                .map(|v| v * scale)
+                .filter(|v| v.is_finite())
+                .map(Sample::Number),
+            Kind::List(scale) => {
+                extract_list(&message.payload, &follow.path, *scale).map(Sample::List)
+            }
+            Kind::Text => extract_text(&message.payload, &follow.path).map(Sample::Text),
+            Kind::TaskState(map) => {
+                let Some(text) = extract_text(&message.payload, &follow.path) else {
+                    warn!(%device, reading = name, topic = %message.topic, "no state at the configured path: ignored");
+                    continue;
+                };
+                let Some(step) = map.get(&text) else {
+                    warn!(%device, state = %text, topic = %message.topic, "a task state the profile does not map: ignored");
+                    continue;
+                };
+                lock(&latest).task.observe(*step, at, wall);
+                Some(Sample::Text(text))
+            }
+        };
+        match sample {
+            Some(sample) => {
                 lock(&latest)
                     .values
-                    .insert(name, (value * map.scale, Instant::now()));
+                    .insert(name.to_string(), Entry { sample, at, wall });
             }
-            _ => {
-                warn!(%device, reading = name, topic = %message.topic, "no number at the configured path: ignored")
+            None => {
+                warn!(%device, reading = name, topic = %message.topic, "no value of the configured kind at the path: ignored")
             }
         }
     }
 }
 
-/// The number at `path` in a JSON payload (numbers and numeric strings), or the bare
-/// payload as a number when `path` is empty.
-fn extract(payload: &[u8], path: &str) -> Option<f64> {
+/// The JSON value at `path` of a payload (`None` for an empty path: the payload is bare).
+fn value_at(payload: &[u8], path: &str) -> Option<Value> {
     let text = std::str::from_utf8(payload).ok()?.trim();
-    if path.is_empty() {
-        return text.parse().ok();
-    }
     let mut value: Value = serde_json::from_str(text).ok()?;
     for key in path.split('.') {
         value = match value {
@@ -313,16 +598,61 @@ fn extract(payload: &[u8], path: &str) -> Option<f64> {
             _ => return None,
         };
     }
-    match value {
+    Some(value)
+}
+
+/// The number at `path` in a JSON payload (numbers and numeric strings), or the bare
+/// payload as a number when `path` is empty.
+fn extract(payload: &[u8], path: &str) -> Option<f64> {
+    if path.is_empty() {
+        return std::str::from_utf8(payload).ok()?.trim().parse().ok();
+    }
+    match value_at(payload, path)? {
         Value::Number(n) => n.as_f64(),
         Value::String(s) => s.trim().parse().ok(),
         _ => None,
     }
 }
 
+/// The string at `path` (numbers and booleans as their JSON text), or the bare payload
+/// when `path` is empty.
+fn extract_text(payload: &[u8], path: &str) -> Option<String> {
+    if path.is_empty() {
+        return Some(std::str::from_utf8(payload).ok()?.trim().to_string());
+    }
+    match value_at(payload, path)? {
+        Value::String(s) => Some(s),
+        v @ (Value::Number(_) | Value::Bool(_)) => Some(v.to_string()),
+        _ => None,
+    }
+}
+
+/// The array of numbers at `path` (the whole payload when `path` is empty), each
+/// scaled; `None` unless every item is a finite number.
+fn extract_list(payload: &[u8], path: &str, scale: f64) -> Option<Vec<f64>> {
+    let value = if path.is_empty() {
+        serde_json::from_slice(payload).ok()?
+    } else {
+        value_at(payload, path)?
+    };
+    let Value::Array(items) = value else {
+        return None;
+    };
+    items
+        .iter()
+        .map(|v| v.as_f64().map(|v| v * scale).filter(|v| v.is_finite()))
+        .collect()
+}
+
 /// What the config lets the device do, for the virtual RM.
 fn capabilities(config: &MqttDeviceConfig) -> Vec<ControlCapability> {
     let mut out = Vec::new();
+    if config.task.is_some() {
+        out.push(appliance::power_profile(&config.programmes));
+    }
+    if let Some(demand) = &config.demand {
+        out.push(appliance::demand_driven(demand, &config.actuators));
+    }
     if let Some(c) = &config.current {
         out.push(ControlCapability::OperationModes {
             modes: current_steps(c),
@@ -399,12 +729,13 @@ impl Device for MqttDevice {
         let stale_after = Duration::from_secs(self.config.stale_after_s);
         let now = Instant::now();
         let latest = lock(&self.latest);
-        let fresh = |name: &str| {
-            latest
-                .values
-                .get(name)
-                .filter(|(_, at)| now.duration_since(*at) <= stale_after)
-                .map(|(v, _)| *v)
+        let fresh = |name: &str| match latest.values.get(name) {
+            Some(Entry {
+                sample: Sample::Number(v),
+                at,
+                ..
+            }) if now.duration_since(*at) <= stale_after => Some(*v),
+            _ => None,
         };
         let Some(power_w) = fresh("power") else {
             let why = if latest.values.contains_key("power") {
@@ -429,6 +760,8 @@ impl Device for MqttDevice {
             energy_wh: fresh("energy"),
             soc: fresh("soc"),
             status: DeviceStatus::Ok,
+            task: self.task(&latest, now),
+            demand: self.demand(&latest, &fresh),
             ..Readings::default()
         })
     }
@@ -440,10 +773,7 @@ impl Device for MqttDevice {
             )))
         };
         match command {
-            Command::Release => match self.config.release.clone() {
-                Some(map) => self.send(&map, &[]).await,
-                None => Ok(()), // nothing to release on a device that cannot be controlled
-            },
+            Command::Release => self.release().await,
             Command::SetMode { mode } => {
                 let Some(map) = self
                     .config
@@ -477,11 +807,89 @@ impl Device for MqttDevice {
             }
             Command::LimitPower { .. } => refused("a power limit"),
             Command::SetPower { .. } => refused("a power setpoint"),
-            Command::StartProgramme { .. } | Command::Pause | Command::Resume => {
-                refused("an appliance programme")
+            Command::StartProgramme { programme } => {
+                let Some(task) = self.config.task.clone() else {
+                    return refused("an appliance programme");
+                };
+                let Some(value) = self
+                    .config
+                    .programmes
+                    .iter()
+                    .find(|p| &p.name == programme)
+                    .map(|p| p.value().to_string())
+                else {
+                    return refused(&format!("programme {programme:?}"));
+                };
+                self.send(&task.start, &[("programme", value)]).await?;
+                self.told.programme = Some(programme.clone());
+                Ok(())
             }
-            Command::SetActuator { .. } => refused("an actuator mode"),
+            Command::Pause | Command::Resume => {
+                let map = self.config.task.as_ref().and_then(|t| {
+                    if *command == Command::Pause {
+                        t.pause.clone()
+                    } else {
+                        t.resume.clone()
+                    }
+                });
+                match map {
+                    Some(map) => self.send(&map, &[]).await,
+                    None => refused(&format!("{} of a programme", command.summary())),
+                }
+            }
+            Command::SetActuator {
+                actuator,
+                mode,
+                factor,
+            } => {
+                let Some(a) = self.config.actuators.iter().find(|a| &a.name == actuator) else {
+                    return refused(&format!("actuator {actuator:?}"));
+                };
+                let Some(m) = a.modes.iter().find(|m| &m.name == mode) else {
+                    return refused(&format!("mode {mode:?} of {actuator}"));
+                };
+                if !(0.0..=1.0).contains(factor) {
+                    return Err(DeviceError::Refused(format!(
+                        "factor {factor} is outside 0..1"
+                    )));
+                }
+                let Some((map, vars)) = appliance::set_actuator(a, m, *factor) else {
+                    return refused(&format!("mode {mode:?} of {actuator}"));
+                };
+                self.send(&map, &vars).await?;
+                self.told
+                    .actuators
+                    .insert(actuator.clone(), (mode.clone(), *factor));
+                Ok(())
+            }
         }
+    }
+}
+
+impl MqttDevice {
+    /// The fail-safe: `[mqtt] release`, then what the task's `on_release` says, then each
+    /// actuator's own release; nothing for a device that cannot be controlled.
+    async fn release(&mut self) -> Result<(), DeviceError> {
+        if let Some(map) = self.config.release.clone() {
+            self.send(&map, &[]).await?;
+        }
+        if let Some(task) = self.config.task.clone() {
+            let paused = lock(&self.latest).task.step == Some(TaskStep::Paused);
+            if task.on_release == OnRelease::Resume
+                && paused
+                && let Some(resume) = &task.resume
+            {
+                self.send(resume, &[]).await?;
+            }
+        }
+        for a in self.config.actuators.clone() {
+            if let Some(map) = &a.release {
+                self.send(map, &[]).await?;
+            }
+        }
+        // The device runs on its own again: what it was told no longer says what it does.
+        self.told.actuators.clear();
+        Ok(())
     }
 }
 

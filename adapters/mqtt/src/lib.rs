@@ -20,6 +20,7 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+mod appliance;
 mod bridge;
 mod client;
 mod config;
@@ -31,6 +32,10 @@ mod tls;
 mod topic;
 mod wire;
 
+pub use appliance::{
+    ActuatorMap, DemandMap, FuelName, OnRelease, PhaseMap, ProgrammeMap, StateMap, SupplyModeMap,
+    TaskMap, TaskStep, TextMap,
+};
 pub use bridge::{BridgeData, spawn_bridge};
 pub use client::{Inbound, LinkStatus, Mqtt, MqttHandle, Subscription};
 pub use config::{MqttConfig, Protocol, TlsConfig};
