@@ -1012,7 +1012,18 @@ fn demo_config_loads_with_one_of_each() {
         })
         .collect();
     models.sort_unstable();
-    assert_eq!(models, ["battery", "ev", "heat_pump", "meter", "pv"]);
+    assert_eq!(
+        models,
+        [
+            "battery",
+            "dishwasher",
+            "ev",
+            "heat_pump",
+            "hybrid_heat_pump",
+            "meter",
+            "pv"
+        ]
+    );
     assert!(config.devices.iter().all(|d| d.cem == "demo"));
     match &config.cem["demo"].transport {
         CemTransport::WsClient { url, .. } => {
