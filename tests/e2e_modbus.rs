@@ -78,14 +78,11 @@ struct Peer {
 impl Peer {
     /// Start `modbus_peer.py PORT ARGS…` and wait until it accepts connections.
     async fn start(args: &[&str]) -> Peer {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .unwrap()
-            .port();
         let script = common::workspace().join("adapters/modbus/tests/peers/modbus_peer.py");
+        // Port 0: the peer binds a free port itself and says which.
         let mut child = Command::new(common::python())
             .arg(&script)
-            .arg(port.to_string())
+            .arg("0")
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -94,31 +91,30 @@ impl Peer {
             .unwrap_or_else(|e| panic!("cannot start the pymodbus peer {script:?}: {e}"));
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::unbounded_channel();
+        let (listening_tx, listening) = tokio::sync::oneshot::channel();
         tokio::spawn(async move {
+            let mut listening_tx = Some(listening_tx);
             let mut lines = BufReader::new(stdout).lines();
             while let Ok(Some(line)) = lines.next_line().await {
-                if let Ok(write) = serde_json::from_str::<Seen>(&line) {
+                let value: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+                if let Some(port) = value["listening"].as_u64() {
+                    if let Some(tx) = listening_tx.take() {
+                        let _ = tx.send(port);
+                    }
+                } else if let Ok(write) = serde_json::from_value::<Seen>(value) {
                     let _ = tx.send(write);
                 }
             }
         });
-        // Readiness: the port accepts. Bounded; a peer that died says so at once.
-        let deadline = tokio::time::Instant::now() + GUARD;
-        while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!(
-                    "the pymodbus peer {args:?} exited with {status}: is pymodbus 3.16.1 in the \
-                     venv (scripts/python-peers.sh)? See its stderr above"
-                );
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the pymodbus peer {args:?} never listened"
-            );
-            // Poll back-off while Python starts, not a synchronisation: the connect is
-            // the readiness signal.
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        // A peer that dies before listening closes its stdout, which ends the wait.
+        let port = match tokio::time::timeout(GUARD, listening).await {
+            Ok(Ok(port)) => u16::try_from(port).unwrap(),
+            _ => panic!(
+                "the pymodbus peer {args:?} never said where it listens (exit: {:?}): is \
+                 pymodbus 3.16.1 in the venv (scripts/python-peers.sh)? See its stderr above",
+                child.try_wait()
+            ),
+        };
         Peer {
             port,
             writes: Queue::new(rx),

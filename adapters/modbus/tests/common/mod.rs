@@ -80,38 +80,43 @@ pub struct PyPeer {
 
 impl PyPeer {
     pub async fn start(args: &[&str]) -> PyPeer {
-        let port = free_port();
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/peers/modbus_peer.py");
+        // Port 0: the peer binds a free port itself and says which.
         let mut child = Command::new(python())
-            .arg(script)
-            .arg(port.to_string())
+            .arg(&script)
+            .arg("0")
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
             .spawn()
-            .expect("start the pymodbus peer");
+            .unwrap_or_else(|e| panic!("cannot start the pymodbus peer {script:?}: {e}"));
         let stdout = child.stdout.take().unwrap();
         let (tx, writes) = mpsc::unbounded_channel();
+        let (listening_tx, listening) = tokio::sync::oneshot::channel();
         tokio::spawn(async move {
+            let mut listening_tx = Some(listening_tx);
             let mut lines = BufReader::new(stdout).lines();
             while let Ok(Some(line)) = lines.next_line().await {
-                if let Ok(seen) = serde_json::from_str::<Seen>(&line) {
-                    let _ = tx.send(seen);
+                let value: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+                if let Some(port) = value["listening"].as_u64() {
+                    if let Some(tx) = listening_tx.take() {
+                        let _ = tx.send(port);
+                    }
+                } else if let Ok(write) = serde_json::from_value::<Seen>(value) {
+                    let _ = tx.send(write);
                 }
             }
         });
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("the pymodbus peer {args:?} exited with {status} (see its stderr above)");
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "pymodbus peer {args:?} never listened"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        // A peer that dies before listening closes its stdout, which ends the wait.
+        let port = match tokio::time::timeout(Duration::from_secs(20), listening).await {
+            Ok(Ok(port)) => u16::try_from(port).unwrap(),
+            _ => panic!(
+                "the pymodbus peer {args:?} never said where it listens (exit: {:?}): is \
+                 pymodbus 3.16.1 in the venv (scripts/python-peers.sh)? See its stderr above",
+                child.try_wait()
+            ),
+        };
         PyPeer {
             port,
             _child: child,

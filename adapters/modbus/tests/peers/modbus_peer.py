@@ -157,7 +157,12 @@ async def main():
     device = SimDevice(0, simdata=blocks(spec), action=make_action(args))
     framer = FramerType.RTU if args.framer == "rtu" else FramerType.SOCKET
     server = ModbusTcpServer(device, framer=framer, address=("127.0.0.1", args.port))
-    await server.serve_forever()
+    await server.serve_forever(background=True)
+    # The port it listens on (port 0 lets the OS choose): the test waits for this line,
+    # so it never races another test for a port or talks to another test's peer.
+    port = server.transport.sockets[0].getsockname()[1]
+    print(json.dumps({"listening": port}), flush=True)
+    await server.serving
 
 
 if __name__ == "__main__":
