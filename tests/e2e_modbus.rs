@@ -25,7 +25,6 @@ use s2_kit::types::{Duration as S2Duration, Id, ProtocolVersion, Timestamp, ombc
 use s2gw_modbus::{Table, Target, ValueType, WordOrder};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 use tokio_modbus::prelude::{ExceptionCode, Request, Response, SlaveRequest};
