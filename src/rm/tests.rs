@@ -1061,3 +1061,109 @@ async fn reconnect_and_read_offer(h: &mut Harness) -> Vec<ControlType> {
         })
         .expect("the new session describes the resource")
 }
+
+// ---------------------------------------------------------------------------------------
+// DDBC: what the device does by itself counts, selected or not
+// ---------------------------------------------------------------------------------------
+
+fn heat_pump_only() -> TestDevice {
+    use s2gw_core::device::{ActuatorSpec, Fuel, SupplyModeSpec};
+    let mode = |name: &str, supply: f64, power: f64, is_default| SupplyModeSpec {
+        name: name.to_string(),
+        label: name.to_string(),
+        supply_min: 0.0,
+        supply_max: supply,
+        power_min_w: 0.0,
+        power_max_w: power,
+        is_default,
+    };
+    TestDevice {
+        info: DeviceInfo {
+            kind: DeviceKind::HeatPump,
+            control: vec![
+                ControlCapability::NotControllable,
+                ControlCapability::DemandDriven {
+                    actuators: vec![ActuatorSpec {
+                        name: "heat_pump".into(),
+                        label: "heat pump".into(),
+                        fuel: Fuel::Electricity,
+                        modes: vec![
+                            mode("off", 0.0, 0.0, false),
+                            mode("on", 6000.0, 1700.0, true),
+                        ],
+                        min_on_s: 300,
+                    }],
+                    forecast_step_s: 3600,
+                },
+            ],
+            ..DeviceInfo::default()
+        },
+        state: Arc::new(Mutex::new(DeviceState {
+            readings: demand_readings("on"),
+            ..DeviceState::default()
+        })),
+    }
+}
+
+fn demand_readings(mode: &str) -> Readings {
+    use s2gw_core::device::{ActuatorState, DemandState};
+    Readings {
+        power_w: 800.0,
+        demand: Some(DemandState {
+            demand: 3000.0,
+            forecast: vec![3000.0],
+            actuators: vec![ActuatorState {
+                actuator: "heat_pump".into(),
+                mode: mode.into(),
+                factor: 0.5,
+            }],
+        }),
+        ..Readings::default()
+    }
+}
+
+/// A heat pump that switched off by itself while the CEM had another control type
+/// selected has a running compressor timer: DDBC, selected later, says so and refuses
+/// the move it blocks, rather than letting the device refuse it (ABORTED).
+#[tokio::test(start_paused = true)]
+async fn a_mode_the_device_left_by_itself_starts_its_timer_even_unselected() {
+    let mut h = Harness::selected(heat_pump_only(), ControlType::NotControllable).await;
+    h.state.lock().unwrap().readings = demand_readings("off");
+    h.advance(Duration::from_secs(2)).await;
+    h.events.clear();
+    let mut h = h.select(ControlType::DemandDrivenBasedControl).await;
+    assert!(
+        timers_reported(&h).iter().any(|(_, at)| *at > h.now()),
+        "the compressor's minimum time is announced: {:?}",
+        timers_reported(&h)
+    );
+    let system = match h.description(MessageKind::DdbcSystemDescription) {
+        Some(Message::DdbcSystemDescription(s)) => *s,
+        other => panic!("no DDBC.SystemDescription: {other:?}"),
+    };
+    let actuator = &system.actuators[0];
+    let on = actuator
+        .operation_modes
+        .iter()
+        .find(|m| m.diagnostic_label.as_deref() == Some("on"))
+        .unwrap();
+    let id = s2gw_core::s2::mint_id();
+    let now = h.now();
+    h.cem
+        .instruct(
+            s2gw_core::s2::ddbc::Instruction {
+                message_id: s2gw_core::s2::mint_id(),
+                id,
+                execution_time: now,
+                abnormal_condition: false,
+                actuator_id: actuator.id,
+                operation_mode_id: on.id,
+                operation_mode_factor: 1.0,
+            },
+            now,
+        )
+        .unwrap();
+    h.pump().await;
+    assert_eq!(h.statuses(id), [InstructionStatus::Rejected]);
+    h.stop().await;
+}

@@ -51,7 +51,9 @@ pub(crate) trait ControlModule: Send {
     /// The CEM selected this control type: the descriptions and first statuses.
     fn describe(&mut self, cx: &mut Context<'_>, now: Timestamp) -> Vec<Message>;
 
-    /// New readings while selected: the statuses that follow them.
+    /// New readings, whether selected or not: the statuses that follow them, which the
+    /// core sends only while this type is selected. A module that is not selected keeps
+    /// watching (a device switching by itself starts its timers all the same).
     fn readings(&mut self, _cx: &mut Context<'_>, _now: Timestamp) -> Vec<Message> {
         Vec::new()
     }

@@ -1,11 +1,12 @@
 //! The device side of the core: reads and availability, writes and their results, the
 //! fail-safe release (rule 1), and what new readings make the RM report.
 
-use s2gw_core::s2::{InstructionStatus, Timestamp};
+use s2gw_core::s2::{InstructionStatus, Message, Timestamp};
 use s2gw_core::{BusEvent, Command, DeviceError, DeviceStatus};
 
 use super::{Core, Output, Purpose, ReadResult, Write};
 use crate::rm::LinkState;
+use crate::rm::control::{Context, ControlModule};
 
 /// Consecutive failed reads after which the device is marked unavailable.
 const FAILURES_BEFORE_UNAVAILABLE: u32 = 3;
@@ -183,22 +184,36 @@ impl Core {
     /// Every control type learns of the release; the selected one's news goes out.
     fn tell_modules_released(&mut self) {
         let now = self.now;
-        let (modules, mut cx, selected) = self.modules_in_context();
-        let mut news = Vec::new();
-        for module in modules.iter_mut() {
-            let messages = module.released(&mut cx, now);
-            if Some(module.control_type()) == selected {
-                news = messages;
-            }
-        }
+        let news = self.tell_every_module(|module, cx| module.released(cx, now));
         for message in news {
             self.send(message);
         }
     }
 
+    /// Every control module hears of something, selected or not (a timer the device's own
+    /// switch started runs whichever type the CEM has selected); what the selected one says
+    /// back is returned.
+    fn tell_every_module(
+        &mut self,
+        mut f: impl FnMut(&mut dyn ControlModule, &mut Context<'_>) -> Vec<Message>,
+    ) -> Vec<Message> {
+        let (modules, mut cx, selected) = self.modules_in_context();
+        let mut news = Vec::new();
+        for module in modules.iter_mut() {
+            let messages = f(module.as_mut(), &mut cx);
+            if Some(module.control_type()) == selected {
+                news = messages;
+            }
+        }
+        news
+    }
+
     /// PowerMeasurement (on change, on the heartbeat, or `force`d right after a
-    /// selection), then what the selected control type reports with new readings.
+    /// selection), then what the selected control type reports with new readings. Every
+    /// control type watches the readings, reporting or not.
     pub(super) fn report_readings(&mut self, force: bool) {
+        let now = self.now;
+        let statuses = self.tell_every_module(|module, cx| module.readings(cx, now));
         if !matches!(self.link, LinkState::Connected(_)) || !self.available {
             return;
         }
@@ -206,16 +221,12 @@ impl Core {
             return;
         };
         let interval = self.config.measurement_interval;
-        let now = self.now;
         if let Some(measurement) = self
             .measurer
             .next(&readings, &self.info, interval, now, force)
         {
             self.send(measurement);
         }
-        let statuses = self
-            .with_selected(|module, cx| module.readings(cx, now))
-            .unwrap_or_default();
         for message in statuses {
             self.send(message);
         }
