@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use s2gw::cli::{RawReadRequest, SerialArgs};
+use s2gw::commands::{RawReadRequest, SerialArgs};
 use s2gw_modbus::{Table, Target, ValueType, WordOrder};
 
 /// Makes Modbus, MQTT, BLE and simulated devices appear to a Customer Energy Manager as
@@ -129,7 +129,7 @@ impl BusArgs {
                 ParityArg::Odd => s2gw_modbus::target::Parity::Odd,
             },
         };
-        s2gw::cli::modbus_target(self.tcp, self.rtu_over_tcp, self.rtu, serial)
+        s2gw::commands::modbus_target(self.tcp, self.rtu_over_tcp, self.rtu, serial)
     }
 }
 
@@ -174,7 +174,9 @@ async fn modbus(tool: ModbusTool) -> anyhow::Result<ExitCode> {
             bus,
             unit,
             timeout_ms,
-        } => s2gw::cli::modbus_scan(bus.target(), unit, Duration::from_millis(timeout_ms)).await,
+        } => {
+            s2gw::commands::modbus_scan(bus.target(), unit, Duration::from_millis(timeout_ms)).await
+        }
         ModbusTool::Read {
             bus,
             unit,
@@ -200,7 +202,7 @@ async fn modbus(tool: ModbusTool) -> anyhow::Result<ExitCode> {
                     WordOrderArg::Little => WordOrder::LowFirst,
                 },
             };
-            s2gw::cli::modbus_read(bus.target(), request).await
+            s2gw::commands::modbus_read(bus.target(), request).await
         }
     }
 }
@@ -219,12 +221,12 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Run { config } => s2gw::cli::run(&config).await,
-            Command::Check { config } => s2gw::cli::check(&config),
+            Command::Run { config } => s2gw::commands::run(&config).await,
+            Command::Check { config } => s2gw::commands::check(&config),
             Command::Demo { duration, plain } => {
-                s2gw::cli::demo(duration.map(Duration::from_secs), plain).await
+                s2gw::commands::demo(duration.map(Duration::from_secs), plain).await
             }
-            Command::Cem { listen } => s2gw::cli::cem(listen).await,
+            Command::Cem { listen } => s2gw::commands::cem(listen).await,
             Command::Modbus(tool) => modbus(tool).await,
         }
     });

@@ -12,7 +12,7 @@ use tokio::sync::watch;
 
 use crate::bus::taps::{Counters, RouteCounters};
 use crate::config::{Config, NativeTransport, control_type_name};
-use crate::mqtt_wiring::link_name;
+use crate::gateway::mqtt::link_name;
 use crate::rm::RmView;
 
 /// One virtual RM as the bridge shows it.

@@ -4,7 +4,17 @@
 //! device gets a route on the bus, a virtual RM on its RM side and the link its `cem` key
 //! names on its CEM side; each native RM gets a server slot (or an MQTT slot) on its RM
 //! side. With `[mqtt]`, every virtual RM is mirrored to the broker and gated by its
-//! device's "CEM control allowed" switch ([`crate::mqtt_wiring`]).
+//! device's "CEM control allowed" switch ([`mqtt`]).
+//!
+//! # Layout
+//! - `mod.rs`: the topology: routes, virtual RMs, links, taps;
+//! - `devices.rs`: a device section's adapter (sim, Modbus, MQTT, BLE);
+//! - `mqtt.rs`: the MQTT client, the state mirror and Home Assistant discovery;
+//! - `bridge.rs`: what the MQTT bridge requests answer.
+
+pub mod bridge;
+pub mod devices;
+pub mod mqtt;
 
 #[cfg(feature = "ble")]
 use std::collections::BTreeMap;
@@ -19,7 +29,7 @@ use tokio::task::JoinHandle;
 use crate::bus::Bus;
 use crate::bus::taps::{Counters, TrafficLog};
 use crate::config::{CemLink, CemTransport, Config, DeviceSection, NativeTransport};
-use crate::mqtt_wiring::MqttRuntime;
+use crate::gateway::mqtt::MqttRuntime;
 use crate::rm::{self, RmView, VirtualRmConfig};
 
 /// A running gateway.
@@ -113,7 +123,7 @@ impl Gateway {
             tasks.push(server.spawn(shutdown.clone()));
         }
         if let Some(mqtt) = mqtt.as_mut() {
-            let data = crate::bridge::DaemonBridge::new(
+            let data = crate::gateway::bridge::DaemonBridge::new(
                 config,
                 &views,
                 counters.clone(),
@@ -158,7 +168,7 @@ fn link_for<'a>(config: &'a Config, name: &str) -> anyhow::Result<&'a CemLink> {
 
 /// Devices this build cannot drive stop the start, all named at once.
 fn refuse_unsupported(config: &Config) -> anyhow::Result<()> {
-    let unsupported = crate::devices::unsupported(config);
+    let unsupported = crate::gateway::devices::unsupported(config);
     if !unsupported.is_empty() {
         anyhow::bail!(
             "BLE device(s) {} cannot start: this s2gw was built without BLE support (cargo \
@@ -209,7 +219,7 @@ async fn start_device(
     mqtt: Option<&mut MqttRuntime>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<(JoinHandle<()>, watch::Receiver<RmView>)> {
-    let hardware = crate::devices::build(device, mqtt.as_ref().map(|m| &m.handle)).await?;
+    let hardware = crate::gateway::devices::build(device, mqtt.as_ref().map(|m| &m.handle)).await?;
     let mut rm_config = VirtualRmConfig::new(device.resource_id.as_str(), device.name.clone());
     rm_config.control_types = device.control_types.clone();
     rm_config.poll_interval = device.poll_interval;
