@@ -8,8 +8,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::{
-    CemConn, Daemon, Ended, GUARD, TestCem, assert_emitted_valid, frbc_instruction, ids_in,
-    is_uuid, ombc_instruction, pebc_instruction,
+    CemConn, Daemon, Ended, GUARD, TestCem, assert_emitted_valid, ddbc_instruction,
+    frbc_instruction, ids_in, is_uuid, ombc_instruction, pebc_instruction, ppbc_pause, ppbc_resume,
+    ppbc_schedule,
 };
 use s2_kit::message::{Message, MessageKind};
 use s2_kit::session::CemEvent;
@@ -240,28 +241,6 @@ async fn container_state(conn: &mut CemConn, state: &str) {
             SOON,
         )
         .await;
-}
-
-/// A DDBC.Instruction putting `actuator` in the mode labelled `label` at `factor`.
-fn ddbc_instruction(
-    actuator: &s2_kit::types::ddbc::ActuatorDescription,
-    label: &str,
-    factor: f64,
-) -> s2_kit::types::ddbc::Instruction {
-    let mode = actuator
-        .operation_modes
-        .iter()
-        .find(|m| m.diagnostic_label.as_deref() == Some(label))
-        .unwrap_or_else(|| panic!("no DDBC mode labelled {label:?}"));
-    s2_kit::types::ddbc::Instruction {
-        message_id: Id::generate(),
-        id: Id::generate(),
-        execution_time: Timestamp::now(),
-        abnormal_condition: false,
-        actuator_id: actuator.id,
-        operation_mode_id: mode.id,
-        operation_mode_factor: factor,
-    }
 }
 
 fn near(value: f64, target: f64, tolerance: f64) -> bool {
@@ -544,53 +523,24 @@ async fn every_device_every_control_type(version: ProtocolVersion) {
         container_state(dishwasher, "NOT_SCHEDULED").await;
         let container = &profile.power_sequence_containers[0];
         assert_eq!(container.power_sequences.len(), 2, "Eco and Quick");
-        let eco = &container.power_sequences[0];
-        assert!(eco.is_interruptible, "Eco's drying may wait");
-        let schedule = s2_kit::types::ppbc::ScheduleInstruction {
-            message_id: Id::generate(),
-            id: Id::generate(),
-            power_profile_id: profile.id,
-            sequence_container_id: container.id,
-            power_sequence_id: eco.id,
-            execution_time: Timestamp::now(),
-            abnormal_condition: false,
-        };
+        assert!(
+            container.power_sequences[0].is_interruptible,
+            "Eco's drying may wait"
+        );
         dishwasher.events().clear();
-        instruct_ok(dishwasher, schedule.clone()).await;
+        instruct_ok(dishwasher, ppbc_schedule(&profile, 0)).await;
         container_state(dishwasher, "EXECUTING").await;
         dishwasher
             .wait_power("Eco's first phase (120 W)", |w| near(w, 120.0, 1.0), SOON)
             .await;
         // Once it runs, the task cannot be scheduled again.
-        let again = s2_kit::types::ppbc::ScheduleInstruction {
-            message_id: Id::generate(),
-            id: Id::generate(),
-            ..schedule
-        };
+        let again = ppbc_schedule(&profile, 0);
         let again_id = again.id;
         dishwasher.instruct(again).await;
         await_status(dishwasher, again_id, "REJECTED").await;
-        let pause = s2_kit::types::ppbc::StartInterruptionInstruction {
-            message_id: Id::generate(),
-            id: Id::generate(),
-            power_profile_id: profile.id,
-            sequence_container_id: container.id,
-            power_sequence_id: eco.id,
-            execution_time: Timestamp::now(),
-            abnormal_condition: false,
-        };
-        instruct_ok(dishwasher, pause).await;
+        instruct_ok(dishwasher, ppbc_pause(&profile, 0)).await;
         container_state(dishwasher, "INTERRUPTED").await;
-        let resume = s2_kit::types::ppbc::EndInterruptionInstruction {
-            message_id: Id::generate(),
-            id: Id::generate(),
-            power_profile_id: profile.id,
-            sequence_container_id: container.id,
-            power_sequence_id: eco.id,
-            execution_time: Timestamp::now(),
-            abnormal_condition: false,
-        };
-        instruct_ok(dishwasher, resume).await;
+        instruct_ok(dishwasher, ppbc_resume(&profile, 0)).await;
         container_state(dishwasher, "EXECUTING").await;
     }
 
@@ -631,12 +581,7 @@ async fn every_device_every_control_type(version: ProtocolVersion) {
         hybrid
             .wait_message(MessageKind::DdbcAverageDemandRateForecast, SOON)
             .await;
-        let boiler = system
-            .actuators
-            .iter()
-            .find(|a| a.diagnostic_label.as_deref() == Some("gas boiler"))
-            .unwrap();
-        let boiler_on = ddbc_instruction(boiler, "boiler on", 0.5);
+        let boiler_on = ddbc_instruction(&system, "gas boiler", "boiler on", 0.5);
         hybrid.events().clear();
         instruct_ok(hybrid, boiler_on).await;
         // 11.5 kW of gas heat covers the demand: the heat pump stops by itself (its
@@ -664,12 +609,7 @@ async fn every_device_every_control_type(version: ProtocolVersion) {
                 SOON,
             )
             .await;
-        let heat_pump = system
-            .actuators
-            .iter()
-            .find(|a| a.diagnostic_label.as_deref() == Some("heat pump"))
-            .unwrap();
-        let back_on = ddbc_instruction(heat_pump, "heat pump on", 1.0);
+        let back_on = ddbc_instruction(&system, "heat pump", "heat pump on", 1.0);
         let back_on_id = back_on.id;
         hybrid.instruct(back_on).await;
         await_status(hybrid, back_on_id, "REJECTED").await;

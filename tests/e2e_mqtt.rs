@@ -366,17 +366,7 @@ async fn home_assistant_sees_ppbc_and_ddbc_devices_under_cem_control() {
         Message::PpbcPowerProfileDefinition(p) => *p,
         other => panic!("{:?}", other.kind()),
     };
-    let container = &profile.power_sequence_containers[0];
-    let eco = container.power_sequences[0].id;
-    let schedule = s2_kit::types::ppbc::ScheduleInstruction {
-        message_id: Id::generate(),
-        id: Id::generate(),
-        power_profile_id: profile.id,
-        sequence_container_id: container.id,
-        power_sequence_id: eco,
-        execution_time: Timestamp::now(),
-        abnormal_condition: false,
-    };
+    let schedule = ppbc_schedule(&profile, 0);
     let schedule_id = schedule.id;
     dishwasher.instruct(schedule).await;
     dishwasher
@@ -396,25 +386,7 @@ async fn home_assistant_sees_ppbc_and_ddbc_devices_under_cem_control() {
         Message::DdbcSystemDescription(s) => *s,
         other => panic!("{:?}", other.kind()),
     };
-    let boiler = system
-        .actuators
-        .iter()
-        .find(|a| a.diagnostic_label.as_deref() == Some("gas boiler"))
-        .unwrap();
-    let boiler_on = boiler
-        .operation_modes
-        .iter()
-        .find(|m| m.diagnostic_label.as_deref() == Some("boiler on"))
-        .unwrap();
-    let instruction = s2_kit::types::ddbc::Instruction {
-        message_id: Id::generate(),
-        id: Id::generate(),
-        execution_time: Timestamp::now(),
-        abnormal_condition: false,
-        actuator_id: boiler.id,
-        operation_mode_id: boiler_on.id,
-        operation_mode_factor: 0.5,
-    };
+    let instruction = ddbc_instruction(&system, "gas boiler", "boiler on", 0.5);
     let instruction_id = instruction.id;
     hybrid.instruct(instruction).await;
     hybrid
@@ -976,17 +948,11 @@ async fn a_cem_schedules_an_mqtt_dishwasher_and_sets_an_mqtt_hybrid_heat_pump() 
     };
     let container = &profile.power_sequence_containers[0];
     assert_eq!(container.power_sequences.len(), 2, "Eco and Quick");
-    let eco = &container.power_sequences[0];
-    assert!(eco.is_interruptible, "Eco's drying may wait");
-    let schedule = s2_kit::types::ppbc::ScheduleInstruction {
-        message_id: Id::generate(),
-        id: Id::generate(),
-        power_profile_id: profile.id,
-        sequence_container_id: container.id,
-        power_sequence_id: eco.id,
-        execution_time: Timestamp::now(),
-        abnormal_condition: false,
-    };
+    assert!(
+        container.power_sequences[0].is_interruptible,
+        "Eco's drying may wait"
+    );
+    let schedule = ppbc_schedule(&profile, 0);
     let id = schedule.id;
     dw.instruct(schedule).await;
     dw.wait_instruction_status(id, InstructionStatus::Succeeded, GUARD)
@@ -1027,25 +993,7 @@ async fn a_cem_schedules_an_mqtt_dishwasher_and_sets_an_mqtt_hybrid_heat_pump() 
         }
         other => panic!("{:?}", other.kind()),
     }
-    let boiler = system
-        .actuators
-        .iter()
-        .find(|a| a.diagnostic_label.as_deref() == Some("gas boiler"))
-        .unwrap();
-    let mode = boiler
-        .operation_modes
-        .iter()
-        .find(|m| m.diagnostic_label.as_deref() == Some("boiler on"))
-        .unwrap();
-    let instruction = s2_kit::types::ddbc::Instruction {
-        message_id: Id::generate(),
-        id: Id::generate(),
-        execution_time: Timestamp::now(),
-        abnormal_condition: false,
-        actuator_id: boiler.id,
-        operation_mode_id: mode.id,
-        operation_mode_factor: 0.5,
-    };
+    let instruction = ddbc_instruction(&system, "gas boiler", "boiler on", 0.5);
     let id = instruction.id;
     hhp.instruct(instruction).await;
     hhp.wait_instruction_status(id, InstructionStatus::Succeeded, GUARD)

@@ -3,7 +3,7 @@
 use s2_kit::types::common::{
     CommodityQuantity, PowerMeasurement, ReceptionStatus, ReceptionStatusValues,
 };
-use s2_kit::types::{Duration as S2Duration, Id, Timestamp, frbc, ombc, pebc};
+use s2_kit::types::{Duration as S2Duration, Id, Timestamp, ddbc, frbc, ombc, pebc, ppbc};
 use serde_json::Value;
 
 /// The total electric power of a measurement (W, consumption positive).
@@ -102,6 +102,100 @@ pub fn frbc_instruction(
 
 /// Every string under `value` that sits at a key named `id` or ending in `_id` (the ids a
 /// message mints or names), with its key.
+/// A DDBC.Instruction for the actuator labelled `actuator`, into its mode labelled `mode`,
+/// at `factor`, due now.
+pub fn ddbc_instruction(
+    system: &ddbc::SystemDescription,
+    actuator: &str,
+    mode: &str,
+    factor: f64,
+) -> ddbc::Instruction {
+    let actuator = system
+        .actuators
+        .iter()
+        .find(|a| a.diagnostic_label.as_deref() == Some(actuator))
+        .unwrap_or_else(|| panic!("no DDBC actuator labelled {actuator:?}"));
+    let mode = actuator
+        .operation_modes
+        .iter()
+        .find(|m| m.diagnostic_label.as_deref() == Some(mode))
+        .unwrap_or_else(|| panic!("no DDBC mode labelled {mode:?}"));
+    ddbc::Instruction {
+        message_id: Id::generate(),
+        id: Id::generate(),
+        execution_time: Timestamp::now(),
+        abnormal_condition: false,
+        actuator_id: actuator.id,
+        operation_mode_id: mode.id,
+        operation_mode_factor: factor,
+    }
+}
+
+/// What a PPBC instruction names: the profile, its first container, and the sequence at
+/// `sequence` in it.
+pub fn ppbc_target(profile: &ppbc::PowerProfileDefinition, sequence: usize) -> (Id, Id, Id) {
+    let container = &profile.power_sequence_containers[0];
+    (
+        profile.id,
+        container.id,
+        container.power_sequences[sequence].id,
+    )
+}
+
+/// A PPBC.ScheduleInstruction for the sequence at `sequence`, due now.
+pub fn ppbc_schedule(
+    profile: &ppbc::PowerProfileDefinition,
+    sequence: usize,
+) -> ppbc::ScheduleInstruction {
+    let (power_profile_id, sequence_container_id, power_sequence_id) =
+        ppbc_target(profile, sequence);
+    ppbc::ScheduleInstruction {
+        message_id: Id::generate(),
+        id: Id::generate(),
+        power_profile_id,
+        sequence_container_id,
+        power_sequence_id,
+        execution_time: Timestamp::now(),
+        abnormal_condition: false,
+    }
+}
+
+/// A PPBC.StartInterruptionInstruction for the sequence at `sequence`, due now.
+pub fn ppbc_pause(
+    profile: &ppbc::PowerProfileDefinition,
+    sequence: usize,
+) -> ppbc::StartInterruptionInstruction {
+    let (power_profile_id, sequence_container_id, power_sequence_id) =
+        ppbc_target(profile, sequence);
+    ppbc::StartInterruptionInstruction {
+        message_id: Id::generate(),
+        id: Id::generate(),
+        power_profile_id,
+        sequence_container_id,
+        power_sequence_id,
+        execution_time: Timestamp::now(),
+        abnormal_condition: false,
+    }
+}
+
+/// A PPBC.EndInterruptionInstruction for the sequence at `sequence`, due now.
+pub fn ppbc_resume(
+    profile: &ppbc::PowerProfileDefinition,
+    sequence: usize,
+) -> ppbc::EndInterruptionInstruction {
+    let (power_profile_id, sequence_container_id, power_sequence_id) =
+        ppbc_target(profile, sequence);
+    ppbc::EndInterruptionInstruction {
+        message_id: Id::generate(),
+        id: Id::generate(),
+        power_profile_id,
+        sequence_container_id,
+        power_sequence_id,
+        execution_time: Timestamp::now(),
+        abnormal_condition: false,
+    }
+}
+
 pub fn ids_in(value: &Value) -> Vec<(String, String)> {
     let mut out = Vec::new();
     collect_ids(value, &mut out);

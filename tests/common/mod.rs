@@ -35,8 +35,8 @@ pub use self::{
     cem::{CemConn, Ended, TestCem},
     daemon::{Daemon, strip_ansi},
     messages::{
-        frbc_instruction, ids_in, is_uuid, ombc_instruction, pebc_instruction, status_of,
-        total_power,
+        ddbc_instruction, frbc_instruction, ids_in, is_uuid, ombc_instruction, pebc_instruction,
+        ppbc_pause, ppbc_resume, ppbc_schedule, status_of, total_power,
     },
     mqtt::{Broker, MQTT_PASSWORD, MQTT_USER, MqttCem, MqttMsg, MqttPeer},
     oracle::assert_emitted_valid,
