@@ -768,6 +768,20 @@ async fn bad_input() {
         "{status:?}"
     );
 
+    // A HandshakeResponse after the handshake, naming a version never offered: refused,
+    // and the session goes on (it used to end the session).
+    let id = Id::generate();
+    conn.send_raw(format!(
+        r#"{{"message_type":"HandshakeResponse","message_id":"{id}","selected_protocol_version":"NaN"}}"#
+    ))
+    .await;
+    let status = conn.wait_reception(id.as_str(), SOON).await;
+    assert_eq!(
+        status.status,
+        ReceptionStatusValues::InvalidContent,
+        "{status:?}"
+    );
+
     // 1.5 MiB: over gateway.max_frame_bytes (1 MiB), under the hard cap (4 MiB).
     let id = Id::generate();
     let pad = "x".repeat(1536 * 1024);

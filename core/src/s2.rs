@@ -172,6 +172,8 @@ pub struct Edge {
     max_bytes: usize,
     /// The versions the peer's own Handshake listed, once it sent one.
     peer_versions: Option<Vec<ProtocolVersion>>,
+    /// Whether the CEM's HandshakeResponse was accepted in this session.
+    handshake_done: bool,
     /// Quirks seen in this session, and those not yet taken by [`Edge::take_quirks`].
     quirks_seen: Vec<Quirk>,
     quirks_new: Vec<Quirk>,
@@ -212,6 +214,7 @@ impl Edge {
             peer,
             max_bytes,
             peer_versions: None,
+            handshake_done: false,
             quirks_seen: Vec::new(),
             quirks_new: Vec::new(),
         }
@@ -241,6 +244,9 @@ impl Edge {
         let diagnostic = observed.diagnostic_label();
         match observed.message {
             Some(message) if status == ReceptionStatusValues::Ok => {
+                if let Some(rejection) = self.after_the_handshake(&message) {
+                    return Err(rejection);
+                }
                 self.follow_profile(&message);
                 self.notice_quirks(&message, text);
                 Ok(Frame::from_parts(message, text))
@@ -315,6 +321,30 @@ impl Edge {
             self.quirks_seen.push(quirk);
             self.quirks_new.push(quirk);
         }
+    }
+
+    /// A CEM's HandshakeResponse ends the handshake; another one later is refused here,
+    /// so it never reaches the RM's session, which would end on it: no frame ends a session
+    /// but a SessionRequest, a failed handshake or the transport.
+    fn after_the_handshake(&mut self, message: &Message) -> Option<Rejection> {
+        let Message::HandshakeResponse(response) = message else {
+            return None;
+        };
+        if self.peer != EnergyManagementRole::Cem {
+            return None;
+        }
+        if !self.handshake_done {
+            self.handshake_done = true;
+            return None;
+        }
+        Some(Rejection {
+            kind: Some(MessageKind::HandshakeResponse),
+            status: ReceptionStatusValues::InvalidContent,
+            subject: response.message_id,
+            diagnostic: "the handshake is over: a later HandshakeResponse is refused and the \
+                         session goes on"
+                .to_string(),
+        })
     }
 
     fn follow_profile(&mut self, message: &Message) {
@@ -407,6 +437,29 @@ mod tests {
         assert!(edge.inbound(CEM_HANDSHAKE_OLD, now()).is_ok());
         assert!(edge.inbound(SELECT_NEW, now()).is_ok());
         assert_eq!(edge.take_quirks(), [Quirk::SelectedUnlistedVersion]);
+    }
+
+    /// Regression: a mutated HandshakeResponse naming a version never offered, sent
+    /// mid-session, ended the session.
+    #[test]
+    fn a_handshake_response_after_the_handshake_is_refused_and_the_session_goes_on() {
+        let mut edge = Edge::new(EnergyManagementRole::Cem, DEFAULT_MAX_FRAME_BYTES);
+        assert!(edge.inbound(CEM_HANDSHAKE_OLD, now()).is_ok());
+        assert!(edge.inbound(SELECT_NEW, now()).is_ok());
+        let late = SELECT_NEW
+            .replace("000000000011", "000000000012")
+            .replace("\"1.0.0\"", "\"NaN\"");
+        let err = edge.inbound(&late, now()).unwrap_err();
+        assert_eq!(err.status, ReceptionStatusValues::InvalidContent);
+        assert_eq!(err.subject.as_str(), "3d0a7e1c-1111-4a2b-9c3d-000000000012");
+        assert!(
+            err.diagnostic.contains("handshake is over"),
+            "{}",
+            err.diagnostic
+        );
+        assert!(err.reply().is_some());
+        // The session goes on: the next message is judged as before.
+        assert!(edge.inbound(&null_label(4), now()).is_ok());
     }
 
     #[test]
