@@ -142,59 +142,38 @@ pub fn ppbc_target(profile: &ppbc::PowerProfileDefinition, sequence: usize) -> (
     )
 }
 
-/// A PPBC.ScheduleInstruction for the sequence at `sequence`, due now.
-pub fn ppbc_schedule(
-    profile: &ppbc::PowerProfileDefinition,
-    sequence: usize,
-) -> ppbc::ScheduleInstruction {
-    let (power_profile_id, sequence_container_id, power_sequence_id) =
-        ppbc_target(profile, sequence);
-    ppbc::ScheduleInstruction {
-        message_id: Id::generate(),
-        id: Id::generate(),
-        power_profile_id,
-        sequence_container_id,
-        power_sequence_id,
-        execution_time: Timestamp::now(),
-        abnormal_condition: false,
-    }
+/// The three PPBC instructions carry the same fields; one builder shape serves all.
+macro_rules! ppbc_instruction {
+    ($(#[$doc:meta])* $name:ident -> $ty:ident) => {
+        $(#[$doc])*
+        pub fn $name(profile: &ppbc::PowerProfileDefinition, sequence: usize) -> ppbc::$ty {
+            let (power_profile_id, sequence_container_id, power_sequence_id) =
+                ppbc_target(profile, sequence);
+            ppbc::$ty {
+                message_id: Id::generate(),
+                id: Id::generate(),
+                power_profile_id,
+                sequence_container_id,
+                power_sequence_id,
+                execution_time: Timestamp::now(),
+                abnormal_condition: false,
+            }
+        }
+    };
 }
 
-/// A PPBC.StartInterruptionInstruction for the sequence at `sequence`, due now.
-pub fn ppbc_pause(
-    profile: &ppbc::PowerProfileDefinition,
-    sequence: usize,
-) -> ppbc::StartInterruptionInstruction {
-    let (power_profile_id, sequence_container_id, power_sequence_id) =
-        ppbc_target(profile, sequence);
-    ppbc::StartInterruptionInstruction {
-        message_id: Id::generate(),
-        id: Id::generate(),
-        power_profile_id,
-        sequence_container_id,
-        power_sequence_id,
-        execution_time: Timestamp::now(),
-        abnormal_condition: false,
-    }
-}
-
-/// A PPBC.EndInterruptionInstruction for the sequence at `sequence`, due now.
-pub fn ppbc_resume(
-    profile: &ppbc::PowerProfileDefinition,
-    sequence: usize,
-) -> ppbc::EndInterruptionInstruction {
-    let (power_profile_id, sequence_container_id, power_sequence_id) =
-        ppbc_target(profile, sequence);
-    ppbc::EndInterruptionInstruction {
-        message_id: Id::generate(),
-        id: Id::generate(),
-        power_profile_id,
-        sequence_container_id,
-        power_sequence_id,
-        execution_time: Timestamp::now(),
-        abnormal_condition: false,
-    }
-}
+ppbc_instruction!(
+    /// A PPBC.ScheduleInstruction for the sequence at `sequence`, due now.
+    ppbc_schedule -> ScheduleInstruction
+);
+ppbc_instruction!(
+    /// A PPBC.StartInterruptionInstruction for the sequence at `sequence`, due now.
+    ppbc_pause -> StartInterruptionInstruction
+);
+ppbc_instruction!(
+    /// A PPBC.EndInterruptionInstruction for the sequence at `sequence`, due now.
+    ppbc_resume -> EndInterruptionInstruction
+);
 
 pub fn ids_in(value: &Value) -> Vec<(String, String)> {
     let mut out = Vec::new();
