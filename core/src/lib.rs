@@ -21,6 +21,7 @@ pub mod link;
 pub mod problems;
 pub mod s2;
 pub mod secret;
+pub mod throttle;
 
 pub use backoff::Backoff;
 pub use bus::{BusEvent, Endpoint, EndpointPeer, Rejection, Side};
@@ -30,6 +31,7 @@ pub use link::{Admission, FromBus, LinkSession, LinkState, Now, Refusal, Session
 pub use problems::Problems;
 pub use s2::{Edge, Frame, Quirk};
 pub use secret::Secret;
+pub use throttle::LogThrottle;
 
 /// Cancellation shared by every task: cancelled once, on SIGTERM/SIGINT, after which
 /// every task runs its fail-safe and stops.

@@ -3,8 +3,9 @@
 //! daemon provides through [`BridgeData`].
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use s2gw_core::LogThrottle;
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
@@ -46,11 +47,12 @@ async fn run(handle: MqttHandle, data: Arc<dyn BridgeData>) {
     };
     let mut last_info = Value::Null;
     let mut refresh = tokio::time::interval(INFO_REFRESH);
+    let mut dropped = LogThrottle::default();
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
             Some(request) = requests.recv() => {
-                if answer(&handle, data.as_ref(), &request).await.is_err() {
+                if answer(&handle, data.as_ref(), &request, &mut dropped).await.is_err() {
                     return;
                 }
             }
@@ -72,13 +74,16 @@ async fn answer(
     handle: &MqttHandle,
     data: &dyn BridgeData,
     request: &Inbound,
+    dropped: &mut LogThrottle,
 ) -> Result<(), crate::MqttError> {
     let Some(cmd) = request.topic.rsplit('/').next().map(str::to_string) else {
         return Ok(());
     };
     if request.retained {
         // A retained request would be answered again at every reconnect.
-        warn!(%cmd, "retained bridge request ignored");
+        dropped.warn("retained bridge request", Instant::now(), || {
+            warn!(%cmd, "retained bridge request ignored");
+        });
         return Ok(());
     }
     let response = respond(data, &cmd, &request.payload);

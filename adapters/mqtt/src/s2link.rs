@@ -14,8 +14,8 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use bytes::Bytes;
 use s2gw_core::s2::{EnergyManagementRole, Message, MessageKind, decode};
 use s2gw_core::{
-    BusEvent, CancellationToken, Endpoint, Frame, FromBus, LinkState, Now, Refusal, Rejection,
-    Side, Verdict,
+    BusEvent, CancellationToken, Endpoint, Frame, FromBus, LinkState, LogThrottle, Now, Refusal,
+    Rejection, Side, Verdict,
 };
 use serde_json::json;
 use tokio::sync::watch;
@@ -145,6 +145,8 @@ struct Slot {
     /// The peer's Handshake that arrived outside a session: it opens the next one.
     held_hello: Option<String>,
     dedupe: Dedupe,
+    /// Payloads dropped (bad presence, retained S2 messages): logged, then counted.
+    dropped: LogThrottle,
     /// After a TERMINATE: no new session before this, unless the peer asks for one.
     hold_until: Option<Instant>,
     /// When the broker connection was lost, while it is.
@@ -197,6 +199,7 @@ impl Slot {
             session: None,
             held_hello: None,
             dedupe: Dedupe::default(),
+            dropped: LogThrottle::default(),
             hold_until: None,
             mqtt_lost_at: None,
             reason: None,
@@ -363,7 +366,10 @@ impl Slot {
                 })
         };
         let Some(state) = state else {
-            warn!(label = %self.link.label(), bytes = message.payload.len(), "peer presence is not a JSON state online or offline: ignored");
+            let (label, bytes) = (self.link.label(), message.payload.len());
+            self.dropped.warn("bad peer presence", std::time::Instant::now(), || {
+                warn!(%label, bytes, "peer presence is not a JSON state online or offline: ignored");
+            });
             return Ok(());
         };
         self.set_peer(state).await
@@ -390,7 +396,11 @@ impl Slot {
     async fn on_data(&mut self, message: Inbound) -> Flow {
         if message.retained {
             // A retained S2 message would replay to every new subscriber forever.
-            warn!(label = %self.link.label(), "retained S2 message ignored (S2 messages must not be retained)");
+            let label = self.link.label();
+            self.dropped
+                .warn("retained S2 message", std::time::Instant::now(), || {
+                    warn!(%label, "retained S2 message ignored (S2 messages must not be retained)");
+                });
             return Ok(());
         }
         if self.dedupe.repeated(&message.payload) {

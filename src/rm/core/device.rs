@@ -1,6 +1,8 @@
 //! The device side of the core: reads and availability, writes and their results, the
 //! fail-safe release (rule 1), and what new readings make the RM report.
 
+use std::time::Instant;
+
 use s2gw_core::s2::{InstructionStatus, Message, Timestamp};
 use s2gw_core::{BusEvent, Command, DeviceError, DeviceStatus};
 
@@ -139,12 +141,16 @@ impl Core {
                 }
             }
             Err(error) => {
-                tracing::error!(
-                    resource = %self.resource_id,
-                    command = %command.summary(),
-                    %error,
-                    "device write failed; retrying"
-                );
+                let resource = &self.resource_id;
+                self.repeats
+                    .warn("device write failed", Instant::now(), || {
+                        tracing::error!(
+                            %resource,
+                            command = %command.summary(),
+                            %error,
+                            "device write failed; retrying"
+                        );
+                    });
                 self.retry_at = self.after(self.config.poll_interval);
             }
         }

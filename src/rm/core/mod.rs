@@ -109,6 +109,10 @@ pub(crate) struct Core {
     /// Whether the device was commanded since its last successful Release.
     dirty: bool,
     counters: Counters,
+    /// Lines about what can repeat for as long as the device or the CEM misbehaves
+    /// (failed writes, refused messages): logged, then counted. It reads the monotonic
+    /// clock itself: it decides only which lines are written, never what the core does.
+    repeats: s2gw_core::LogThrottle,
     /// The local switch: whether the CEM may control the device at all.
     control_allowed: bool,
 }
@@ -149,6 +153,7 @@ impl Core {
             retry_at: now,
             dirty: false,
             counters: Counters::default(),
+            repeats: s2gw_core::LogThrottle::default(),
             control_allowed,
         };
         core.offered = core.offer();

@@ -1,6 +1,8 @@
 //! The S2 side of the core: one s2-kit `RmSession` per CEM link, what goes out through
 //! it, and what it reports.
 
+use std::time::Instant;
+
 use s2gw_core::BusEvent;
 use s2gw_core::s2::{
     CloseReason, ControlType, Frame, Id, InstructionStatus, Message, RmConfig, RmEvent, RmSession,
@@ -125,7 +127,9 @@ impl Core {
                 status,
                 report,
             } => {
-                tracing::warn!(resource = %id, ?kind, ?status, %report, "refused a message from the CEM");
+                self.repeats.warn("refused a message from the CEM", Instant::now(), || {
+                    tracing::warn!(resource = %id, ?kind, ?status, %report, "refused a message from the CEM");
+                });
             }
             RmEvent::Nacked {
                 handle,
@@ -133,7 +137,9 @@ impl Core {
                 diagnostic,
                 ..
             } => {
-                tracing::warn!(resource = %id, kind = ?handle.kind, ?status, ?diagnostic, "the CEM refused a message");
+                self.repeats.warn("the CEM refused a message", Instant::now(), || {
+                    tracing::warn!(resource = %id, kind = ?handle.kind, ?status, ?diagnostic, "the CEM refused a message");
+                });
             }
             RmEvent::AckTimedOut(handle) => {
                 tracing::warn!(resource = %id, kind = ?handle.kind, "no ReceptionStatus from the CEM in time");
