@@ -1,0 +1,6 @@
+//! One module per input surface; each is a [`Target`](crate::runner::Target).
+
+pub mod ble;
+pub mod config;
+pub mod modbus;
+pub mod s2;
