@@ -30,7 +30,7 @@ pub mod targets;
 pub use runner::{Limits, Report, Target, run};
 
 /// The targets by name, in the order the campaign runs them.
-pub const TARGETS: [&str; 5] = ["s2-edge", "s2-rm", "modbus", "ble", "config"];
+pub const TARGETS: [&str; 6] = ["s2-edge", "s2-rm", "modbus", "mqtt", "ble", "config"];
 
 /// Runs `count` inputs of the named target from input `first` of `seed`.
 pub fn run_named(
@@ -63,6 +63,15 @@ pub fn run_named(
         "modbus" => run(
             name,
             &mut targets::modbus::Modbus::new()?,
+            seed,
+            first,
+            count,
+            limits,
+            crash_dir,
+        ),
+        "mqtt" => run(
+            name,
+            &mut targets::mqtt::Mqtt::new()?,
             seed,
             first,
             count,

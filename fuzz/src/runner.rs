@@ -111,6 +111,9 @@ impl Report {
     }
 }
 
+/// Panics seen by the hook, in any thread.
+static PANICS: AtomicU64 = AtomicU64::new(0);
+
 /// Failures kept in the report and written as reproducers.
 const KEPT_FAILURES: usize = 20;
 
@@ -152,7 +155,9 @@ pub fn run<T: Target>(
         limits.time_per_input,
     );
     let previous_hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
+    std::panic::set_hook(Box::new(|_| {
+        PANICS.fetch_add(1, Ordering::SeqCst);
+    }));
     let warm = warmup(count);
     for index in first..first + count {
         let mut rng = input_rng(seed, index);
@@ -160,7 +165,16 @@ pub fn run<T: Target>(
         started_at.store(clock.elapsed().as_millis() as u64, Ordering::SeqCst);
         current.store(index, Ordering::SeqCst);
         let began = Instant::now();
+        let panics_before = PANICS.load(Ordering::SeqCst);
         let outcome = catch_unwind(AssertUnwindSafe(|| target.execute(&input)));
+        // A panic in a task the input reached (the daemon's, the engine's) is caught by
+        // its runtime, but the hook saw it.
+        let outcome = match outcome {
+            Ok(_) if PANICS.load(Ordering::SeqCst) != panics_before => {
+                Err(Box::new("a task panicked") as Box<dyn std::any::Any + Send>)
+            }
+            other => other,
+        };
         let took = began.elapsed();
         current.store(u64::MAX, Ordering::SeqCst);
         report.inputs += 1;

@@ -3,4 +3,5 @@
 pub mod ble;
 pub mod config;
 pub mod modbus;
+pub mod mqtt;
 pub mod s2;
