@@ -1231,6 +1231,7 @@ mod systemd_unit {
             ("ProtectSystem", "strict"),
             ("ProtectHome", "yes"),
             ("PrivateTmp", "yes"),
+            ("PrivateMounts", "yes"),
             ("CapabilityBoundingSet", ""),
             ("AmbientCapabilities", ""),
             (
