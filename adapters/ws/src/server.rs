@@ -391,7 +391,8 @@ impl Shared {
             if !presented.is_some_and(|token| same(token, expected.expose())) {
                 self.auth_failures()
                     .failed(peer.ip(), std::time::Instant::now());
-                // At most server.max_failed_auth_per_min of these per address and minute.
+                // At most server.max_failed_auth_per_min of these per address and minute:
+                // then the address gets 429 and one line (see `shut_out`).
                 warn!(%peer, %path, "refused: missing or wrong bearer token");
                 let mut refusal = refuse(StatusCode::UNAUTHORIZED, "bearer token required");
                 refusal
@@ -424,7 +425,6 @@ impl Shared {
 impl Shared {
     /// 429 for an address with too many failed bearer checks in this minute, before its
     /// token is looked at.
-    #[allow(clippy::result_large_err)]
     fn shut_out(&self, peer: SocketAddr, path: &str) -> Option<ErrorResponse> {
         let gate = self
             .auth_failures()
