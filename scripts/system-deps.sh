@@ -5,10 +5,11 @@
 #   dbus             dbus-daemon, for the private system bus BlueZ's mock runs on
 #   python3-dbusmock BlueZ's D-Bus mock (needs the system's python3-gi, hence apt, not pip)
 #   socat            the pty that carries serial Modbus RTU in its test
+#   systemd          systemd-analyze, with which .ci/run scores and verifies the shipped unit
 # (No libdbus-1-dev: the BLE adapter builds libdbus from its vendored source.)
 set -euo pipefail
 
-packages=(python3-venv mosquitto dbus python3-dbusmock socat)
+packages=(python3-venv mosquitto dbus python3-dbusmock socat systemd)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

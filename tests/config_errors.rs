@@ -149,6 +149,27 @@ bad_configs! {
     /// negative integer
     negative_integer: "[gateway]\nmax_frame_bytes = -1\n"
         => "gateway.max_frame_bytes", "must be an integer between 0 and 67108864, got -1";
+    /// frame rate zero
+    frame_rate_zero: "[gateway]\nmax_frames_per_s = 0\n"
+        => "gateway.max_frames_per_s", "must be an integer between 1 and 100000, got 0";
+    /// frame rate not a number
+    frame_rate_not_a_number: "[gateway]\nmax_frames_per_s = 1.5\n"
+        => "gateway.max_frames_per_s", "expected an integer, found a float";
+    /// no connections at all
+    server_max_connections_zero: "[server]\nlisten = \"127.0.0.1:0\"\nmax_connections = 0\n"
+        => "server.max_connections", "must be an integer between 1 and 65536, got 0";
+    /// handshake timeout too long
+    server_handshake_timeout_too_long: "[server]\nlisten = \"127.0.0.1:0\"\nhandshake_timeout_s = 3600\n"
+        => "server.handshake_timeout_s", "must be an integer between 1 and 300, got 3600";
+    /// handshake timeout zero
+    server_handshake_timeout_zero: "[server]\nlisten = \"127.0.0.1:0\"\nhandshake_timeout_s = 0\n"
+        => "server.handshake_timeout_s", "must be an integer between 1 and 300, got 0";
+    /// failed auth limit zero
+    server_failed_auth_zero: "[server]\nlisten = \"127.0.0.1:0\"\nmax_failed_auth_per_min = 0\n"
+        => "server.max_failed_auth_per_min", "must be an integer between 1 and 10000, got 0";
+    /// failed auth limit as a string
+    server_failed_auth_string: "[server]\nlisten = \"127.0.0.1:0\"\nmax_failed_auth_per_min = \"ten\"\n"
+        => "server.max_failed_auth_per_min", "expected an integer, found a string";
     /// bad log filter
     bad_log_filter: "[gateway]\nlog_level = \"s2gw=loud\"\n"
         => "gateway.log_level", "not a valid tracing filter";
@@ -955,7 +976,11 @@ fn reference_config_loads_as_shipped() {
     assert_eq!(config.gateway.name, "s2gw");
     assert_eq!(config.gateway.max_frame_bytes, 1_048_576);
     assert_eq!(config.gateway.log_level, "info");
-    assert!(config.server.is_some());
+    assert_eq!(config.gateway.max_frames_per_s.get(), 100);
+    let server = config.server.as_ref().unwrap();
+    assert_eq!(server.max_connections, 128);
+    assert_eq!(server.handshake_timeout, Duration::from_secs(10));
+    assert_eq!(server.max_failed_auth_per_min, 10);
     assert_eq!(config.cem.len(), 2);
     assert_eq!(config.cem["cloud"].transport, CemTransport::WsServer);
     assert_eq!(config.devices.len(), 5);
@@ -1057,6 +1082,40 @@ fn environment_overrides_the_file() {
         panic!("not a ws-client link: {home:?}")
     };
     assert_eq!(url, "wss://cem.example/s2/{id}");
+}
+
+#[test]
+fn the_s2_limits_default_when_left_out_and_are_read_when_given() {
+    let left_out = Case::new(&format!("[server]\nlisten = \"127.0.0.1:0\"\n{CEM}{DEV}"))
+        .load(&[])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let defaults = s2gw_ws::ServerConfig::default();
+    let server = left_out.server.as_ref().unwrap();
+    assert_eq!(
+        (
+            server.max_connections,
+            server.handshake_timeout,
+            server.max_failed_auth_per_min,
+            Some(left_out.gateway.max_frames_per_s)
+        ),
+        (
+            defaults.max_connections,
+            defaults.handshake_timeout,
+            defaults.max_failed_auth_per_min,
+            defaults.max_frames_per_s
+        )
+    );
+    let given = Case::new(&format!(
+        "[gateway]\nmax_frames_per_s = 7\n[server]\nlisten = \"127.0.0.1:0\"\nmax_connections = 3\n\
+         handshake_timeout_s = 2\nmax_failed_auth_per_min = 4\n{CEM}{DEV}"
+    ))
+    .load(&[("S2GW_SERVER__MAX_CONNECTIONS", "5")])
+    .unwrap_or_else(|e| panic!("{e}"));
+    let server = given.server.as_ref().unwrap();
+    assert_eq!(given.gateway.max_frames_per_s.get(), 7);
+    assert_eq!(server.max_connections, 5, "the environment wins");
+    assert_eq!(server.handshake_timeout, Duration::from_secs(2));
+    assert_eq!(server.max_failed_auth_per_min, 4);
 }
 
 #[test]
@@ -1231,6 +1290,7 @@ mod systemd_unit {
             ("ProtectSystem", "strict"),
             ("ProtectHome", "yes"),
             ("PrivateTmp", "yes"),
+            ("PrivateMounts", "yes"),
             ("CapabilityBoundingSet", ""),
             ("AmbientCapabilities", ""),
             (

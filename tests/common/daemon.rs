@@ -187,3 +187,12 @@ impl Daemon {
         let _ = self.child.wait();
     }
 }
+
+/// A loopback port free just now, for a daemon to listen on.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

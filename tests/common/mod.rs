@@ -33,7 +33,7 @@ mod session;
 #[allow(unused_imports)]
 pub use self::{
     cem::{CemConn, Ended, TestCem},
-    daemon::{Daemon, strip_ansi},
+    daemon::{Daemon, free_port, strip_ansi},
     messages::{
         ddbc_instruction, frbc_instruction, ids_in, is_uuid, ombc_instruction, pebc_instruction,
         ppbc_pause, ppbc_resume, ppbc_schedule, status_of, total_power,
