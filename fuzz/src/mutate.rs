@@ -434,14 +434,14 @@ pub fn apply_text(bytes: &mut Vec<u8>, mutation: &TextMutation) {
     }
 }
 
-/// Every string under a key that names an id (`id`, `*_id`, but not `message_id`), for
-/// [`JsonMutation::BorrowId`].
+/// Every string under a key that names an id (`id`, `*_id`, `message_id` included: a
+/// ReceptionStatus refers to one), for [`JsonMutation::BorrowId`] and binding.
 pub fn harvest_ids(text: &str, into: &mut Vec<String>) {
     fn walk(value: &Value, into: &mut Vec<String>) {
         match value {
             Value::Object(map) => {
                 for (key, v) in map {
-                    let id_key = key == "id" || (key.ends_with("_id") && key != "message_id");
+                    let id_key = key == "id" || key.ends_with("_id");
                     match v {
                         Value::String(s) if id_key && !into.contains(s) => into.push(s.clone()),
                         _ => walk(v, into),

@@ -25,12 +25,38 @@ const VERSIONS: [&str; 2] = ["0.0.2-beta", "1.0.0"];
 /// Frames a sequence carries after its valid opening, at most.
 const MAX_SEQUENCE: usize = 8;
 
-/// One of every message s2-kit can write, every optional field set, as text.
+/// One of every message s2-kit can write, every optional field set, as text, and a
+/// ReceptionStatus of each status.
 fn corpus() -> Vec<String> {
-    s2_kit::testing::every_message()
+    let mut corpus: Vec<String> = s2_kit::testing::every_message()
         .iter()
         .map(encode)
-        .collect()
+        .collect();
+    corpus.extend(statuses());
+    corpus
+}
+
+fn statuses() -> Vec<String> {
+    use s2gw_core::s2::ReceptionStatusValues as S;
+    [
+        S::Ok,
+        S::InvalidData,
+        S::InvalidMessage,
+        S::InvalidContent,
+        S::TemporaryError,
+        S::PermanentError,
+    ]
+    .into_iter()
+    .map(|status| {
+        encode(&s2gw_core::s2::Message::ReceptionStatus(
+            s2gw_core::s2::ReceptionStatus {
+                subject_message_id: s2gw_core::s2::mint_id(),
+                status,
+                diagnostic_label: Some("fuzz".into()),
+            },
+        ))
+    })
+    .collect()
 }
 
 /// What a CEM may send in a session, from [`corpus`], with the control type a message
@@ -56,6 +82,7 @@ fn cem_corpus() -> Vec<(Option<ControlType>, String)> {
             };
             Some((of, encode(m)))
         })
+        .chain(statuses().into_iter().map(|text| (None, text)))
         .collect()
 }
 
@@ -419,11 +446,17 @@ impl Rig {
         }
     }
 
-    /// No frame ends a session but a valid SessionRequest; the engine is still running.
+    /// No frame ends a session but a valid SessionRequest, or a ReceptionStatus
+    /// PERMANENT_ERROR (S2's "the session cannot go on" from the peer); the engine is
+    /// still running.
     fn check_session_kept(&self, opening: usize, delivered: &[Frame]) -> Result<(), String> {
-        let requested = delivered
-            .iter()
-            .any(|f| f.kind() == MessageKind::SessionRequest);
+        let requested = delivered.iter().any(|f| match f.message() {
+            s2gw_core::s2::Message::SessionRequest(_) => true,
+            s2gw_core::s2::Message::ReceptionStatus(r) => {
+                r.status == s2gw_core::s2::ReceptionStatusValues::PermanentError
+            }
+            _ => false,
+        });
         let ended = self.from_rm[opening..]
             .iter()
             .find(|e| matches!(e, BusEvent::Close { .. } | BusEvent::Down { .. }));
