@@ -60,6 +60,48 @@ pub struct ModbusConnection {
     /// Bus: attempts after a broken connection, on a new one (default 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retries: Option<u32>,
+    /// Re-export the device to other Modbus TCP clients on `host:port` (port 0: any
+    /// free port, logged), through this bus's connection and queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_listen: Option<String>,
+    /// Proxy: the unit id clients use for this device (default: `unit`, passed through).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_unit: Option<u8>,
+    /// Proxy: answer reads from the bus's last answer if it is at most this old, ms
+    /// (default 0: only a read still queued is shared); at most the poll interval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_cache_ms: Option<u64>,
+    /// Proxy: the ranges clients may write (default none: every write is refused).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub proxy_writable: Vec<WritableRange>,
+}
+
+/// Registers proxy clients may write: `{ table = "holding", address = 40100, count = 2 }`,
+/// in 0-based protocol addresses (what the client sends on the wire).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WritableRange {
+    /// `holding` or `coil`.
+    pub table: Table,
+    /// First address, 0-based.
+    pub address: u16,
+    /// How many (default 1).
+    #[serde(default = "one")]
+    pub count: u16,
+}
+
+fn one() -> u16 {
+    1
+}
+
+impl WritableRange {
+    /// Whether `count` items from `address` lie inside the range.
+    pub fn contains(&self, table: Table, address: u16, count: u16) -> bool {
+        table == self.table
+            && address >= self.address
+            && u32::from(address) + u32::from(count)
+                <= u32::from(self.address) + u32::from(self.count)
+    }
 }
 
 /// The keys of [`ModbusConnection`]; every other key of a merged table is a profile key.
@@ -76,6 +118,10 @@ pub const CONNECTION_KEYS: &[&str] = &[
     "inter_request_delay_ms",
     "connect_delay_ms",
     "retries",
+    "proxy_listen",
+    "proxy_unit",
+    "proxy_cache_ms",
+    "proxy_writable",
 ];
 
 impl ModbusConnection {
@@ -174,7 +220,64 @@ impl ModbusConnection {
         if self.timeout_ms.is_some_and(|t| !(10..=60_000).contains(&t)) {
             push(&mut problems, "timeout_ms", "must be between 10 and 60000");
         }
+        self.validate_proxy(&mut problems);
         problems
+    }
+
+    fn validate_proxy(&self, problems: &mut Problems) {
+        let Some(listen) = &self.proxy_listen else {
+            for (key, given) in [
+                ("proxy_unit", self.proxy_unit.is_some()),
+                ("proxy_cache_ms", self.proxy_cache_ms.is_some()),
+                ("proxy_writable", !self.proxy_writable.is_empty()),
+            ] {
+                if given {
+                    push(
+                        problems,
+                        key,
+                        "applies to a proxy only (set `proxy_listen`)",
+                    );
+                }
+            }
+            return;
+        };
+        if listen.parse::<std::net::SocketAddr>().is_err() {
+            push(
+                problems,
+                "proxy_listen",
+                format!("expected IP:PORT (e.g. \"0.0.0.0:5020\"), got {listen:?}"),
+            );
+        }
+        if self.proxy_unit.is_some_and(|u| u > 247) {
+            push(problems, "proxy_unit", "must be 0..=247");
+        }
+        for (i, range) in self.proxy_writable.iter().enumerate() {
+            let end = u32::from(range.address) + u32::from(range.count);
+            if !matches!(range.table, Table::Holding | Table::Coil) {
+                push(
+                    problems,
+                    &format!("proxy_writable[{i}].table"),
+                    "only holding registers and coils can be written",
+                );
+            }
+            if range.count == 0 || end > 0x1_0000 {
+                push(
+                    problems,
+                    &format!("proxy_writable[{i}].count"),
+                    "must be at least 1 and end at or before address 65535",
+                );
+            }
+        }
+    }
+
+    /// The proxy's unit id for this device: `proxy_unit`, else `unit`.
+    pub fn proxy_unit(&self) -> u8 {
+        self.proxy_unit.unwrap_or_else(|| self.unit())
+    }
+
+    /// How old a shared answer a proxy read may get.
+    pub fn proxy_cache(&self) -> Duration {
+        Duration::from_millis(self.proxy_cache_ms.unwrap_or(0))
     }
 }
 

@@ -114,8 +114,10 @@
 pub mod bus;
 pub mod config;
 pub mod error;
+mod ledger;
 pub mod map;
 pub mod point;
+pub mod proxy;
 pub mod scan;
 pub mod sunspec;
 pub mod target;
@@ -145,6 +147,29 @@ pub fn build(id: &str, connection: &ModbusConnection, profile: &ModbusProfile) -
         timeout: connection.timeout(),
     };
     build_on(id, unit, profile)
+}
+
+/// Starts the Modbus TCP proxy of a device whose connection has `proxy_listen` (on the
+/// bus [`build`] gave the device); `None` without one. Fails when the address cannot be
+/// bound or another device on it has the same proxy unit id.
+pub async fn start_proxy(
+    id: &str,
+    connection: &ModbusConnection,
+) -> Result<Option<std::net::SocketAddr>, ModbusError> {
+    let (Some(listen), Ok(target)) = (&connection.proxy_listen, connection.target()) else {
+        return Ok(None);
+    };
+    let route = proxy::Route {
+        device: id.to_string(),
+        bus: Bus::shared(&target, connection.bus_settings()),
+        unit: connection.unit(),
+        timeout: connection.timeout(),
+        cache: connection.proxy_cache(),
+        writable: connection.proxy_writable.clone(),
+    };
+    proxy::serve(listen, connection.proxy_unit(), route)
+        .await
+        .map(Some)
 }
 
 /// Builds the device on a given unit (tests, benchmarks, a private bus).

@@ -475,6 +475,12 @@ impl MapDevice {
         self.poller.refresh(&names).await
     }
 
+    /// Marks the registers of `writes` as controlled by this device (none: nothing).
+    fn claim(&self, writes: &[Pending]) {
+        let names: Vec<&str> = writes.iter().map(|w| w.register.as_str()).collect();
+        self.poller.claim(&self.id, &names);
+    }
+
     /// Re-writes the last command before the device's validity runs out.
     async fn heartbeat(&mut self) {
         let Some(at) = self.refresh_at else { return };
@@ -541,13 +547,26 @@ impl Device for MapDevice {
         let (writes, params) = self.plan(command)?;
         self.load_scale_factors(&writes).await?;
         let pending = self.encode(&writes, params)?;
-        self.send(&pending).await?;
-        self.last_writes = pending;
-        self.schedule_refresh();
+        // Claimed before the first write, so no proxy client writes in between.
+        if !matches!(command, Command::Release) {
+            self.claim(&pending);
+        }
+        if let Err(e) = self.send(&pending).await {
+            let active = if self.active.is_some() {
+                self.last_writes.clone()
+            } else {
+                Vec::new()
+            };
+            self.claim(&active);
+            return Err(e.into());
+        }
         self.active = match command {
             Command::Release => None,
             other => Some(other.clone()),
         };
+        self.claim(if self.active.is_some() { &pending } else { &[] });
+        self.last_writes = pending;
+        self.schedule_refresh();
         Ok(())
     }
 }

@@ -546,6 +546,16 @@ impl SunSpecDevice {
         self.schedule_refresh();
     }
 
+    /// The registers an active `command` controls, claimed against proxy writes.
+    fn claim_for(&self, command: Option<&Command>) {
+        let names: &[&str] = match command {
+            Some(Command::LimitPower { .. }) => self.limit_via.map_or(&[], LimitVia::restorable),
+            Some(Command::SetPower { .. }) => STORAGE_RESTORABLE,
+            _ => &[],
+        };
+        self.poller.claim(&self.id, names);
+    }
+
     fn schedule_refresh(&mut self) {
         // Half the revert time: one missed poll must not let the device revert.
         self.refresh_at = self
@@ -687,11 +697,17 @@ impl Device for SunSpecDevice {
     async fn apply(&mut self, command: &Command) -> Result<(), DeviceError> {
         tracing::debug!(device = %self.id, command = %command.summary(), "sunspec apply");
         self.ensure_discovered().await?;
-        self.carry_out(command).await?;
+        // Claimed before the first write, so no proxy client writes in between.
+        self.claim_for(Some(command));
+        if let Err(e) = self.carry_out(command).await {
+            self.claim_for(self.active.clone().as_ref());
+            return Err(e);
+        }
         self.active = match command {
             Command::Release => None,
             other => Some(other.clone()),
         };
+        self.claim_for(self.active.clone().as_ref());
         self.schedule_refresh();
         Ok(())
     }

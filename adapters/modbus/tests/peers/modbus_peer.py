@@ -5,6 +5,8 @@ Usage: modbus_peer.py PORT KIND [options]
   sunspec: --base N --models 1,103,123 [--preset-limit PCT] [--fc6-only]
            [--fail-writes] [--ignore-writes] [--preset-storctl MODE]
   any kind: [--framer rtu] (RTU frames over the TCP socket instead of MBAP)
+            [--single-client] (like many inverters: a second client is disconnected at
+            once, printed as {"refused_client": N})
 
 --preset-storctl MODE: model 124 as an installer left it: StorCtl_Mod = MODE,
 InWRte = 20 %, OutWRte = 30 %, InOutWRte_RvrtTms = 0 (storage control not ours).
@@ -136,6 +138,25 @@ def make_action(args):
     return action
 
 
+class SingleClientServer(ModbusTcpServer):
+    """Accepts one client at a time, as many inverters and chargers do."""
+
+    refused = 0
+
+    def callback_new_connection(self):
+        handler = super().callback_new_connection()
+        if self.active_connections:
+            def refuse(transport):
+                self.active_connections.pop(handler.unique_id, None)
+                handler.listener = None
+                transport.close()
+                SingleClientServer.refused += 1
+                print(json.dumps({"refused_client": SingleClientServer.refused}),
+                      flush=True)
+            handler.connection_made = refuse
+        return handler
+
+
 async def main():
     p = argparse.ArgumentParser()
     p.add_argument("port", type=int)
@@ -148,6 +169,7 @@ async def main():
     p.add_argument("--ignore-writes", action="store_true")
     p.add_argument("--preset-storctl", type=int)
     p.add_argument("--framer", choices=["socket", "rtu"], default="socket")
+    p.add_argument("--single-client", action="store_true")
     args = p.parse_args()
     if args.kind == "sunspec":
         ids = [int(m) for m in args.models.split(",")]
@@ -156,7 +178,8 @@ async def main():
         spec = abb() if args.kind == "abb" else sdm630()
     device = SimDevice(0, simdata=blocks(spec), action=make_action(args))
     framer = FramerType.RTU if args.framer == "rtu" else FramerType.SOCKET
-    server = ModbusTcpServer(device, framer=framer, address=("127.0.0.1", args.port))
+    kind = SingleClientServer if args.single_client else ModbusTcpServer
+    server = kind(device, framer=framer, address=("127.0.0.1", args.port))
     await server.serve_forever(background=True)
     # The port it listens on (port 0 lets the OS choose): the test waits for this line,
     # so it never races another test for a port or talks to another test's peer.
