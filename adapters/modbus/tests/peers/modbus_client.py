@@ -10,7 +10,7 @@ Reads one JSON request a line on stdin and answers each with one JSON line on st
   {"reads": N, ...read...}: N reads back to back -> {"all": [[...], ...]} or the first
       exception
 Connection problems are answered as {"error": "..."}; the connection is opened once and
-kept, as a monitoring tool would.
+kept, as a monitoring tool would (and not reopened when the server closes it).
 """
 
 import asyncio
@@ -67,8 +67,9 @@ async def answer(client, req):
 
 
 async def main():
+    # No reconnecting: a refused connection must stay refused, not come back.
     client = AsyncModbusTcpClient("127.0.0.1", port=int(sys.argv[1]), timeout=5,
-                                  retries=0)
+                                  retries=0, reconnect_delay=0)
     if not await client.connect():
         print(json.dumps({"error": "cannot connect"}), flush=True)
         return
