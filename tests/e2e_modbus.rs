@@ -1186,16 +1186,25 @@ async fn proxy() {
     let answer = tool
         .ask(serde_json::json!({"reads": 40, "read": "hr", "address": m103 + 14, "count": 2}))
         .await;
-    let all = answer["all"].as_array().unwrap_or_else(|| panic!("{answer}"));
+    let all = answer["all"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{answer}"));
     assert_eq!(all.len(), 40);
-    assert!(all.iter().all(|v| *v == serde_json::json!([12345, 0xFFFF])), "{answer}");
+    assert!(
+        all.iter().all(|v| *v == serde_json::json!([12345, 0xFFFF])),
+        "{answer}"
+    );
     let marker = tool
         .ask(serde_json::json!({"read": "hr", "address": 40000, "count": 2}))
         .await;
     assert_eq!(marker["values"], serde_json::json!([0x5375, 0x6E53]));
     // The gateway keeps measuring.
-    conn.wait_power("-1234.5 W after the tool's reads", |w| near(w, -1234.5), SOON)
-        .await;
+    conn.wait_power(
+        "-1234.5 W after the tool's reads",
+        |w| near(w, -1234.5),
+        SOON,
+    )
+    .await;
 
     // Allowed: lands on the device.
     assert_eq!(tool.write(m123 + 2, &[30]).await["ok"], true);
@@ -1223,7 +1232,11 @@ async fn proxy() {
         .ask(serde_json::json!({"read": "hr", "address": m123 + 5, "count": 5}))
         .await;
     assert_eq!(limit_regs["values"], serde_json::json!([500, 0, 120, 0, 1]));
-    assert_eq!(peer.writes.try_next(), None, "a refused write reached the device");
+    assert_eq!(
+        peer.writes.try_next(),
+        None,
+        "a refused write reached the device"
+    );
     // Outside the claimed registers the writable range stays writable.
     assert_eq!(tool.write(m123 + 2, &[31]).await["ok"], true);
     let refusals = daemon
@@ -1256,4 +1269,124 @@ async fn proxy() {
         "the device turned away a client besides the direct one"
     );
     daemon.assert_running();
+}
+
+// ----------------------------------------------------------------------------------------
+// s2gw modbus detect
+// ----------------------------------------------------------------------------------------
+
+/// `s2gw modbus detect` on loopback: a SunSpec inverter, a SunSpec battery, an SDM630 and
+/// an ABB Terra AC simulator are each found with the right profile; a Modbus server that
+/// is none of them and a closed port are listed as not identified. The printed devices,
+/// pasted under a gateway and CEM section, pass `s2gw check` and measure in the daemon.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn modbus_detect_finds_every_simulator_and_proposes_a_config_that_works() {
+    within_test(detect()).await;
+}
+
+async fn detect() {
+    let inverter = Peer::start(&["sunspec", "--models", "1,103,123"]).await;
+    let battery = Peer::start(&["sunspec", "--base", "50000", "--models", "1,103,124"]).await;
+    let meter = Peer::start(&["sdm630"]).await;
+    let charger = Peer::start(&["abb"]).await;
+    let stranger = MemServer::start().await;
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let stranger_port = stranger.addr.rsplit_once(':').unwrap().1.to_string();
+    let ports = [
+        inverter.port.to_string(),
+        battery.port.to_string(),
+        meter.port.to_string(),
+        charger.port.to_string(),
+        stranger_port.clone(),
+        closed.to_string(),
+    ]
+    .join(",");
+    let (ok, out, err) = s2gw(&[
+        "modbus",
+        "detect",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        &ports,
+        "--timeout-ms",
+        "500",
+        "--cem",
+        "test",
+    ])
+    .await;
+    assert!(ok, "detect failed: {err}\n{out}");
+    for (peer, profile) in [
+        (&inverter, "modbus-sunspec-inverter"),
+        (&battery, "modbus-sunspec-storage"),
+        (&meter, "modbus-sdm630"),
+        (&charger, "modbus-abb-terra-ac"),
+    ] {
+        let want = format!(
+            "profile = \"{profile}\"\ncem = \"test\"\n[device.modbus]\ntcp = \"{}\"\nunit = 1\n",
+            peer.addr()
+        );
+        assert!(
+            out.contains(&want),
+            "no {profile} at {}:\n{out}",
+            peer.addr()
+        );
+    }
+    assert!(
+        out.contains("SunSpec at 40000, models 1, 103, 123"),
+        "{out}"
+    );
+    assert!(
+        out.contains("SunSpec at 50000, models 1, 103, 124"),
+        "{out}"
+    );
+    let unknown = out.split("# Not identified:\n").nth(1).unwrap_or_default();
+    assert!(
+        unknown.contains(&format!(
+            "127.0.0.1:{stranger_port}: answers, but not identified"
+        )),
+        "{out}"
+    );
+    assert!(
+        unknown.contains(&format!("127.0.0.1:{closed}: connection to")),
+        "{out}"
+    );
+    assert_eq!(out.matches("[[device]]").count(), 4, "{out}");
+
+    // The proposal is a config: check accepts it, the daemon runs it.
+    let mut cem = TestCem::start(&[ProtocolVersion::V0_0_2_BETA]).await;
+    let text = config(&cem, &[out.clone()]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s2gw.toml");
+    std::fs::write(
+        &path,
+        text.replace("@STATE_DIR@", &dir.path().display().to_string()),
+    )
+    .unwrap();
+    let (ok, check_out, check_err) = s2gw(&["check", "-c", path.to_str().unwrap()]).await;
+    assert!(
+        ok,
+        "s2gw check refused the proposal: {check_out}{check_err}\n{out}"
+    );
+    let _daemon = Daemon::start(&text);
+    let mut conns = connect(&mut cem, 4).await;
+    let expected = [
+        ("sunspec-inverter", -1234.5),
+        ("sunspec-storage", -1234.5),
+        ("sdm630", 1100.25),
+        ("abb-terra-ac", 11040.0),
+    ];
+    for (prefix, watts) in expected {
+        let (name, conn) = conns
+            .iter_mut()
+            .find(|(n, _)| n.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no device {prefix}*"));
+        conn.select_ready(NC).await;
+        let w = conn
+            .wait_power(&format!("{name}: {watts} W"), |w| near(w, watts), SOON)
+            .await;
+        assert!(near(w, watts), "{name}: {w}");
+    }
 }

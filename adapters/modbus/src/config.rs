@@ -569,6 +569,30 @@ pub struct ModbusProfile {
     /// PEBC envelope.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub envelope: Option<EnvelopeSpec>,
+    /// The signature `s2gw modbus detect` recognises the device by.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub detect: Vec<DetectCheck>,
+}
+
+/// One register of a profile's signature (`[[modbus.detect]]`): its value (scaled) must
+/// lie in `min..=max`, equal `equals`, or (a string) start with `prefix`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DetectCheck {
+    /// The register's name.
+    pub register: String,
+    /// Lowest value that fits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<f64>,
+    /// Highest value that fits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<f64>,
+    /// The value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub equals: Option<f64>,
+    /// How a text value starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
 }
 
 /// A device's merged `modbus` table, split.
@@ -640,6 +664,7 @@ impl ModbusProfile {
         self.validate_readings(&mut problems);
         self.validate_commands(&mut problems);
         self.validate_control(&mut problems);
+        self.validate_detect(&mut problems);
         problems
     }
 
@@ -861,6 +886,19 @@ impl ModbusProfile {
                 "commands.set_current",
                 "a charger needs the writes that set its current",
             );
+        }
+    }
+
+    fn validate_detect(&self, problems: &mut Problems) {
+        for (i, d) in self.detect.iter().enumerate() {
+            self.check_ref(problems, &format!("detect[{i}].register"), &d.register);
+            if d.min.is_none() && d.max.is_none() && d.equals.is_none() && d.prefix.is_none() {
+                push(
+                    problems,
+                    &format!("detect[{i}]"),
+                    "give min, max, equals or prefix: what the value must be",
+                );
+            }
         }
     }
 

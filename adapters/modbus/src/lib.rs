@@ -113,6 +113,7 @@
 
 pub mod bus;
 pub mod config;
+pub mod detect;
 pub mod error;
 mod ledger;
 pub mod map;
