@@ -1357,7 +1357,7 @@ async fn detect() {
 
     // The proposal is a config: check accepts it, the daemon runs it.
     let mut cem = TestCem::start(&[ProtocolVersion::V0_0_2_BETA]).await;
-    let text = config(&cem, &[out.clone()]);
+    let text = config(&cem, std::slice::from_ref(&out));
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("s2gw.toml");
     std::fs::write(
