@@ -145,3 +145,47 @@ async fn an_enabled_limit_at_100_percent_is_not_curtailing_and_is_restored_exact
         );
     }
 }
+
+/// The `modbus-fronius` profile against a simulator of the Fronius Datamanager's float
+/// map (42,0410,2049): common block of 65 registers, 113 at register 40070, 123 at 40238;
+/// a limit of half of WMax is WMaxLimPct 5000 at SF -2 in register 40243, the revert
+/// timer in 40245 first and WMaxLim_Ena in 40247 last.
+#[tokio::test]
+async fn fronius_float_map_measures_and_limits_through_123() {
+    let mut peer = PyPeer::start(&["fronius"]).await;
+    let p = profile("modbus-fronius");
+    let mut dev = SunSpecDevice::new(
+        "fronius",
+        unit(&peer.addr(), 1, 1000),
+        p.sunspec.as_ref().unwrap(),
+        p.coalescing(),
+    );
+    let r = dev.read().await.unwrap();
+    assert_eq!(r.power_w, -1234.5);
+    assert_eq!(r.energy_wh, Some(123456.0));
+    assert_eq!(r.active, None);
+    let d = dev.discovery().unwrap();
+    let ids: Vec<u16> = d.models.iter().map(|m| m.id).collect();
+    assert_eq!(ids, [1, 113, 120, 121, 122, 123, 160]);
+    let at = |id| d.models.iter().find(|m| m.id == id).unwrap().address;
+    // Protocol addresses: register numbers minus one.
+    assert_eq!(
+        (at(113), at(120), at(121), at(123)),
+        (40069, 40131, 40159, 40237)
+    );
+    assert_eq!(dev.info().manufacturer.as_deref(), Some("Fronius"));
+    assert!(peer.writes().await.is_empty(), "reading never writes");
+    // 2500 of WMax 5000 W.
+    dev.apply(&Command::LimitPower {
+        min_w: Some(-2500.0),
+        max_w: None,
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        peer.writes().await,
+        [fc16(40244, 120), fc16(40242, 5000), fc16(40246, 1)]
+    );
+    dev.apply(&Command::Release).await.unwrap();
+    assert_eq!(peer.writes().await, [fc16(40246, 0)]);
+}

@@ -1,7 +1,7 @@
 """Modbus TCP device simulators for the s2gw-modbus tests (pymodbus 3.16).
 
 Usage: modbus_peer.py PORT KIND [options]
-  KIND: sunspec | abb | sdm630
+  KIND: sunspec | fronius | abb | sdm630
   sunspec: --base N --models 1,103,123 [--preset-limit PCT] [--fc6-only]
            [--fail-writes] [--ignore-writes] [--preset-storctl MODE]
   any kind: [--framer rtu] (RTU frames over the TCP socket instead of MBAP)
@@ -101,6 +101,25 @@ def sunspec(base, ids, preset, storctl=None):
     return {"hr": [(base, regs)]}
 
 
+def fronius():
+    # Fronius Datamanager SunSpec map in float mode (42,0410,2049, see
+    # config/profiles/modbus-fronius.toml): common L = 65 (DA last), 113 at 40070,
+    # 120 at 40132, 121 at 40160, 122 at 40192, 123 at 40238, 160 at 40264 (registers,
+    # 1-based; protocol addresses one less).
+    common = model(1, 65, {2: text("Fronius", 16), 18: text("Symo 5.0-3-M", 16),
+                           42: text("3.14.1-10", 8), 50: text("FR0001", 16), 66: [1]})
+    inverter = model(113, 60, {22: f32(1234.5), 24: f32(50.0), 32: f32(123456.0),
+                               38: f32(1300.0), 48: [4]})
+    nameplate = model(120, 26, {2: [4], 3: [5000], 4: [0]})
+    settings = model(121, 30, {2: [5000], 22: [0]})
+    extended = model(122, 44, {})
+    controls = model(123, 24, {5: [10000], 7: [0], 9: [0], 23: [s16(-2)]})
+    mppt = model(160, 48, {})
+    regs = [0x5375, 0x6E53] + common + inverter + nameplate + settings + extended \
+        + controls + mppt + [0xFFFF, 0]
+    return {"hr": [(40000, regs)]}
+
+
 def abb():
     # ABB Terra AC: holding registers, two words each.
     regs = {0x400C: u32(2), 0x400E: u32(16000), 0x4010: u32(16000),
@@ -172,7 +191,7 @@ class SingleClientServer(ModbusTcpServer):
 async def main():
     p = argparse.ArgumentParser()
     p.add_argument("port", type=int)
-    p.add_argument("kind", choices=["sunspec", "abb", "sdm630"])
+    p.add_argument("kind", choices=["sunspec", "fronius", "abb", "sdm630"])
     p.add_argument("--base", type=int, default=40000)
     p.add_argument("--models", default="1,103,123")
     p.add_argument("--preset-limit", type=int)
@@ -186,6 +205,8 @@ async def main():
     if args.kind == "sunspec":
         ids = [int(m) for m in args.models.split(",")]
         spec = sunspec(args.base, ids, args.preset_limit, args.preset_storctl)
+    elif args.kind == "fronius":
+        spec = fronius()
     else:
         spec = abb() if args.kind == "abb" else sdm630()
     device = SimDevice(0, simdata=blocks(spec), action=make_action(args))
