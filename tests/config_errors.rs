@@ -169,7 +169,7 @@ bad_configs! {
         => "device[1].cem", "unknown cem link `away` (defined: home)";
     /// unknown profile
     unknown_profile: "[[device]]\nid = \"x\"\nprofile = \"sim-nope\"\ncem = \"home\"\n[device.sim]\nmodel = \"pv\"\n"
-        => "device[1].profile", "unknown profile `sim-nope`: not a built-in profile (sim-pv, sim-ev, sim-battery, sim-heat-pump, sim-meter, sim-dishwasher, sim-hybrid-heat-pump, modbus-sunspec-inverter, modbus-sunspec-storage, modbus-abb-terra-ac, modbus-alfen-eve, modbus-sg-ready, modbus-sdm630, modbus-fronius, ble-bthome-meter, ble-relay, mqtt-shelly-gen2-switch, mqtt-tasmota-plug, mqtt-openevse, mqtt-generic, mqtt-dishwasher, mqtt-hybrid-heat-pump)";
+        => "device[1].profile", "unknown profile `sim-nope`: not a built-in profile (sim-pv, sim-ev, sim-battery, sim-heat-pump, sim-meter, sim-dishwasher, sim-hybrid-heat-pump, modbus-sunspec-inverter, modbus-sunspec-storage, modbus-abb-terra-ac, modbus-alfen-eve, modbus-sg-ready, modbus-sdm630, modbus-fronius, modbus-go-e, ble-bthome-meter, ble-relay, mqtt-shelly-gen2-switch, mqtt-tasmota-plug, mqtt-openevse, mqtt-generic, mqtt-dishwasher, mqtt-hybrid-heat-pump)";
     /// profile file that does not exist
     profile_file_that_does_not_exist: "[[device]]\nid = \"x\"\nprofile = \"vendor/inverter.toml\"\ncem = \"home\"\n[device.sim]\nmodel = \"pv\"\n"
         => "device[1].profile", "cannot read profile file";
@@ -289,6 +289,10 @@ bad_configs! {
     /// modbus: serial keys on a TCP device
     modbus_serial_keys_on_a_tcp_device: "[[device]]\nid = \"m\"\nprofile = \"modbus-sdm630\"\ncem = \"home\"\n[device.modbus]\ntcp = \"127.0.0.1:502\"\nbaud = 9600\n"
         => "device[1].modbus.baud", "applies to a serial line only";
+    /// modbus: a charger on/off write without its off value
+    modbus_on_without_off: "[[device]]\nid = \"m\"\nprofile = \"modbus-go-e\"\ncem = \"home\"\n[device.modbus]\ntcp = \"127.0.0.1:502\"\n\
+         [device.modbus.commands]\nset_current = [{ register = \"force_state\", on = 0 }]\n"
+        => "device[1].modbus.commands.set_current[0]", "`on` and `off` go together";
     /// modbus: proxy keys without a proxy
     modbus_proxy_keys_without_a_proxy: "[[device]]\nid = \"m\"\nprofile = \"modbus-sdm630\"\ncem = \"home\"\n[device.modbus]\ntcp = \"127.0.0.1:502\"\nproxy_unit = 3\n"
         => "device[1].modbus.proxy_unit", "applies to a proxy only (set `proxy_listen`)";

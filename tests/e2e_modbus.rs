@@ -1275,8 +1275,8 @@ async fn proxy() {
 // s2gw modbus detect
 // ----------------------------------------------------------------------------------------
 
-/// `s2gw modbus detect` on loopback: a SunSpec inverter, a SunSpec battery, an SDM630 and
-/// an ABB Terra AC simulator are each found with the right profile; a Modbus server that
+/// `s2gw modbus detect` on loopback: a SunSpec inverter, a SunSpec battery, an SDM630, an
+/// ABB Terra AC and a go-eCharger simulator are each found with the right profile; a Modbus server that
 /// is none of them and a closed port are listed as not identified. The printed devices,
 /// pasted under a gateway and CEM section, pass `s2gw check` and measure in the daemon.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1289,6 +1289,7 @@ async fn detect() {
     let battery = Peer::start(&["sunspec", "--base", "50000", "--models", "1,103,124"]).await;
     let meter = Peer::start(&["sdm630"]).await;
     let charger = Peer::start(&["abb"]).await;
+    let goe = Peer::start(&["goe"]).await;
     let stranger = MemServer::start().await;
     let closed = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -1300,6 +1301,7 @@ async fn detect() {
         battery.port.to_string(),
         meter.port.to_string(),
         charger.port.to_string(),
+        goe.port.to_string(),
         stranger_port.clone(),
         closed.to_string(),
     ]
@@ -1323,6 +1325,7 @@ async fn detect() {
         (&battery, "modbus-sunspec-storage"),
         (&meter, "modbus-sdm630"),
         (&charger, "modbus-abb-terra-ac"),
+        (&goe, "modbus-go-e"),
     ] {
         let want = format!(
             "profile = \"{profile}\"\ncem = \"test\"\n[device.modbus]\ntcp = \"{}\"\nunit = 1\n",
@@ -1353,7 +1356,7 @@ async fn detect() {
         unknown.contains(&format!("127.0.0.1:{closed}: connection to")),
         "{out}"
     );
-    assert_eq!(out.matches("[[device]]").count(), 4, "{out}");
+    assert_eq!(out.matches("[[device]]").count(), 5, "{out}");
 
     // The proposal is a config: check accepts it, the daemon runs it.
     let mut cem = TestCem::start(&[ProtocolVersion::V0_0_2_BETA]).await;
@@ -1371,8 +1374,9 @@ async fn detect() {
         "s2gw check refused the proposal: {check_out}{check_err}\n{out}"
     );
     let _daemon = Daemon::start(&text);
-    let mut conns = connect(&mut cem, 4).await;
+    let mut conns = connect(&mut cem, 5).await;
     let expected = [
+        ("go-e", 3600.0),
         ("sunspec-inverter", -1234.5),
         ("sunspec-storage", -1234.5),
         ("sdm630", 1100.25),

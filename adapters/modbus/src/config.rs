@@ -394,6 +394,17 @@ pub struct WriteSpec {
     /// Used when `from` names an open bound (e.g. `max_w` of a lower-bound-only limit).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default: Option<f64>,
+    /// A charger's on/off register: written `on` for a current above 0 A, `off` for
+    /// 0 A (with `off`, instead of `value` or `from`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on: Option<f64>,
+    /// See `on`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub off: Option<f64>,
+    /// Not written when the charger is switched off (0 A): for a current register that
+    /// takes 6 A at least, next to an on/off register.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub skip_when_off: bool,
 }
 
 /// The writes each [`s2gw_core::Command`] becomes (`[modbus.commands]`).
@@ -844,8 +855,21 @@ impl ModbusProfile {
                 ),
                 Some(_) => {}
             }
-            if w.value.is_some() == w.from.is_some() {
-                push(problems, &key, "give exactly one of `value` and `from`");
+            let switch = match (w.on, w.off) {
+                (Some(_), Some(_)) => true,
+                (None, None) => false,
+                _ => {
+                    push(problems, &key, "`on` and `off` go together");
+                    true
+                }
+            };
+            let given = [w.value.is_some(), w.from.is_some(), switch];
+            if given.iter().filter(|g| **g).count() != 1 {
+                push(
+                    problems,
+                    &key,
+                    "give exactly one of `value`, `from`, or `on` with `off`",
+                );
             }
         }
     }

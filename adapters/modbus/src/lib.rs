@@ -95,10 +95,12 @@
 //! max = 300
 //! ```
 //!
-//! How commands become writes: a write is `{ register = "x", value = 1 }` or
+//! How commands become writes: a write is `{ register = "x", value = 1 }`,
 //! `{ register = "x", from = "amps" }` (`amps`, `phases`, `watts`, `max_w`, `min_w`,
-//! `production_limit_w`), written with the register's function code, scaled back to raw,
-//! and read back.
+//! `production_limit_w`) or a charger's on/off register `{ register = "x", on = 0, off =
+//! 1 }` (by whether the current is above 0 A; `skip_when_off = true` leaves a register out
+//! at 0 A), written with the register's function code, scaled back to raw, and read
+//! back.
 //!
 //! | command | writes |
 //! |---|---|

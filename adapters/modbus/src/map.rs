@@ -422,18 +422,27 @@ impl MapDevice {
     }
 
     fn encode(&self, writes: &[WriteSpec], params: Params) -> Result<Vec<Pending>, ModbusError> {
+        let off = params.amps == Some(0.0);
         writes
             .iter()
+            .filter(|w| !(off && w.skip_when_off))
             .map(|w| {
-                let value = match (w.value, w.from) {
-                    (Some(v), _) => v,
-                    (None, Some(src)) => params.get(src).or(w.default).ok_or_else(|| {
+                let value = match (w.value, w.from, w.on.zip(w.off)) {
+                    (Some(v), _, _) => v,
+                    (None, Some(src), _) => params.get(src).or(w.default).ok_or_else(|| {
                         ModbusError::Invalid(format!(
                             "{}: the command gives no {src:?}",
                             w.register
                         ))
                     })?,
-                    (None, None) => {
+                    (None, None, Some((on, off_value))) if params.amps.is_some() => {
+                        if off {
+                            off_value
+                        } else {
+                            on
+                        }
+                    }
+                    (None, None, _) => {
                         return Err(ModbusError::Invalid(format!("{}: no value", w.register)));
                     }
                 };

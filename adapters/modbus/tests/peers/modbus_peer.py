@@ -1,7 +1,8 @@
 """Modbus TCP device simulators for the s2gw-modbus tests (pymodbus 3.16).
 
 Usage: modbus_peer.py PORT KIND [options]
-  KIND: sunspec | fronius | abb | sdm630
+  KIND: sunspec | fronius | goe | abb | sdm630
+  goe: the go-eCharger, which refuses FC6 (illegal function), as its table says
   sunspec: --base N --models 1,103,123 [--preset-limit PCT] [--fc6-only]
            [--fail-writes] [--ignore-writes] [--preset-storctl MODE]
   any kind: [--framer rtu] (RTU frames over the TCP socket instead of MBAP)
@@ -120,6 +121,21 @@ def fronius():
     return {"hr": [(40000, regs)]}
 
 
+def goe():
+    # go-eCharger API v2 Modbus table (modbus-en.md, wire addresses): charging at
+    # 3.6 kW, 3 x 5.2 A, 1234.5 kWh charged in total; AMPERE_VOLATILE 16 A,
+    # FORCE_STATE 0 (neutral).
+    ir = [0] * 160
+    ir[100] = 2
+    for a, v in {114: 52, 116: 52, 118: 52, 120: 360, 128: 12345,
+                 146: 12, 148: 12, 150: 12}.items():
+        ir[a:a + 2] = u32(v)
+    hr = [0] * 140
+    hr[299 - 200] = 16
+    hr[337 - 200] = 0
+    return {"ir": [(0, ir)], "hr": [(200, hr)]}
+
+
 def abb():
     # ABB Terra AC: holding registers, two words each.
     regs = {0x400C: u32(2), 0x400E: u32(16000), 0x4010: u32(16000),
@@ -158,6 +174,8 @@ def make_action(args):
             return None
         print(json.dumps({"fc": fc, "address": address,
                           "values": [int(v) for v in values]}), flush=True)
+        if args.kind == "goe" and fc == 6:
+            return ExcCodes.ILLEGAL_FUNCTION
         if args.fail_writes:
             return ExcCodes.DEVICE_FAILURE
         if args.fc6_only and fc == 16 and count == 1:
@@ -191,7 +209,7 @@ class SingleClientServer(ModbusTcpServer):
 async def main():
     p = argparse.ArgumentParser()
     p.add_argument("port", type=int)
-    p.add_argument("kind", choices=["sunspec", "fronius", "abb", "sdm630"])
+    p.add_argument("kind", choices=["sunspec", "fronius", "goe", "abb", "sdm630"])
     p.add_argument("--base", type=int, default=40000)
     p.add_argument("--models", default="1,103,123")
     p.add_argument("--preset-limit", type=int)
@@ -207,6 +225,8 @@ async def main():
         spec = sunspec(args.base, ids, args.preset_limit, args.preset_storctl)
     elif args.kind == "fronius":
         spec = fronius()
+    elif args.kind == "goe":
+        spec = goe()
     else:
         spec = abb() if args.kind == "abb" else sdm630()
     device = SimDevice(0, simdata=blocks(spec), action=make_action(args))
