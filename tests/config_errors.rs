@@ -190,7 +190,7 @@ bad_configs! {
         => "device[1].cem", "unknown cem link `away` (defined: home)";
     /// unknown profile
     unknown_profile: "[[device]]\nid = \"x\"\nprofile = \"sim-nope\"\ncem = \"home\"\n[device.sim]\nmodel = \"pv\"\n"
-        => "device[1].profile", "unknown profile `sim-nope`: not a built-in profile (sim-pv, sim-ev, sim-battery, sim-heat-pump, sim-meter, sim-dishwasher, sim-hybrid-heat-pump, modbus-sunspec-inverter, modbus-sunspec-storage, modbus-abb-terra-ac, modbus-alfen-eve, modbus-sg-ready, modbus-sdm630, ble-bthome-meter, ble-relay, mqtt-shelly-gen2-switch, mqtt-tasmota-plug, mqtt-openevse, mqtt-generic, mqtt-dishwasher, mqtt-hybrid-heat-pump)";
+        => "device[1].profile", "unknown profile `sim-nope`: not a built-in profile (sim-pv, sim-ev, sim-battery, sim-heat-pump, sim-meter, sim-dishwasher, sim-hybrid-heat-pump, modbus-sunspec-inverter, modbus-sunspec-storage, modbus-abb-terra-ac, modbus-alfen-eve, modbus-sg-ready, modbus-sdm630, modbus-fronius, modbus-go-e, ble-bthome-meter, ble-relay, mqtt-shelly-gen2-switch, mqtt-tasmota-plug, mqtt-openevse, mqtt-generic, mqtt-dishwasher, mqtt-hybrid-heat-pump)";
     /// profile file that does not exist
     profile_file_that_does_not_exist: "[[device]]\nid = \"x\"\nprofile = \"vendor/inverter.toml\"\ncem = \"home\"\n[device.sim]\nmodel = \"pv\"\n"
         => "device[1].profile", "cannot read profile file";
@@ -310,6 +310,26 @@ bad_configs! {
     /// modbus: serial keys on a TCP device
     modbus_serial_keys_on_a_tcp_device: "[[device]]\nid = \"m\"\nprofile = \"modbus-sdm630\"\ncem = \"home\"\n[device.modbus]\ntcp = \"127.0.0.1:502\"\nbaud = 9600\n"
         => "device[1].modbus.baud", "applies to a serial line only";
+    /// modbus: a charger on/off write without its off value
+    modbus_on_without_off: "[[device]]\nid = \"m\"\nprofile = \"modbus-go-e\"\ncem = \"home\"\n[device.modbus]\ntcp = \"127.0.0.1:502\"\n\
+         [device.modbus.commands]\nset_current = [{ register = \"force_state\", on = 0 }]\n"
+        => "device[1].modbus.commands.set_current[0]", "`on` and `off` go together";
+    /// modbus: proxy keys without a proxy
+    modbus_proxy_keys_without_a_proxy: "[[device]]\nid = \"m\"\nprofile = \"modbus-sdm630\"\ncem = \"home\"\n[device.modbus]\ntcp = \"127.0.0.1:502\"\nproxy_unit = 3\n"
+        => "device[1].modbus.proxy_unit", "applies to a proxy only (set `proxy_listen`)";
+    /// modbus: proxy address that is not IP:PORT
+    modbus_proxy_address_that_is_not_ip_port: "[[device]]\nid = \"m\"\nprofile = \"modbus-sdm630\"\ncem = \"home\"\n[device.modbus]\ntcp = \"127.0.0.1:502\"\nproxy_listen = \"everywhere\"\n"
+        => "device[1].modbus.proxy_listen", "expected IP:PORT";
+    /// modbus: proxy writable range of input registers
+    modbus_proxy_writable_input_registers: "[[device]]\nid = \"m\"\nprofile = \"modbus-sdm630\"\ncem = \"home\"\n[device.modbus]\ntcp = \"127.0.0.1:502\"\nproxy_listen = \"127.0.0.1:5020\"\nproxy_writable = [{ table = \"input\", address = 0 }]\n"
+        => "device[1].modbus.proxy_writable[0].table", "only holding registers and coils";
+    /// modbus: proxy cache older than the poll interval
+    modbus_proxy_cache_older_than_the_poll_interval: "[[device]]\nid = \"m\"\nprofile = \"modbus-sdm630\"\ncem = \"home\"\npoll_interval_s = 2\n[device.modbus]\ntcp = \"127.0.0.1:502\"\nproxy_listen = \"127.0.0.1:5020\"\nproxy_cache_ms = 2500\n"
+        => "device[1].modbus.proxy_cache_ms", "must not exceed poll_interval_s (2000 ms)";
+    /// modbus: two devices with one proxy unit id on one listener
+    modbus_two_devices_with_one_proxy_unit: "[[device]]\nid = \"m\"\nprofile = \"modbus-sdm630\"\ncem = \"home\"\n[device.modbus]\ntcp = \"127.0.0.1:502\"\nproxy_listen = \"127.0.0.1:5020\"\n\
+         [[device]]\nid = \"n\"\nprofile = \"modbus-sdm630\"\ncem = \"home\"\n[device.modbus]\ntcp = \"127.0.0.1:503\"\nproxy_listen = \"127.0.0.1:5020\"\n"
+        => "device[2].modbus.proxy_unit", "unit 1 on proxy 127.0.0.1:5020 is also device[1]";
     /// modbus: SunSpec writes with a coil function code
     modbus_sunspec_writes_with_a_coil_function_code: "[[device]]\nid = \"m\"\nprofile = \"modbus-sunspec-inverter\"\ncem = \"home\"\n[device.modbus]\ntcp = \"127.0.0.1:502\"\nsunspec = { write = \"fc5\" }\n"
         => "device[1].modbus.sunspec.write", "SunSpec points are registers: fc6 or fc16";

@@ -36,7 +36,13 @@ pub async fn build(
 ) -> anyhow::Result<Box<dyn Device>> {
     Ok(match &device.connection {
         Connection::Sim(sim) => s2gw_sim::build(&device.id, sim, Arc::new(s2gw_sim::SystemClock)),
-        Connection::Modbus(m) => s2gw_modbus::build(&device.id, &m.connection, &m.profile),
+        Connection::Modbus(m) => {
+            let built = s2gw_modbus::build(&device.id, &m.connection, &m.profile);
+            s2gw_modbus::start_proxy(&device.id, &m.connection)
+                .await
+                .with_context(|| format!("Modbus device `{}`: proxy_listen", device.id))?;
+            built
+        }
         Connection::Ble(ble) => build_ble(device, ble)?,
         Connection::Mqtt(config) => build_mqtt(device, config, mqtt).await?,
     })
