@@ -16,7 +16,7 @@ use s2gw_core::{BusEvent, CancellationToken, Endpoint, LinkSession, Now, Verdict
 use s2gw_sim::{SimConfig, SimModel, SystemClock};
 use tokio::runtime::Runtime;
 
-use crate::mutate::{draw, harvest_ids};
+use crate::mutate::{draw, harvest_typed_ids};
 use crate::runner::Target;
 
 /// The two versions every session may run in.
@@ -113,7 +113,7 @@ pub struct RmRun {
     pub frames_seed: u64,
 }
 
-fn draw_frames(rng: &mut StdRng, corpus: &[String], ids: &[String]) -> Vec<Vec<u8>> {
+fn draw_frames(rng: &mut StdRng, corpus: &[String], ids: &[(String, String)]) -> Vec<Vec<u8>> {
     let n = rng.random_range(1..=MAX_SEQUENCE);
     (0..n).map(|_| draw(rng, corpus, ids).1).collect()
 }
@@ -244,10 +244,12 @@ pub struct S2Rm {
 }
 
 /// How far the frames went.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 struct Counts {
     delivered: u64,
     refused: u64,
+    /// Frames that reached the engine, by type: which types the audit covered.
+    by_kind: std::collections::BTreeMap<String, u64>,
 }
 
 impl S2Rm {
@@ -287,9 +289,17 @@ impl Target for S2Rm {
     }
 
     fn notes(&self) -> String {
+        let kinds: Vec<String> = self
+            .counts
+            .by_kind
+            .iter()
+            .map(|(kind, n)| format!("{kind} {n}"))
+            .collect();
         format!(
-            "{} frames reached the engine, {} were refused at the edge",
-            self.counts.delivered, self.counts.refused
+            "{} frames reached the engine, {} were refused at the edge; reached: {}",
+            self.counts.delivered,
+            self.counts.refused,
+            kinds.join(", ")
         )
     }
 }
@@ -327,7 +337,7 @@ async fn drive_rm(
     let mut ids = Vec::new();
     for event in &rig.from_rm {
         if let BusEvent::Frame(frame) = event {
-            harvest_ids(frame.text(), &mut ids);
+            harvest_typed_ids(frame.text(), &mut ids);
         }
     }
     let opening = rig.from_rm.len();
@@ -340,6 +350,10 @@ async fn drive_rm(
         counts.refused += u64::from(matches!(verdict, Verdict::Refuse(_)));
         if let Verdict::Deliver(frame) = verdict {
             counts.delivered += 1;
+            *counts
+                .by_kind
+                .entry(format!("{:?}", frame.kind()))
+                .or_default() += 1;
             delivered.push(frame.clone());
             rig.send(BusEvent::Frame(frame)).await?;
         }
