@@ -44,7 +44,7 @@ impl Times {
         v.sort();
         match (v.first(), v.get(v.len() / 2), v.last()) {
             (Some(min), Some(med), Some(max)) => format!(
-                "n={} min={:.2}s median={:.2}s max={:.2}s",
+                "n={} min={:.3}s median={:.3}s max={:.3}s",
                 v.len(),
                 min.as_secs_f64(),
                 med.as_secs_f64(),
@@ -226,7 +226,7 @@ fn crashed(daemon: &mut common::Daemon, what: &str, n: usize) -> usize {
 }
 
 fn progress(what: &str, n: usize, of: usize) {
-    if (n + 1) % 10 == 0 || n + 1 == of {
+    if (n + 1).is_multiple_of(10) || n + 1 == of {
         eprintln!("[soak] {what}: {}/{of}", n + 1);
         println!("  {what}: {}/{of}", n + 1);
     }
