@@ -3,9 +3,9 @@
 //! a plain MQTT client), the API both share ([`session`]), the daemon as a child process
 //! ([`daemon`]), the official S2 JSON schemas ([`schemas`]) and the other oracles
 //! ([`oracle`]), Python peers ([`python_peer`]), the pymodbus device simulator that can
-//! reboot ([`modbus_peer`]), the fault rigs of the soak and its short forms ([`faults`]), the s2-python RM scenario run against
-//! either CEM ([`s2python`]), messages built from descriptions ([`messages`]), paths
-//! ([`paths`]) and awaited queues ([`queue`]).
+//! reboot ([`modbus_peer`]), the fault rigs of the soak and its short forms ([`faults`]),
+//! the s2-python RM scenario run against either CEM ([`s2python`]), messages built from
+//! descriptions ([`messages`]), paths ([`paths`]) and awaited queues ([`queue`]).
 //!
 //! Every wait is on a channel, bounded by a timeout that only turns a hang into a
 //! failure; nothing here sleeps to let something happen.
