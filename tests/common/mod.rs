@@ -2,9 +2,10 @@
 //! `CemSession` over loopback WebSockets ([`cem`]) or MQTT ([`mqtt`], with the broker and
 //! a plain MQTT client), the API both share ([`session`]), the daemon as a child process
 //! ([`daemon`]), the official S2 JSON schemas ([`schemas`]) and the other oracles
-//! ([`oracle`]), Python peers ([`python_peer`]), the s2-python RM scenario run against
-//! either CEM ([`s2python`]), messages built from descriptions ([`messages`]), paths
-//! ([`paths`]) and awaited queues ([`queue`]).
+//! ([`oracle`]), Python peers ([`python_peer`]), the pymodbus device simulator that can
+//! reboot ([`modbus_peer`]), the fault rigs of the soak and its short forms ([`faults`]),
+//! the s2-python RM scenario run against either CEM ([`s2python`]), messages built from
+//! descriptions ([`messages`]), paths ([`paths`]) and awaited queues ([`queue`]).
 //!
 //! Every wait is on a channel, bounded by a timeout that only turns a hang into a
 //! failure; nothing here sleeps to let something happen.
@@ -19,7 +20,9 @@
 
 mod cem;
 mod daemon;
+pub mod faults;
 mod messages;
+mod modbus_peer;
 mod mqtt;
 mod oracle;
 mod paths;
@@ -38,6 +41,7 @@ pub use self::{
         ddbc_instruction, frbc_instruction, ids_in, is_uuid, ombc_instruction, pebc_instruction,
         ppbc_pause, ppbc_resume, ppbc_schedule, status_of, total_power,
     },
+    modbus_peer::{M123, M123_ENA, M123_PCT, M123_RVRT, ModbusPeer},
     mqtt::{Broker, MQTT_PASSWORD, MQTT_USER, MqttCem, MqttMsg, MqttPeer},
     oracle::assert_emitted_valid,
     paths::{python, shared_dir, workspace},

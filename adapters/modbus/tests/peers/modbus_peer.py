@@ -5,12 +5,18 @@ Usage: modbus_peer.py PORT KIND [options]
   goe: the go-eCharger, which refuses FC6 (illegal function), as its table says
   sunspec: --base N --models 1,103,123 [--preset-limit PCT] [--fc6-only]
            [--fail-writes] [--ignore-writes] [--preset-storctl MODE]
+           [--revert-timer]
   any kind: [--framer rtu] (RTU frames over the TCP socket instead of MBAP)
             [--single-client] (like many inverters: a second client is disconnected at
             once, printed as {"refused_client": N})
 
 --preset-storctl MODE: model 124 as an installer left it: StorCtl_Mod = MODE,
 InWRte = 20 %, OutWRte = 30 %, InOutWRte_RvrtTms = 0 (storage control not ours).
+
+--revert-timer: the inverter's own revert timer (model 123 WMaxLimPct_RvrtTms, model 704
+WMaxLimPctRvrtTms): once a limit is enabled with a non-zero revert time and no write to
+the model's limit registers came for that long, the peer clears the enable itself and
+prints {"reverted": MODEL, "after_s": SECONDS}.
 
 Every write request is printed to stdout as one JSON line
 {"fc": 16, "address": 40247, "values": [600]} so the test can see exactly which
@@ -168,8 +174,63 @@ def blocks(spec):
     return (bits, list(bits), hr, ir)
 
 
-def make_action(args):
+# Per limit model: (enable, revert time, revert time is u32) offsets, and the first and
+# last offset whose write restarts the timer.
+REVERT_POINTS = {123: (9, 7, False, 5, 9), 704: (14, 18, True, 14, 19)}
+
+
+def model_starts(base, ids):
+    lengths = {mid: len(regs) for mid, regs in sunspec_models(None).items()}
+    starts, address = {}, base + 2
+    for mid in ids:
+        starts[mid] = address
+        address += lengths[mid]
+    return starts
+
+
+class RevertTimer:
+    """The inverter's revert timer over the simulator's live holding registers."""
+
+    def __init__(self, starts):
+        self.models = {m: a for m, a in starts.items() if m in REVERT_POINTS}
+        self.regs = None  # (start address, the live register list), from the first access
+        self.written = {m: None for m in self.models}
+
+    def seen(self, start, registers, address, count, values):
+        self.regs = (start, registers)
+        if values is None:
+            return
+        for mid, at in self.models.items():
+            first, last = at + REVERT_POINTS[mid][3], at + REVERT_POINTS[mid][4]
+            if address <= last and address + count > first:
+                self.written[mid] = asyncio.get_running_loop().time()
+
+    def expire(self):
+        if self.regs is None:
+            return
+        start, regs = self.regs
+        now = asyncio.get_running_loop().time()
+        for mid, at in self.models.items():
+            ena, rvrt, wide, _, _ = REVERT_POINTS[mid]
+            e, r = at + ena - start, at + rvrt - start
+            secs = (regs[r] << 16 | regs[r + 1]) if wide else regs[r]
+            since = self.written[mid]
+            if regs[e] == 1 and secs > 0 and since is not None and now - since >= secs:
+                regs[e] = 0
+                self.written[mid] = None
+                print(json.dumps({"reverted": mid, "after_s": round(now - since, 3)}),
+                      flush=True)
+
+    async def run(self):
+        while True:
+            await asyncio.sleep(0.05)
+            self.expire()
+
+
+def make_action(args, timer=None):
     async def action(fc, start, address, count, registers, values):
+        if timer is not None and fc in (3, 6, 16, 22, 23):
+            timer.seen(start, registers, address, count, values)
         if values is None:
             return None
         print(json.dumps({"fc": fc, "address": address,
@@ -219,17 +280,21 @@ async def main():
     p.add_argument("--preset-storctl", type=int)
     p.add_argument("--framer", choices=["socket", "rtu"], default="socket")
     p.add_argument("--single-client", action="store_true")
+    p.add_argument("--revert-timer", action="store_true")
     args = p.parse_args()
+    timer = None
     if args.kind == "sunspec":
         ids = [int(m) for m in args.models.split(",")]
         spec = sunspec(args.base, ids, args.preset_limit, args.preset_storctl)
+        if args.revert_timer:
+            timer = RevertTimer(model_starts(args.base, ids))
     elif args.kind == "fronius":
         spec = fronius()
     elif args.kind == "goe":
         spec = goe()
     else:
         spec = abb() if args.kind == "abb" else sdm630()
-    device = SimDevice(0, simdata=blocks(spec), action=make_action(args))
+    device = SimDevice(0, simdata=blocks(spec), action=make_action(args, timer))
     framer = FramerType.RTU if args.framer == "rtu" else FramerType.SOCKET
     kind = SingleClientServer if args.single_client else ModbusTcpServer
     server = kind(device, framer=framer, address=("127.0.0.1", args.port))
@@ -238,6 +303,8 @@ async def main():
     # so it never races another test for a port or talks to another test's peer.
     port = server.transport.sockets[0].getsockname()[1]
     print(json.dumps({"listening": port}), flush=True)
+    if timer is not None:
+        asyncio.get_running_loop().create_task(timer.run())
     await server.serving
 
 
