@@ -2,7 +2,7 @@
 //! `CemSession` over loopback WebSockets ([`cem`]) or MQTT ([`mqtt`], with the broker and
 //! a plain MQTT client), the API both share ([`session`]), the daemon as a child process
 //! ([`daemon`]), the official S2 JSON schemas ([`schemas`]) and the other oracles
-//! ([`oracle`]), Python peers ([`python_peer`]), the s2-python RM scenario run against
+//! ([`oracle`]), Python peers ([`python_peer`]), shared config snippets ([`configs`]), the s2-python RM scenario run against
 //! either CEM ([`s2python`]), messages built from descriptions ([`messages`]), paths
 //! ([`paths`]) and awaited queues ([`queue`]).
 //!
@@ -18,6 +18,7 @@
 )]
 
 mod cem;
+mod configs;
 mod daemon;
 mod messages;
 mod mqtt;
@@ -33,6 +34,7 @@ mod session;
 #[allow(unused_imports)]
 pub use self::{
     cem::{CemConn, Ended, TestCem},
+    configs::{battery, meter, pv},
     daemon::{Daemon, strip_ansi},
     messages::{
         ddbc_instruction, frbc_instruction, ids_in, is_uuid, ombc_instruction, pebc_instruction,
@@ -40,7 +42,7 @@ pub use self::{
     },
     mqtt::{Broker, MQTT_PASSWORD, MQTT_USER, MqttCem, MqttMsg, MqttPeer},
     oracle::assert_emitted_valid,
-    paths::{python, shared_dir, workspace},
+    paths::{ha_python, python, shared_dir, workspace},
     python_peer::PythonPeer,
     queue::{GUARD, Queue, within},
     s2python::{check_s2python, s2python_rm_scenario, spawn_s2python_rm},

@@ -25,7 +25,10 @@ mod bridge;
 mod client;
 mod config;
 mod device;
+mod discovery;
+mod energy;
 mod mirror;
+mod pace;
 mod s2link;
 mod time;
 mod tls;
@@ -41,6 +44,9 @@ pub use client::{Inbound, LinkStatus, Mqtt, MqttHandle, Subscription};
 pub use config::{MqttConfig, Protocol, TlsConfig};
 pub use device::{CommandMap, CurrentMap, ModeMap, MqttDevice, MqttDeviceConfig, ReadingMap};
 pub use mirror::{DeviceState, StateMirror};
+pub use pace::{
+    ENERGY_DEADBAND_WH, POWER_DEADBAND_RATIO, POWER_DEADBAND_W, SOC_DEADBAND, StatePacer,
+};
 pub use s2gw_core::Secret;
 pub use s2link::{add_native_rm, spawn_cem_link};
 pub use topic::matches as topic_matches;

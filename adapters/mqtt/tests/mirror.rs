@@ -27,6 +27,7 @@ fn gateway(config: s2gw_mqtt::MqttConfig, devices: &[&str]) -> Gateway {
     let (mirror, _) = StateMirror::start(
         handle.clone(),
         devices.iter().map(|d| d.to_string()).collect(),
+        "test gateway",
     );
     Gateway {
         handle,
@@ -54,6 +55,8 @@ fn battery() -> DeviceState {
     s.active = Some("setpoint -1500 W".into());
     s.cem_link = "connected".into();
     s.available = true;
+    s.reports_energy = true;
+    s.controllable = true;
     s
 }
 
