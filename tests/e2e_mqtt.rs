@@ -1104,5 +1104,38 @@ async fn a_cem_schedules_an_mqtt_dishwasher_and_sets_an_mqtt_hybrid_heat_pump() 
     assert_eq!(command.text, "on;50");
     assert_emitted_valid("1.0.0", &hhp.raw_frames());
     assert_emitted_valid("1.0.0", &conns[&dw_rid].raw_frames());
+
+    // Home Assistant sees the MQTT devices with their profiles' manufacturer and model,
+    // and an energy register only where the profile maps one (the dishwasher's plug
+    // does; ebusd's heat pump does not, so its consumption is integrated from power).
+    let mut ha = MqttPeer::connect(
+        &broker,
+        "ha-appliances",
+        &["homeassistant/device/+/config"],
+        None,
+    )
+    .await;
+    for (device, manufacturer, model, energy) in [
+        ("dishwasher", "BSH", "Home Connect dishwasher", true),
+        ("hybrid", "Vaillant", "Hybrid system (eBUS)", false),
+    ] {
+        let d = ha
+            .messages
+            .wait_for(
+                &format!("{device}'s discovery"),
+                |m| m.topic == discovery_topic(device),
+                GUARD,
+            )
+            .await
+            .json();
+        assert_eq!(d["dev"]["mf"], manufacturer, "{d}");
+        assert_eq!(d["dev"]["mdl"], model, "{d}");
+        assert_eq!(d["dev"]["via_device"], "s2gw", "{d}");
+        assert_eq!(
+            d["cmps"]["consumed_wh"]["state_class"], "total_increasing",
+            "{d}"
+        );
+        assert_eq!(d["cmps"]["energy_wh"].is_object(), energy, "{d}");
+    }
     daemon.assert_running();
 }
