@@ -49,10 +49,12 @@ COMPILE_MANIFEST = {
     "iot_class": "local_push",
 }
 COMPILE_INIT = """
+import asyncio
+
 import voluptuous as vol
 from homeassistant.components import websocket_api
 from homeassistant.components.recorder import get_instance
-from homeassistant.components.recorder.tasks import StatisticsTask
+from homeassistant.components.recorder.tasks import StatisticsTask, SynchronizeTask
 from homeassistant.util import dt as dt_util
 
 
@@ -67,8 +69,16 @@ async def compile_now(hass, connection, msg):
     now = dt_util.utcnow()
     start = now.replace(minute=now.minute - now.minute % 5, second=0, microsecond=0)
     instance = get_instance(hass)
-    instance.queue_task(StatisticsTask(start, False))
+    # A period compiles once: the states so far must be written before.
+    await hass.async_block_till_done()
     await instance.async_block_till_done()
+    instance.queue_task(StatisticsTask(start, False))
+    # Not instance.async_block_till_done(): it returns at once when the recorder thread
+    # has already taken the task off its queue. The recorder runs its tasks in order, so
+    # this one is done when the next one runs.
+    done = asyncio.Event()
+    instance.queue_task(SynchronizeTask(done))
+    await done.wait()
     connection.send_result(msg["id"], {"start": start.isoformat()})
 """
 
@@ -90,7 +100,8 @@ config:
 onboarding:
 websocket_api:
 recorder:
-  commit_interval: 1
+  # Every state in the database at once: the compile below reads it from there.
+  commit_interval: 0
 energy:
 s2gw_compile:
 logger:
@@ -244,10 +255,11 @@ async def main():
     with open(os.path.join(component, "__init__.py"), "w") as f:
         f.write(COMPILE_INIT)
     log = open(os.path.join(config_dir, "hass.log"), "w")
-    hass_bin = os.path.join(os.path.dirname(sys.executable), "hass")
     # --skip-pip: everything is installed by scripts/ha-peer.sh; nothing from the network.
     proc = subprocess.Popen(
-        [hass_bin, "-c", config_dir, "--skip-pip"], stdout=log, stderr=subprocess.STDOUT
+        [sys.executable, "-u", "-m", "homeassistant", "-c", config_dir, "--skip-pip"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     try:
         async with aiohttp.ClientSession() as session:
