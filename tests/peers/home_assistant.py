@@ -17,8 +17,10 @@ Usage: home_assistant.py CONFIG_DIR HTTP_PORT BROKER_PORT MQTT_USER MQTT_PASSWOR
 """
 
 import asyncio
+import ctypes
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -107,6 +109,11 @@ s2gw_compile:
 logger:
   default: warning
 """
+
+
+def die_with_parent():
+    """PR_SET_PDEATHSIG: SIGKILL when the driver goes, however it goes."""
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
 
 
 class Hass:
@@ -256,10 +263,13 @@ async def main():
         f.write(COMPILE_INIT)
     log = open(os.path.join(config_dir, "hass.log"), "w")
     # --skip-pip: everything is installed by scripts/ha-peer.sh; nothing from the network.
+    # Home Assistant dies with this driver, which the test kills when it drops it: no
+    # Home Assistant outlives its test.
     proc = subprocess.Popen(
         [sys.executable, "-u", "-m", "homeassistant", "-c", config_dir, "--skip-pip"],
         stdout=log,
         stderr=subprocess.STDOUT,
+        preexec_fn=die_with_parent,
     )
     try:
         async with aiohttp.ClientSession() as session:
