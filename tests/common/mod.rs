@@ -2,9 +2,10 @@
 //! `CemSession` over loopback WebSockets ([`cem`]) or MQTT ([`mqtt`], with the broker and
 //! a plain MQTT client), the API both share ([`session`]), the daemon as a child process
 //! ([`daemon`]), the official S2 JSON schemas ([`schemas`]) and the other oracles
-//! ([`oracle`]), Python peers ([`python_peer`]), shared config snippets ([`configs`]), the s2-python RM scenario run against
-//! either CEM ([`s2python`]), messages built from descriptions ([`messages`]), paths
-//! ([`paths`]) and awaited queues ([`queue`]).
+//! ([`oracle`]), Python peers ([`python_peer`]), the s2-python RM scenario run against
+//! either CEM ([`s2python`]), messages built from descriptions ([`messages`]), simulated
+//! devices' config snippets ([`configs`]), paths ([`paths`]) and awaited queues
+//! ([`queue`]).
 //!
 //! Every wait is on a channel, bounded by a timeout that only turns a hang into a
 //! failure; nothing here sleeps to let something happen.

@@ -8,9 +8,11 @@
 //!   adapter's client link and server slots. The session protocol is in
 //!   `docs/s2-over-mqtt.md`.
 //! - [`StateMirror`]: retained per-device state, availability, Home Assistant device
-//!   discovery and the "CEM control allowed" switch.
-//! - [`spawn_bridge`]: `<base>/bridge/info` and `<base>/bridge/request/<cmd>` answered
-//!   from a [`BridgeData`] the daemon implements.
+//!   discovery (`discovery.rs`: each device under a gateway device), the Energy
+//!   dashboard's counters (`energy.rs`) and the "CEM control allowed" switch.
+//! - [`spawn_bridge`]: `<base>/bridge/info` and `<base>/bridge/health` (retained), and
+//!   `<base>/bridge/request/<cmd>` answered from a [`BridgeData`] the daemon implements.
+//! - [`StatePacer`]: when a device's state is worth publishing (deadbands, heartbeat).
 //! - [`MqttDevice`]: a [`Device`](s2gw_core::Device) whose readings and commands are MQTT
 //!   topics, mapped by a profile ([`MqttDeviceConfig`]).
 //!
