@@ -5,7 +5,8 @@
 # .venv runs on the system's python3), so it gets its own venv.
 #
 # 2025.4.4 is the newest release whose Requires-Python the Python 3.13.0 of this machine
-# satisfies (later releases need 3.13.2). Home Assistant's own package_constraints.txt, taken
+# satisfies (`pip index versions homeassistant` under 3.13.0 lists no later one; under
+# pyenv's 3.12.1 the newest is 2025.1.4). Home Assistant's own package_constraints.txt, taken
 # from the wheel, pins every transitive dependency: without it pip backtracks for ever.
 set -euo pipefail
 cd "$(dirname "$0")/.."
