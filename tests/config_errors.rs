@@ -412,6 +412,12 @@ bad_configs! {
     /// mqtt: state interval too short
     mqtt_state_interval_too_short: "[mqtt]\nhost = \"broker\"\nstate_interval_ms = 10\n"
         => "mqtt.state_interval_ms", "must be at least 100 ms, got 10";
+    /// mqtt: heartbeat shorter than the state interval
+    mqtt_state_heartbeat_shorter_than_the_interval: "[mqtt]\nhost = \"broker\"\nstate_interval_ms = 5000\nstate_heartbeat_s = 2\n"
+        => "mqtt.state_heartbeat_s", "not shorter than state_interval_ms (5000 ms), got 2";
+    /// mqtt: heartbeat too long
+    mqtt_state_heartbeat_too_long: "[mqtt]\nhost = \"broker\"\nstate_heartbeat_s = 3601\n"
+        => "mqtt.state_heartbeat_s", "3600";
     /// mqtt: TLS CA file missing
     mqtt_tls_ca_file_missing: "[mqtt]\nhost = \"broker\"\n[mqtt.tls]\nca_file = \"ca.pem\"\n"
         => "mqtt.tls.ca_file", "ca.pem does not exist";
@@ -1386,6 +1392,7 @@ fn shipped_mqtt_profiles_load_with_a_broker() {
     assert_eq!(mqtt.client.host, "127.0.0.1");
     assert_eq!(mqtt.client.base_topic, "s2gw");
     assert_eq!(mqtt.state_interval, Duration::from_secs(1));
+    assert_eq!(mqtt.state_heartbeat, Duration::from_secs(60));
     let password = mqtt.client.password.as_ref().unwrap();
     assert_eq!(password.expose().trim(), "s3cret");
     assert!(

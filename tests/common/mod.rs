@@ -5,7 +5,8 @@
 //! ([`oracle`]), Python peers ([`python_peer`]), the pymodbus device simulator that can
 //! reboot ([`modbus_peer`]), the fault rigs of the soak and its short forms ([`faults`]),
 //! the s2-python RM scenario run against either CEM ([`s2python`]), messages built from
-//! descriptions ([`messages`]), paths ([`paths`]) and awaited queues ([`queue`]).
+//! descriptions ([`messages`]), simulated devices' config snippets ([`configs`]), paths
+//! ([`paths`]) and awaited queues ([`queue`]).
 //!
 //! Every wait is on a channel, bounded by a timeout that only turns a hang into a
 //! failure; nothing here sleeps to let something happen.
@@ -19,6 +20,7 @@
 )]
 
 mod cem;
+mod configs;
 mod daemon;
 pub mod faults;
 mod messages;
@@ -36,6 +38,7 @@ mod session;
 #[allow(unused_imports)]
 pub use self::{
     cem::{CemConn, Ended, TestCem},
+    configs::{battery, meter, pv},
     daemon::{Daemon, free_port, strip_ansi},
     messages::{
         ddbc_instruction, frbc_instruction, ids_in, is_uuid, ombc_instruction, pebc_instruction,
@@ -44,7 +47,7 @@ pub use self::{
     modbus_peer::{M123, M123_ENA, M123_PCT, M123_RVRT, ModbusPeer},
     mqtt::{Broker, MQTT_PASSWORD, MQTT_USER, MqttCem, MqttMsg, MqttPeer},
     oracle::assert_emitted_valid,
-    paths::{python, shared_dir, workspace},
+    paths::{ha_python, python, shared_dir, workspace},
     python_peer::PythonPeer,
     queue::{GUARD, Queue, within},
     s2python::{check_s2python, s2python_rm_scenario, spawn_s2python_rm},
