@@ -952,6 +952,44 @@ async fn the_cem_control_switch_survives_a_restart() {
     daemon.assert_running();
 }
 
+/// A thousand malformed commands get five lines and a note that the rest are counted;
+/// the next good command still works (#11: a flood of bad input must not flood the log).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_malformed_commands_is_logged_five_times_then_counted() {
+    let broker = Broker::start().await;
+    let config = format!(
+        "{}[cem.test]\nurl = \"ws://127.0.0.1:9/s2/{{resource_id}}\"\n{}{}",
+        gateway(""),
+        broker.mqtt_section(BASE),
+        pv("pv", "test", "")
+    );
+    let mut ha = MqttPeer::connect(&broker, "ha", &[&topic("pv")], None).await;
+    let mut daemon = Daemon::start(&config);
+    ha.wait_json("the switch on", &topic("pv"), |v| v["cem_control"] == "ON")
+        .await;
+    for i in 0..1000 {
+        ha.publish(&topic("pv/set"), format!("not a command {i}"), false)
+            .await;
+    }
+    // One connection keeps the order: once OFF is applied, the flood has been handled.
+    ha.publish(&topic("pv/set"), r#"{"cem_control":"OFF"}"#, false)
+        .await;
+    ha.wait_json("the switch off after the flood", &topic("pv"), |v| {
+        v["cem_control"] == "OFF"
+    })
+    .await;
+    let logs = daemon.logs();
+    let individual = logs.iter().filter(|l| l.contains("command is not")).count();
+    assert_eq!(individual, 5, "{}", daemon.log_tail(40));
+    assert!(
+        logs.iter()
+            .any(|l| l.contains("malformed command") && l.contains("counted, not logged one by one")),
+        "{}",
+        daemon.log_tail(40)
+    );
+    daemon.assert_running();
+}
+
 // ----------------------------------------------------------------------------------------
 // (g) MQTT appliances: a dishwasher (PPBC) and a hybrid heat pump (DDBC)
 // ----------------------------------------------------------------------------------------

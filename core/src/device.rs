@@ -30,6 +30,14 @@ pub struct DeviceInfo {
     pub control: Vec<ControlCapability>,
 }
 
+/// A state of charge as a device reported it, if it is one: a value outside 0–100 % (a
+/// garbled answer, an unimplemented point's filler under a wild scale factor) is no
+/// reading, because S2 would be told a fill level outside the range the RM announced.
+/// Found by the Modbus fuzz target (42,360 % from a SunSpec battery's ChaState).
+pub fn plausible_soc(soc: Option<f64>) -> Option<f64> {
+    soc.filter(|pct| (0.0..=100.0).contains(pct))
+}
+
 /// Kinds of devices, which pick the S2 role and the Home Assistant icons.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]

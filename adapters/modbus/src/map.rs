@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use s2gw_core::device::plausible_soc;
 use s2gw_core::device::{ControlCapability, DeviceInfo, DeviceKind, ModeSpec};
 use s2gw_core::{Command, Device, DeviceError, DeviceStatus, Readings};
 use tokio::time::Instant;
@@ -194,7 +195,7 @@ impl MapDevice {
             power_w,
             phase_power_w,
             energy_wh: num(&r.energy),
-            soc: num(&r.soc),
+            soc: plausible_soc(num(&r.soc)),
             status,
             active: self.active.clone(),
             ..Readings::default()

@@ -7,6 +7,7 @@
 use std::fmt;
 
 use async_trait::async_trait;
+use s2gw_core::device::plausible_soc;
 use s2gw_core::device::{ControlCapability, DeviceInfo, DeviceKind};
 use s2gw_core::{Command, Device, DeviceError, DeviceStatus, Readings};
 use tokio::time::Instant;
@@ -640,7 +641,7 @@ impl SunSpecDevice {
             power_w: power.unwrap_or(0.0),
             phase_power_w: phases,
             energy_wh: energy,
-            soc: num("124.ChaState"),
+            soc: plausible_soc(num("124.ChaState")),
             status,
             active: self.active.clone().or_else(|| self.foreign_command()),
             ..Readings::default()

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
+use s2gw_core::LogThrottle;
 use s2gw_core::device::DeviceKind;
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -138,6 +139,8 @@ impl Entry {
 
 struct Inner {
     devices: BTreeMap<String, Entry>,
+    /// Commands dropped (malformed, retained, for no device): logged, then counted.
+    dropped: LogThrottle,
 }
 
 /// The state mirror; cheap to clone.
@@ -180,7 +183,10 @@ impl StateMirror {
             .collect();
         let mirror = StateMirror {
             handle,
-            inner: Arc::new(Mutex::new(Inner { devices })),
+            inner: Arc::new(Mutex::new(Inner {
+                devices,
+                dropped: LogThrottle::default(),
+            })),
             gateway_name: Arc::from(gateway_name),
             swept: Arc::new(watch::channel(false).0),
         };
@@ -392,18 +398,27 @@ impl StateMirror {
         else {
             return;
         };
+        let now = std::time::Instant::now();
         let Some(allowed) = parse_control(&message.payload) else {
-            warn!(device = %device_id, bytes = message.payload.len(), "command is not {{\"cem_control\":\"ON\"|\"OFF\"}}: ignored");
+            let bytes = message.payload.len();
+            lock(&self.inner).dropped.warn("malformed command", now, || {
+                warn!(device = %device_id, bytes, "command is not {{\"cem_control\":\"ON\"|\"OFF\"}}: ignored");
+            });
             return;
         };
         if message.retained {
-            warn!(device = %device_id, "retained command ignored (commands must not be retained)");
+            lock(&self.inner).dropped.warn("retained command", now, || {
+                warn!(device = %device_id, "retained command ignored (commands must not be retained)");
+            });
             return;
         }
         let last = {
             let mut inner = lock(&self.inner);
-            let Some(entry) = inner.devices.get_mut(device_id) else {
-                warn!(device = %device_id, "command for an unknown device: ignored");
+            let Inner { devices, dropped } = &mut *inner;
+            let Some(entry) = devices.get_mut(device_id) else {
+                dropped.warn("command for an unknown device", now, || {
+                    warn!(device = %device_id, "command for an unknown device: ignored");
+                });
                 return;
             };
             entry.commanded = true;

@@ -74,7 +74,21 @@ impl Drop for Broker {
 }
 
 impl Broker {
+    /// A mosquitto that owns its port. A port picked free and released can be taken by
+    /// another process before mosquitto binds it (the Modbus target opens a listener per
+    /// input), so a start counts only once mosquitto's own log says it listens and the
+    /// process is still there; else another port is tried.
     fn start() -> anyhow::Result<Self> {
+        for _ in 0..5 {
+            let mut broker = Self::spawn()?;
+            if broker.listening()? {
+                return Ok(broker);
+            }
+        }
+        anyhow::bail!("mosquitto did not start listening on any of five ports")
+    }
+
+    fn spawn() -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
@@ -86,7 +100,7 @@ impl Broker {
             format!(
                 "user root\nallow_anonymous true\nmax_queued_messages 100000\n\
                  log_dest file {d}/mosquitto.log\nlog_type subscribe\nlog_type error\n\
-                 log_type warning\nlistener {port} 127.0.0.1\n"
+                 log_type warning\nlog_type information\nlistener {port} 127.0.0.1\n"
             ),
         )?;
         let binary = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
@@ -103,6 +117,24 @@ impl Broker {
                 anyhow::anyhow!("mosquitto is missing (apt-get install mosquitto): {e}")
             })?;
         Ok(Self { dir, child, port })
+    }
+
+    /// Waits for mosquitto's "Opening ipv4 listen socket on port P" and "running" (it
+    /// bound the port) while it runs; `false` when it exited (the port was taken).
+    fn listening(&mut self) -> anyhow::Result<bool> {
+        let opened = format!("listen socket on port {}", self.port);
+        for _ in 0..500 {
+            if self.child.try_wait()?.is_some() {
+                return Ok(false);
+            }
+            let log = self.log();
+            if log.contains(&opened) && log.contains(" running") && !log.contains("Error") {
+                return Ok(true);
+            }
+            // mosquitto's log file is the only event there is to wait for.
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(false)
     }
 
     fn log(&self) -> String {
@@ -191,7 +223,6 @@ impl Mqtt {
         let loaded = s2gw::config::load_str(&text, &broker.dir.path().join("s2gw.toml"))
             .map_err(|e| anyhow::anyhow!("the MQTT target's config: {e}"))?;
         let (client, answers, seen, gateway) = runtime.block_on(async {
-            wait_for_port(broker.port).await?;
             let gateway = Gateway::start(&loaded, CancellationToken::new()).await?;
             let (client, answers, seen) = connect(broker.port).await?;
             anyhow::Ok((client, answers, seen, gateway))
@@ -249,32 +280,15 @@ impl Drop for Mqtt {
     }
 }
 
-async fn wait_for_port(port: u16) -> anyhow::Result<()> {
-    for _ in 0..500 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return Ok(());
-        }
-        // A port that is not open yet has no event to await.
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    anyhow::bail!("mosquitto did not start")
-}
-
 /// The fuzzer's client: bridge answers go to the channel; the first second of what the
 /// daemon publishes (retained state and discovery included) is kept as corpus.
 async fn connect(port: u16) -> anyhow::Result<(AsyncClient, mpsc::Receiver<()>, Vec<String>)> {
     let mut options = MqttOptions::new("fuzzer", "127.0.0.1", port);
     options.set_max_packet_size(1 << 20, 1 << 20);
     let (client, mut events) = AsyncClient::new(options, 1024);
-    client
-        .subscribe(
-            format!("{BASE}/bridge/response/fuzzprobe"),
-            QoS::AtLeastOnce,
-        )
-        .await?;
+    let probe_answers = format!("{BASE}/bridge/response/fuzzprobe");
+    client.subscribe(&probe_answers, QoS::AtLeastOnce).await?;
+    let resubscriber = client.clone();
     client.subscribe("#", QoS::AtMostOnce).await?;
     let (answered, answers) = mpsc::channel(16);
     let (seen_tx, mut seen_rx) = mpsc::channel(4096);
@@ -288,9 +302,17 @@ async fn connect(port: u16) -> anyhow::Result<(AsyncClient, mpsc::Receiver<()>, 
                         let _ = seen_tx.try_send(String::from_utf8_lossy(&p.payload).into_owned());
                     }
                 }
+                // A clean session forgets the subscription: say it again on every
+                // reconnect, so a dropped connection cannot pass for a dead daemon.
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    let _ = resubscriber.try_subscribe(probe_answers.clone(), QoS::AtLeastOnce);
+                }
                 Ok(_) => {}
                 // The broker lives as long as the target; a reconnect is rumqttc's job.
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                Err(error) => {
+                    eprintln!("mqtt target: the fuzzer's own connection: {error}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
             }
         }
     });
