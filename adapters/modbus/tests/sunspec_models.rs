@@ -9,7 +9,8 @@ mod common;
 
 use common::{PyPeer, Seen, profile, unit};
 use s2gw_core::{Command, Device, DeviceStatus};
-use s2gw_modbus::config::SunSpecOptions;
+use s2gw_modbus::config::{EnvelopeSpec, SunSpecOptions};
+use s2gw_modbus::map::MapDevice;
 use s2gw_modbus::sunspec::SunSpecDevice;
 
 fn device(peer: &PyPeer, base: Option<u16>) -> SunSpecDevice {
@@ -188,4 +189,55 @@ async fn fronius_float_map_measures_and_limits_through_123() {
     );
     dev.apply(&Command::Release).await.unwrap();
     assert_eq!(peer.writes().await, [fc16(40246, 0)]);
+}
+
+/// A 32-bit SolarEdge power control value as the peer prints it: low word first.
+fn low_first(address: u16, words: u32) -> Seen {
+    Seen {
+        fc: 16,
+        address,
+        values: vec![i64::from(words & 0xFFFF), i64::from(words >> 16)],
+    }
+}
+
+/// The `modbus-solaredge` profile against a simulator of SolarEdge's SunSpec map and
+/// its Enhanced Dynamic Power Control registers: the SunSpec W with W_SF; a limit is
+/// the fallback (100 %), the command timeout (60 s), the enable, then the dynamic limit
+/// as a percentage of the envelope's production bound (the inverter's max active
+/// power), float32 low word first; release is 100 %.
+#[tokio::test]
+async fn solaredge_measures_sunspec_and_limits_through_its_dynamic_power_control() {
+    let mut peer = PyPeer::start(&["solaredge"]).await;
+    let mut p = profile("modbus-solaredge");
+    // What the device section says for an 8 kW inverter.
+    p.envelope = Some(EnvelopeSpec {
+        min_w: -8000.0,
+        max_w: 0.0,
+    });
+    assert_eq!(p.validate(), Vec::<(String, String)>::new());
+    let mut dev = MapDevice::new("se", unit(&peer.addr(), 1, 1000), &p);
+    let r = dev.read().await.unwrap();
+    assert_eq!(r.power_w, -1234.5);
+    assert_eq!(r.energy_wh, Some(123456.0));
+    assert_eq!(r.status, DeviceStatus::Ok);
+    assert!(peer.writes().await.is_empty(), "reading never writes");
+
+    // 2000 W of 8000 W: 25 %.
+    dev.apply(&Command::LimitPower {
+        min_w: Some(-2000.0),
+        max_w: Some(0.0),
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        peer.writes().await,
+        [
+            low_first(0xF312, 100f32.to_bits()),
+            low_first(0xF310, 60),
+            fc16(0xF300, 1),
+            low_first(0xF322, 25f32.to_bits()),
+        ]
+    );
+    dev.apply(&Command::Release).await.unwrap();
+    assert_eq!(peer.writes().await, [low_first(0xF322, 100f32.to_bits())]);
 }
