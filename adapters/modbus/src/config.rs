@@ -211,11 +211,10 @@ impl ModbusConnection {
             push(&mut problems, "stop_bits", "must be 1 or 2");
         }
         // Modbus TCP devices addressed directly take 255 ("MODBUS Messaging on TCP/IP
-        // Implementation Guide" V1.0b, 4.4.1.1), e.g. KEBA's P30 insists on it.
-        if self
-            .unit
-            .is_some_and(|u| u > 247 && !(u == 255 && self.tcp.is_some()))
-        {
+        // Implementation Guide" V1.0b, 4.4.1.1), e.g. KEBA's P30 insists on it. A
+        // profile names no bus, so only RTU framing rules it out.
+        let rtu = self.serial.is_some() || self.rtu_over_tcp.is_some();
+        if self.unit.is_some_and(|u| u > 247 && !(u == 255 && !rtu)) {
             push(
                 &mut problems,
                 "unit",
