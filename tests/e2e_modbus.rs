@@ -1458,7 +1458,8 @@ async fn proxy() {
 // ----------------------------------------------------------------------------------------
 
 /// `s2gw modbus detect` on loopback: a SunSpec inverter, a SunSpec battery, an SDM630, an
-/// ABB Terra AC and a go-eCharger simulator are each found with the right profile; a Modbus server that
+/// ABB Terra AC, a go-eCharger, a KEBA P30 (unit 255) and a SolarEdge (SunSpec, told apart
+/// by its name) simulator are each found with the right profile; a Modbus server that
 /// is none of them and a closed port are listed as not identified. The printed devices,
 /// pasted under a gateway and CEM section, pass `s2gw check` and measure in the daemon.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1472,6 +1473,8 @@ async fn detect() {
     let meter = Peer::start(&["sdm630"]).await;
     let charger = Peer::start(&["abb"]).await;
     let goe = Peer::start(&["goe"]).await;
+    let keba = Peer::start(&["keba"]).await;
+    let solaredge = Peer::start(&["solaredge"]).await;
     let stranger = MemServer::start().await;
     let closed = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -1484,6 +1487,8 @@ async fn detect() {
         meter.port.to_string(),
         charger.port.to_string(),
         goe.port.to_string(),
+        keba.port.to_string(),
+        solaredge.port.to_string(),
         stranger_port.clone(),
         closed.to_string(),
     ]
@@ -1502,15 +1507,19 @@ async fn detect() {
     ])
     .await;
     assert!(ok, "detect failed: {err}\n{out}");
-    for (peer, profile) in [
-        (&inverter, "modbus-sunspec-inverter"),
-        (&battery, "modbus-sunspec-storage"),
-        (&meter, "modbus-sdm630"),
-        (&charger, "modbus-abb-terra-ac"),
-        (&goe, "modbus-go-e"),
+    for (peer, profile, unit) in [
+        (&inverter, "modbus-sunspec-inverter", 1),
+        (&battery, "modbus-sunspec-storage", 1),
+        (&meter, "modbus-sdm630", 1),
+        (&charger, "modbus-abb-terra-ac", 1),
+        (&goe, "modbus-go-e", 1),
+        // The KEBA's profile sets unit 255; the SolarEdge is SunSpec with SolarEdge's
+        // name in its common model.
+        (&keba, "modbus-keba-p30", 255),
+        (&solaredge, "modbus-solaredge", 1),
     ] {
         let want = format!(
-            "profile = \"{profile}\"\ncem = \"test\"\n[device.modbus]\ntcp = \"{}\"\nunit = 1\n",
+            "profile = \"{profile}\"\ncem = \"test\"\n[device.modbus]\ntcp = \"{}\"\nunit = {unit}\n",
             peer.addr()
         );
         assert!(
@@ -1538,7 +1547,7 @@ async fn detect() {
         unknown.contains(&format!("127.0.0.1:{closed}: connection to")),
         "{out}"
     );
-    assert_eq!(out.matches("[[device]]").count(), 5, "{out}");
+    assert_eq!(out.matches("[[device]]").count(), 7, "{out}");
 
     // The proposal is a config: check accepts it, the daemon runs it.
     let mut cem = TestCem::start(&[ProtocolVersion::V0_0_2_BETA]).await;
@@ -1556,9 +1565,11 @@ async fn detect() {
         "s2gw check refused the proposal: {check_out}{check_err}\n{out}"
     );
     let _daemon = Daemon::start(&text);
-    let mut conns = connect(&mut cem, 5).await;
+    let mut conns = connect(&mut cem, 7).await;
     let expected = [
         ("go-e", 3600.0),
+        ("keba-p30", 7360.0),
+        ("solaredge", -1234.5),
         ("sunspec-inverter", -1234.5),
         ("sunspec-storage", -1234.5),
         ("sdm630", 1100.25),

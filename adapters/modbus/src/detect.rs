@@ -5,7 +5,9 @@
 //! connection of its own that is closed before the next port. First SunSpec (the `SunS`
 //! marker at 40000, 0 and 50000, then the model chain), then every map profile that has a
 //! signature (`[[modbus.detect]]`: registers whose values must lie in a range, equal a
-//! number or start with a text). A unit that times out is not asked anything else.
+//! number or start with a text). A unit that times out is not asked anything else. A
+//! SunSpec device that also shows a map profile's signature is that profile (SolarEdge:
+//! SunSpec readings, its power control outside SunSpec).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -119,6 +121,9 @@ async fn probe_port(addr: &str, probe: &Probe, candidates: &[Candidate]) -> Find
         };
         match sunspec::discover(&u, &DEFAULT_BASES).await {
             Ok(d) => {
+                if let Some(found) = refine(addr, &u, candidates).await {
+                    return found;
+                }
                 return Finding::SunSpec {
                     addr: addr.to_string(),
                     unit,
@@ -160,6 +165,24 @@ async fn probe_port(addr: &str, probe: &Probe, candidates: &[Candidate]) -> Find
         addr: addr.to_string(),
         why: tried.join("; "),
     }
+}
+
+/// The first map profile for `unit` whose signature a SunSpec device shows.
+async fn refine(addr: &str, unit: &Unit, candidates: &[Candidate]) -> Option<Finding> {
+    for c in candidates
+        .iter()
+        .filter(|c| c.unit.is_none_or(|u| u == unit.id))
+    {
+        if let Ok(seen) = matches(unit, c).await {
+            return Some(Finding::Profile {
+                addr: addr.to_string(),
+                unit: unit.id,
+                profile: c.profile.clone(),
+                seen,
+            });
+        }
+    }
+    None
 }
 
 /// Refused or unreachable: nothing to identify at that port.
