@@ -471,7 +471,7 @@ fn assert_ombc_modes(system: &ombc::SystemDescription) {
 }
 
 // ----------------------------------------------------------------------------------------
-// Profiles from makers' tables: KEBA P30, Heidelberg Energy Control, SolarEdge
+// Profiles from makers' tables: KEBA P30, Heidelberg Energy Control, SMA, SolarEdge
 // ----------------------------------------------------------------------------------------
 
 /// One charger through the daemon as OMBC: the measured power, the 6 A step becomes
@@ -586,6 +586,51 @@ async fn heidelberg_ec_over_rtu_arms_its_watchdog_follows_a_step_and_releases_on
         .await
         .unwrap();
         assert_eq!(held.words, [60000, 4, 1, 0, 160, 160]);
+    })
+    .await;
+}
+
+/// The SMA profile through the daemon (unit 126 from the profile): the Sunny Tripower's
+/// 17-model chain is discovered, -1234.5 W measured; a 2500 W limit (of WMax 5000 W)
+/// is the revert timer, WMaxLimPct 500 and enable on 123 at 40343, SUCCEEDED; a lost
+/// CEM puts 100 % back and leaves the enable flag at 1, as SMA keeps it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sma_limits_through_123_and_restores_its_enabled_100_percent_on_a_lost_cem() {
+    within_test(async {
+        let mut peer = Peer::start(&["sma"]).await;
+        let mut cem = TestCem::start(&[ProtocolVersion::V0_0_2_BETA]).await;
+        let mut daemon = Daemon::start(&config(&cem, &[device("pv", "modbus-sma", &peer, "")]));
+        let mut conn = connect(&mut cem, 1).await.remove("pv").unwrap();
+        let constraints = conn.select_pebc(SOON).await;
+        conn.wait_power("the inverter's -1234.5 W", |w| near(w, -1234.5), SOON)
+            .await;
+        assert_eq!(
+            peer.writes.try_next(),
+            None,
+            "written before any instruction"
+        );
+
+        let id = limit(&mut conn, &constraints, 2500.0).await;
+        for want in [
+            seen(16, 40350, &[120]),
+            seen(16, 40348, &[500]),
+            seen(16, 40352, &[1]),
+        ] {
+            peer.wait_write(want).await;
+        }
+        let last = await_status(&mut conn, id, &["SUCCEEDED", "ABORTED", "REJECTED"]).await;
+        assert_eq!(last, "SUCCEEDED", "{:?}", statuses_of(&conn, id));
+        assert_eq!(peer.holding(40348, 5).await, [500, 0, 120, 0, 1]);
+
+        cem.kill().await;
+        peer.wait_write(seen(16, 40348, &[1000])).await;
+        assert_eq!(peer.holding(40348, 5).await[0], 1000);
+        assert_eq!(
+            peer.holding(40352, 1).await,
+            [1],
+            "the flag as SMA keeps it"
+        );
+        daemon.assert_running();
     })
     .await;
 }

@@ -68,6 +68,10 @@ pub const BUILTIN_PROFILES: &[(&str, &str)] = &[
         include_str!("../../config/profiles/modbus-fronius.toml"),
     ),
     (
+        "modbus-sma",
+        include_str!("../../config/profiles/modbus-sma.toml"),
+    ),
+    (
         "modbus-go-e",
         include_str!("../../config/profiles/modbus-go-e.toml"),
     ),

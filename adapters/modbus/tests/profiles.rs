@@ -19,6 +19,7 @@ fn shipped_profiles_validate() {
         "modbus-sg-ready",
         "modbus-sdm630",
         "modbus-fronius",
+        "modbus-sma",
         "modbus-go-e",
         "modbus-keba-p30",
         "modbus-heidelberg-ec",

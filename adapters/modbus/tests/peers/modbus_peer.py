@@ -1,7 +1,8 @@
 """Modbus TCP device simulators for the s2gw-modbus tests (pymodbus 3.16).
 
 Usage: modbus_peer.py PORT KIND [options]
-  KIND: sunspec | fronius | goe | keba | heidelberg | solaredge | abb | sdm630
+  KIND: sunspec | fronius | sma | goe | keba | heidelberg | solaredge | abb | sdm630
+  sma: a Sunny Tripower's SunSpec chain (17 models, 123 at 40343, its enable flag at 1)
   goe: the go-eCharger, which refuses FC6 (illegal function), as its table says
   keba: the KEBA P30, which takes FC6 writes only and reads of at most one u32
   heidelberg: the Heidelberg Energy Control (use --framer rtu, as on its RS-485 bus)
@@ -121,6 +122,25 @@ def fronius():
     mppt = model(160, 48, {})
     regs = [0x5375, 0x6E53] + common + inverter + nameplate + settings + extended \
         + controls + mppt + [0xFFFF, 0]
+    return {"hr": [(40000, regs)]}
+
+
+def sma():
+    # SMA Sunny Tripower's SunSpec chain at the addresses OpenEMS reads (see
+    # config/profiles/modbus-sma.toml): models without values here are zeros of the
+    # right length, so discovery must walk past them. WMaxLim_Ena is 1 at 100 %, as
+    # SMA keeps it.
+    base = sunspec_models(None)
+    common = model(1, 66, {2: text("SMA", 16), 18: text("STP10.0-3AV-40", 16),
+                           42: text("3.10.10.R", 8), 50: text("3005000001", 16),
+                           66: [126]})
+    controls = model(123, 24, {5: [1000], 7: [0], 9: [1], 23: [s16(-1)]})
+    chain = [common, model(11, 13, {}), model(12, 98, {}), base[103], base[120],
+             base[121], model(122, 44, {}), controls]
+    chain += [model(mid, n, {}) for mid, n in ((124, 24), (126, 64), (127, 10),
+                                              (128, 14), (131, 64), (132, 64),
+                                              (160, 128), (129, 60), (130, 60))]
+    regs = [0x5375, 0x6E53] + [r for m in chain for r in m] + [0xFFFF, 0]
     return {"hr": [(40000, regs)]}
 
 
@@ -265,7 +285,7 @@ class SingleClientServer(ModbusTcpServer):
 async def main():
     p = argparse.ArgumentParser()
     p.add_argument("port", type=int)
-    p.add_argument("kind", choices=["sunspec", "fronius", "goe", "keba", "heidelberg",
+    p.add_argument("kind", choices=["sunspec", "fronius", "sma", "goe", "keba", "heidelberg",
                                      "solaredge", "abb", "sdm630"])
     p.add_argument("--base", type=int, default=40000)
     p.add_argument("--models", default="1,103,123")
@@ -282,6 +302,8 @@ async def main():
         spec = sunspec(args.base, ids, args.preset_limit, args.preset_storctl)
     elif args.kind == "fronius":
         spec = fronius()
+    elif args.kind == "sma":
+        spec = sma()
     elif args.kind == "goe":
         spec = goe()
     elif args.kind in ("keba", "heidelberg", "solaredge"):
