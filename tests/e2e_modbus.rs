@@ -1503,8 +1503,9 @@ async fn proxy() {
 // ----------------------------------------------------------------------------------------
 
 /// `s2gw modbus detect` on loopback: a SunSpec inverter, a SunSpec battery, an SDM630, an
-/// ABB Terra AC, a go-eCharger, a KEBA P30 (unit 255) and a SolarEdge (SunSpec, told apart
-/// by its name) simulator are each found with the right profile; a Modbus server that
+/// ABB Terra AC, a go-eCharger, a KEBA P30 (unit 255), and SolarEdge, SMA and Fronius
+/// (SunSpec, told apart by the maker's name) simulators are each found with the right
+/// profile; a Modbus server that
 /// is none of them and a closed port are listed as not identified. The printed devices,
 /// pasted under a gateway and CEM section, pass `s2gw check` and measure in the daemon.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1520,6 +1521,8 @@ async fn detect() {
     let goe = Peer::start(&["goe"]).await;
     let keba = Peer::start(&["keba"]).await;
     let solaredge = Peer::start(&["solaredge"]).await;
+    let sma = Peer::start(&["sma"]).await;
+    let fronius = Peer::start(&["fronius"]).await;
     let stranger = MemServer::start().await;
     let closed = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -1534,6 +1537,8 @@ async fn detect() {
         goe.port.to_string(),
         keba.port.to_string(),
         solaredge.port.to_string(),
+        sma.port.to_string(),
+        fronius.port.to_string(),
         stranger_port.clone(),
         closed.to_string(),
     ]
@@ -1562,6 +1567,10 @@ async fn detect() {
         // name in its common model.
         (&keba, "modbus-keba-p30", 255),
         (&solaredge, "modbus-solaredge", 1),
+        // SunSpec with a maker's name in the common model: the maker's profile (the
+        // SMA chain has a model 124, which alone would mean a battery).
+        (&sma, "modbus-sma", 1),
+        (&fronius, "modbus-fronius", 1),
     ] {
         let want = format!(
             "profile = \"{profile}\"\ncem = \"test\"\n[device.modbus]\ntcp = \"{}\"\nunit = {unit}\n",
@@ -1592,7 +1601,7 @@ async fn detect() {
         unknown.contains(&format!("127.0.0.1:{closed}: connection to")),
         "{out}"
     );
-    assert_eq!(out.matches("[[device]]").count(), 7, "{out}");
+    assert_eq!(out.matches("[[device]]").count(), 9, "{out}");
 
     // The proposal is a config: check accepts it, the daemon runs it.
     let mut cem = TestCem::start(&[ProtocolVersion::V0_0_2_BETA]).await;
@@ -1610,11 +1619,13 @@ async fn detect() {
         "s2gw check refused the proposal: {check_out}{check_err}\n{out}"
     );
     let _daemon = Daemon::start(&text);
-    let mut conns = connect(&mut cem, 7).await;
+    let mut conns = connect(&mut cem, 9).await;
     let expected = [
         ("go-e", 3600.0),
         ("keba-p30", 7360.0),
         ("solaredge", -1234.5),
+        ("sma", -1234.5),
+        ("fronius", -1234.5),
         ("sunspec-inverter", -1234.5),
         ("sunspec-storage", -1234.5),
         ("sdm630", 1100.25),
