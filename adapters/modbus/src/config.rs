@@ -214,7 +214,7 @@ impl ModbusConnection {
         // Implementation Guide" V1.0b, 4.4.1.1), e.g. KEBA's P30 insists on it. A
         // profile names no bus, so only RTU framing rules it out.
         let rtu = self.serial.is_some() || self.rtu_over_tcp.is_some();
-        if self.unit.is_some_and(|u| u > 247 && !(u == 255 && !rtu)) {
+        if self.unit.is_some_and(|u| u > 247 && (u != 255 || rtu)) {
             push(
                 &mut problems,
                 "unit",
