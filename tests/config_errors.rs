@@ -190,7 +190,7 @@ bad_configs! {
         => "device[1].cem", "unknown cem link `away` (defined: home)";
     /// unknown profile
     unknown_profile: "[[device]]\nid = \"x\"\nprofile = \"sim-nope\"\ncem = \"home\"\n[device.sim]\nmodel = \"pv\"\n"
-        => "device[1].profile", "unknown profile `sim-nope`: not a built-in profile (sim-pv, sim-ev, sim-battery, sim-heat-pump, sim-meter, sim-dishwasher, sim-hybrid-heat-pump, modbus-sunspec-inverter, modbus-sunspec-storage, modbus-abb-terra-ac, modbus-alfen-eve, modbus-sg-ready, modbus-sdm630, modbus-fronius, modbus-go-e, ble-bthome-meter, ble-relay, mqtt-shelly-gen2-switch, mqtt-tasmota-plug, mqtt-openevse, mqtt-generic, mqtt-dishwasher, mqtt-hybrid-heat-pump)";
+        => "device[1].profile", "unknown profile `sim-nope`: not a built-in profile (sim-pv, sim-ev, sim-battery, sim-heat-pump, sim-meter, sim-dishwasher, sim-hybrid-heat-pump, modbus-sunspec-inverter, modbus-sunspec-storage, modbus-abb-terra-ac, modbus-alfen-eve, modbus-sg-ready, modbus-sdm630, modbus-fronius, modbus-sma, modbus-go-e, modbus-keba-p30, modbus-heidelberg-ec, modbus-solaredge, ble-bthome-meter, ble-relay, mqtt-shelly-gen2-switch, mqtt-tasmota-plug, mqtt-openevse, mqtt-generic, mqtt-dishwasher, mqtt-hybrid-heat-pump)";
     /// profile file that does not exist
     profile_file_that_does_not_exist: "[[device]]\nid = \"x\"\nprofile = \"vendor/inverter.toml\"\ncem = \"home\"\n[device.sim]\nmodel = \"pv\"\n"
         => "device[1].profile", "cannot read profile file";

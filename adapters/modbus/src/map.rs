@@ -83,6 +83,8 @@ struct Params {
     watts: Option<f64>,
     min_w: Option<f64>,
     max_w: Option<f64>,
+    /// What 100 % of a production limit is, W (`-envelope.min_w`).
+    production_w: Option<f64>,
 }
 
 impl Params {
@@ -94,6 +96,10 @@ impl Params {
             Source::MaxW => self.max_w,
             Source::MinW => self.min_w,
             Source::ProductionLimitW => self.min_w.map(|w| (-w).max(0.0)),
+            Source::ProductionLimitPct => self
+                .min_w
+                .zip(self.production_w)
+                .map(|(w, full)| ((-w).max(0.0) / full * 100.0).clamp(0.0, 100.0)),
         }
     }
 
@@ -353,6 +359,7 @@ impl MapDevice {
                 Params {
                     min_w: *min_w,
                     max_w: *max_w,
+                    production_w: self.profile.envelope.map(|e| -e.min_w).filter(|w| *w > 0.0),
                     ..Params::default()
                 },
             )),
