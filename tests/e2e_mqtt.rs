@@ -982,8 +982,9 @@ async fn a_flood_of_malformed_commands_is_logged_five_times_then_counted() {
     let individual = logs.iter().filter(|l| l.contains("command is not")).count();
     assert_eq!(individual, 5, "{}", daemon.log_tail(40));
     assert!(
-        logs.iter()
-            .any(|l| l.contains("malformed command") && l.contains("counted, not logged one by one")),
+        logs.iter().any(
+            |l| l.contains("malformed command") && l.contains("counted, not logged one by one")
+        ),
         "{}",
         daemon.log_tail(40)
     );

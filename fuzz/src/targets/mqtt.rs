@@ -12,7 +12,7 @@
 //! Liveness: every 16th input ends with a bridge request the daemon must answer within
 //! 5 s; a panic in any of its tasks is counted by the runner's panic hook.
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
@@ -149,17 +149,16 @@ impl Broker {
             let mut fields = line.split_whitespace().skip(1);
             if let (Some("s2gw-fz"), Some(_qos), Some(filter)) =
                 (fields.next(), fields.next(), fields.next())
+                && !topics.iter().any(|t| t == filter)
             {
-                if !topics.iter().any(|t| t == filter) {
-                    topics.push(filter.to_string());
-                }
+                topics.push(filter.to_string());
             }
         }
         topics
     }
 }
 
-fn config(port: u16, state: &PathBuf) -> String {
+fn config(port: u16, state: &Path) -> String {
     let rid = |n: u8| format!("3f2504e0-4f89-41d3-9a0c-0305e82c33{n:02}");
     let mut text = format!(
         "[gateway]\nstate_dir = \"{}\"\n[mqtt]\nhost = \"127.0.0.1\"\nport = {port}\n\
@@ -388,7 +387,7 @@ impl Target for Mqtt {
         self.sent += 1;
         // A round trip per input would make the broker the bottleneck: one in
         // PROBE_EVERY, after the payloads before it (one connection keeps their order).
-        if self.sent % PROBE_EVERY == 0 {
+        if self.sent.is_multiple_of(PROBE_EVERY) {
             self.probe()?;
         }
         Ok(())
