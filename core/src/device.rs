@@ -435,3 +435,19 @@ pub trait Device: Send {
     /// Carry out a command; returns once the device confirmed it where it can.
     async fn apply(&mut self, command: &Command) -> Result<(), DeviceError>;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::plausible_soc;
+
+    #[test]
+    fn a_state_of_charge_outside_0_to_100_percent_is_no_reading() {
+        assert_eq!(plausible_soc(Some(42.5)), Some(42.5));
+        assert_eq!(plausible_soc(Some(0.0)), Some(0.0));
+        assert_eq!(plausible_soc(Some(100.0)), Some(100.0));
+        assert_eq!(plausible_soc(Some(42_360.0)), None);
+        assert_eq!(plausible_soc(Some(-0.1)), None);
+        assert_eq!(plausible_soc(Some(f64::NAN)), None);
+        assert_eq!(plausible_soc(None), None);
+    }
+}

@@ -283,7 +283,9 @@ impl Drop for Mqtt {
 /// daemon publishes (retained state and discovery included) is kept as corpus.
 async fn connect(port: u16) -> anyhow::Result<(AsyncClient, mpsc::Receiver<()>, Vec<String>)> {
     let mut options = MqttOptions::new("fuzzer", "127.0.0.1", port);
-    options.set_max_packet_size(1 << 20, 1 << 20);
+    // As large as the daemon's own limit: a fuzzed payload must reach the broker, not
+    // break the fuzzer's connection.
+    options.set_max_packet_size(16 << 20, 16 << 20);
     let (client, mut events) = AsyncClient::new(options, 1024);
     let probe_answers = format!("{BASE}/bridge/response/fuzzprobe");
     client.subscribe(&probe_answers, QoS::AtLeastOnce).await?;
