@@ -5,10 +5,13 @@
 #   dbus             dbus-daemon, for the private system bus BlueZ's mock runs on
 #   python3-dbusmock BlueZ's D-Bus mock (needs the system's python3-gi, hence apt, not pip)
 #   socat            the pty that carries serial Modbus RTU in its test
+#   chromium         the web UI test's browser (driven headless by playwright-core)
+#   prometheus       promtool, which checks the /metrics exposition
+#   nodejs, npm      run playwright-core (scripts/browser-deps.sh installs it)
 # (No libdbus-1-dev: the BLE adapter builds libdbus from its vendored source.)
 set -euo pipefail
 
-packages=(python3-venv mosquitto dbus python3-dbusmock socat)
+packages=(python3-venv mosquitto dbus python3-dbusmock socat chromium prometheus nodejs npm)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

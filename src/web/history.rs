@@ -11,9 +11,9 @@ use tokio::task::JoinHandle;
 use crate::rm::RmView;
 
 /// How often a sample is taken.
-pub const SAMPLE_EVERY: Duration = Duration::from_secs(5);
+pub const SAMPLE_EVERY: Duration = Duration::from_secs(2);
 /// Samples kept: one hour.
-pub const KEPT: usize = 720;
+pub const KEPT: usize = 1800;
 
 /// One sample: unix seconds, and watts (`None` while the device was unavailable).
 pub type Sample = (u64, Option<f64>);

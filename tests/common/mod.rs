@@ -2,7 +2,7 @@
 //! `CemSession` over loopback WebSockets ([`cem`]) or MQTT ([`mqtt`], with the broker and
 //! a plain MQTT client), the API both share ([`session`]), the daemon as a child process
 //! ([`daemon`]), the official S2 JSON schemas ([`schemas`]) and the other oracles
-//! ([`oracle`]), Python peers ([`python_peer`]), the s2-python RM scenario run against
+//! ([`oracle`]), a plain HTTP/1.1 client for the web UI ([`http`]), Python peers ([`python_peer`]), the s2-python RM scenario run against
 //! either CEM ([`s2python`]), messages built from descriptions ([`messages`]), paths
 //! ([`paths`]) and awaited queues ([`queue`]).
 //!
@@ -19,6 +19,7 @@
 
 mod cem;
 mod daemon;
+mod http;
 mod messages;
 mod mqtt;
 mod oracle;
@@ -34,6 +35,7 @@ mod session;
 pub use self::{
     cem::{CemConn, Ended, TestCem},
     daemon::{Daemon, strip_ansi},
+    http::{HttpReply, http},
     messages::{
         ddbc_instruction, frbc_instruction, ids_in, is_uuid, ombc_instruction, pebc_instruction,
         ppbc_pause, ppbc_resume, ppbc_schedule, status_of, total_power,

@@ -60,7 +60,7 @@ function renderOverview() {
 
 function chart(history) {
   const pts = history.filter((p) => p[1] != null);
-  if (pts.length < 2) return "<p>Not enough samples yet (one every 5 s).</p>";
+  if (pts.length < 2) return "<p>Not enough samples yet (one every 2 s).</p>";
   const t0 = pts[0][0], t1 = pts[pts.length - 1][0] || t0 + 1;
   let lo = Math.min(0, ...pts.map((p) => p[1])), hi = Math.max(0, ...pts.map((p) => p[1]));
   if (hi === lo) hi = lo + 1;
@@ -73,16 +73,18 @@ function chart(history) {
     <path d="${path}" fill="none" stroke="#2457c5" stroke-width="2"/></svg>`;
 }
 
+// A horizontal scale from lo to hi: shaded ranges and marks (SVG attributes, since the
+// page's Content-Security-Policy allows no inline styles).
 function bar(lo, hi, ranges, marks) {
-  const span = Math.max(1e-9, hi - lo), at = (v) => ((v - lo) / span * 100).toFixed(2) + "%";
-  const rs = ranges.map(([a, b]) => `<div class="range" style="left:${at(a)};width:${((b - a) / span * 100).toFixed(2)}%"></div>`).join("");
-  const ms = marks.filter(([v]) => v != null).map(([v, cls, title]) => `<div class="${cls}" style="left:${at(v)}" title="${esc(title)}"></div>`).join("");
-  return `<div class="bar">${rs}${ms}</div><small>${esc(lo)} … ${esc(hi)}</small>`;
+  const span = Math.max(1e-9, hi - lo), at = (v) => ((v - lo) / span * 600).toFixed(1);
+  const rs = ranges.map(([a, b]) => `<rect x="${at(a)}" y="4" width="${(Math.abs(b - a) / span * 600).toFixed(1)}" height="20" fill="#b9cdf5"/>`).join("");
+  const ms = marks.filter(([v]) => v != null).map(([v, , title]) => `<rect x="${at(v) - 1.5}" y="0" width="3" height="28" fill="#1c2330"><title>${esc(title)}</title></rect>`).join("");
+  return `<svg viewBox="0 0 600 28" class="scale"><rect x="0" y="4" width="600" height="20" rx="4" fill="#e8eaef"/>${rs}${ms}</svg><small>${esc(lo)} … ${esc(hi)}</small>`;
 }
 
 const range = (r) => [r.start_of_range, r.end_of_range];
 function modesTable(modes, active) {
-  return `<table><tr><th>Operation mode</th><th>Power</th></tr>${(modes || []).map((m) => `<tr${m.id === active ? ' style="font-weight:bold"' : ""}>
+  return `<table><tr><th>Operation mode</th><th>Power</th></tr>${(modes || []).map((m) => `<tr${m.id === active ? ' class="active"' : ""}>
     <td>${esc(m.diagnostic_label || m.id)}${m.id === active ? " (active)" : ""}</td>
     <td>${(m.power_ranges || m.elements?.flatMap((e) => e.power_ranges) || []).map((p) => esc(W(p.start_of_range)) + " … " + esc(W(p.end_of_range))).join(", ")}</td></tr>`).join("")}</table>`;
 }
