@@ -7,15 +7,17 @@
 #   socat            the pty that carries serial Modbus RTU in its test
 #   chromium         the web UI test's browser (driven headless by playwright-core)
 #   prometheus       promtool, which checks the /metrics exposition
-#   nodejs, npm      run playwright-core (scripts/browser-deps.sh installs it)
+#   nodejs, npm      run playwright-core (scripts/browser-deps.sh installs it); npm only
+#                    when there is none (a NodeSource nodejs ships its own)
 # (No libdbus-1-dev: the BLE adapter builds libdbus from its vendored source.)
 set -euo pipefail
 
-packages=(python3-venv mosquitto dbus python3-dbusmock socat chromium prometheus nodejs npm)
+packages=(python3-venv mosquitto dbus python3-dbusmock socat chromium prometheus nodejs)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
 done
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
