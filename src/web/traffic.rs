@@ -15,8 +15,14 @@ use crate::bus::Tap;
 
 /// Messages kept per resource for the inspector and its `.s2log` download.
 pub const KEPT_MESSAGES: usize = 300;
+/// The most message text kept per resource: a CEM sending frames of the largest size
+/// allowed cannot make the inspector hold more than this.
+pub const KEPT_BYTES: usize = 2 * 1024 * 1024;
 /// Instructions kept per resource for the device page.
 pub const KEPT_INSTRUCTIONS: usize = 50;
+/// An instruction's text is kept up to this length (the device page shows its type and
+/// statuses; the inspector has the whole message while it is kept).
+const INSTRUCTION_TEXT: usize = 4096;
 
 /// One entry of the inspector: a message that crossed the bus, or a frame refused at an
 /// edge (which never crossed it).
@@ -76,6 +82,8 @@ pub struct Counts {
 #[derive(Default)]
 struct Resource {
     messages: VecDeque<Entry>,
+    /// The text held by `messages`.
+    bytes: usize,
     instructions: VecDeque<Instruction>,
     /// The last message of each type the RM sent, as sent.
     latest: BTreeMap<String, String>,
@@ -247,7 +255,7 @@ impl Traffic {
                     id: field("id")
                         .or_else(|| field("message_id"))
                         .unwrap_or_default(),
-                    json: frame.text().to_string(),
+                    json: truncated(frame.text(), INSTRUCTION_TEXT),
                     statuses: Vec::new(),
                 });
             }
@@ -255,7 +263,7 @@ impl Traffic {
         if from == Side::Rm {
             resource.latest.insert(kind, frame.text().to_string());
         }
-        push(&mut resource.messages, entry);
+        resource.push(entry);
     }
 
     fn rejected(resource: &mut Resource, from: Side, rejection: &Rejection, seq: u64, t: String) {
@@ -265,29 +273,47 @@ impl Traffic {
             .refusals
             .entry(("edge", status.clone()))
             .or_default() += 1;
-        push(
-            &mut resource.messages,
-            Entry {
-                seq,
-                t,
-                dir: dir_of(from),
-                kind: rejection
-                    .kind
-                    .map_or_else(|| "?".to_string(), |k| k.as_str().to_string()),
-                status: Some(status),
-                rule: Some(rejection.diagnostic.clone()),
-                refused: true,
-                json: None,
-            },
-        );
+        resource.push(Entry {
+            seq,
+            t,
+            dir: dir_of(from),
+            kind: rejection
+                .kind
+                .map_or_else(|| "?".to_string(), |k| k.as_str().to_string()),
+            status: Some(status),
+            rule: Some(rejection.diagnostic.clone()),
+            refused: true,
+            json: None,
+        });
     }
 }
 
-fn push(messages: &mut VecDeque<Entry>, entry: Entry) {
-    if messages.len() == KEPT_MESSAGES {
-        messages.pop_front();
+fn text_len(entry: &Entry) -> usize {
+    entry.json.as_ref().map_or(0, String::len) + entry.rule.as_ref().map_or(0, String::len)
+}
+
+/// At most `max` bytes of `text`, cut at a character boundary.
+fn truncated(text: &str, max: usize) -> String {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
     }
-    messages.push_back(entry);
+    text[..end].to_string()
+}
+
+impl Resource {
+    /// Keep `entry`, dropping the oldest beyond [`KEPT_MESSAGES`] or [`KEPT_BYTES`].
+    fn push(&mut self, entry: Entry) {
+        self.bytes += text_len(&entry);
+        self.messages.push_back(entry);
+        while self.messages.len() > KEPT_MESSAGES
+            || (self.bytes > KEPT_BYTES && self.messages.len() > 1)
+        {
+            if let Some(old) = self.messages.pop_front() {
+                self.bytes -= text_len(&old);
+            }
+        }
+    }
 }
 
 impl Tap for Traffic {
@@ -305,5 +331,59 @@ impl Tap for Traffic {
             }
         }
         self.changes.send_replace(seq);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use s2gw_core::s2::{Id, ReceptionStatusValues};
+
+    fn frame(text: &str) -> BusEvent {
+        let message = s2gw_core::s2::decode(text).unwrap();
+        BusEvent::Frame(Frame::new(message))
+    }
+
+    #[test]
+    fn a_refusal_at_the_edge_is_kept_with_its_rule_and_counted() {
+        let traffic = Traffic::default();
+        let rejection = Rejection {
+            kind: None,
+            status: ReceptionStatusValues::InvalidData,
+            subject: Id::NIL,
+            diagnostic: "S2-MSG-001: not JSON".into(),
+        };
+        traffic.observe("r", Side::Cem, &BusEvent::Rejected(rejection));
+        let kept = traffic.messages("r", 0);
+        assert_eq!(kept.len(), 1);
+        assert!(kept[0].refused);
+        assert_eq!(kept[0].status.as_deref(), Some("INVALID_DATA"));
+        assert_eq!(kept[0].rule.as_deref(), Some("S2-MSG-001: not JSON"));
+        assert_eq!(
+            traffic.counts()["r"].refusals[&("edge", "INVALID_DATA".to_string())],
+            1
+        );
+        assert_eq!(
+            traffic.s2log("r"),
+            "",
+            "a refused frame never crossed the bus"
+        );
+    }
+
+    #[test]
+    fn what_is_kept_stays_bounded_in_count() {
+        let traffic = Traffic::default();
+        let text = r#"{"message_type":"ReceptionStatus","subject_message_id":"3d0a7e1c-1111-4a2b-9c3d-000000000001","status":"OK"}"#;
+        for _ in 0..(KEPT_MESSAGES + 50) {
+            traffic.observe("r", Side::Rm, &frame(text));
+        }
+        let kept = traffic.messages("r", 0);
+        assert_eq!(kept.len(), KEPT_MESSAGES);
+        assert_eq!(
+            traffic.counts()["r"].messages[&("rm>cem", "ReceptionStatus".to_string())],
+            (KEPT_MESSAGES + 50) as u64,
+            "the counts go on"
+        );
+        assert_eq!(traffic.s2log("r").lines().count(), KEPT_MESSAGES);
     }
 }
