@@ -141,8 +141,18 @@ async fn metrics_pass_promtool_and_count_what_the_cem_counted() {
     let instruction = charge(conns.get_mut("battery").unwrap()).await;
     send_refused(conns.get_mut("pv").unwrap()).await;
 
-    let reply = http(addr, "GET", "/metrics", &[], "").await;
-    assert_eq!(reply.status, 200, "{}", reply.body);
+    // The edge answers a refused frame itself and tells the taps after: the CEM can hold
+    // its ReceptionStatus before the refusal is counted. Scrape until it is.
+    let refusal = "s2gw_s2_refusals_total{resource=\"pv\",by=\"edge\",status=\"INVALID_MESSAGE\"}";
+    let deadline = tokio::time::Instant::now() + SOON;
+    let reply = loop {
+        let reply = http(addr, "GET", "/metrics", &[], "").await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        if sample(&reply.body, refusal).is_some() || tokio::time::Instant::now() > deadline {
+            break reply;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert!(
         reply
             .header("content-type")
@@ -223,14 +233,7 @@ async fn metrics_pass_promtool_and_count_what_the_cem_counted() {
         .into_iter()
         .filter(|r| r.status == ReceptionStatusValues::InvalidMessage)
         .collect();
-    assert_eq!(
-        sample(
-            m,
-            "s2gw_s2_refusals_total{resource=\"pv\",by=\"edge\",status=\"INVALID_MESSAGE\"}"
-        ),
-        Some(refused.len() as f64),
-        "{m}"
-    );
+    assert_eq!(sample(m, refusal), Some(refused.len() as f64), "{m}");
     for (id, _) in devices {
         let label = format!("{{device=\"{id}\"}}");
         assert_eq!(
@@ -261,6 +264,21 @@ async fn metrics_pass_promtool_and_count_what_the_cem_counted() {
         );
     }
     assert!(sample(m, "s2gw_process_resident_memory_bytes").unwrap() > 1e6);
+
+    // The inspector's download is a transcript s2-kit reads.
+    let log = http(addr, "GET", "/api/inspector/battery/s2log", &[], "").await;
+    assert_eq!(log.status, 200);
+    assert!(
+        log.header("content-disposition")
+            .is_some_and(|d| d.contains("battery.s2log")),
+        "{:?}",
+        log.headers
+    );
+    let entries = s2_kit::testing::read_s2log(&log.body);
+    assert!(
+        entries.iter().any(|e| e.text.contains("FRBC.Instruction")),
+        "the instruction is in the download"
+    );
     assert!(sample(m, "s2gw_process_open_sockets").unwrap() >= 4.0);
 }
 
