@@ -53,7 +53,8 @@ enum Command {
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8765")]
         listen: SocketAddr,
     },
-    /// Installer tools for Modbus devices: find SunSpec models, read raw registers.
+    /// Installer tools for Modbus devices: detect devices, find SunSpec models, read raw
+    /// registers.
     /// Errors (refused connection, timeout, Modbus exception) exit 1.
     #[command(subcommand)]
     Modbus(ModbusTool),
@@ -80,6 +81,31 @@ enum ModbusTool {
         /// Per-request timeout in milliseconds.
         #[arg(long, value_name = "MS", default_value_t = 2000)]
         timeout_ms: u64,
+    },
+    /// Find devices: probe hosts and ports (one request at a time per host) for SunSpec
+    /// and the built-in profiles' signatures, and print a `[[device]]` for each device
+    /// found, then what could not be identified. Exit 1 when nothing was identified.
+    Detect {
+        /// Host, or last-octet range such as 192.168.1.10-20; repeat or separate by commas.
+        #[arg(
+            long = "host",
+            value_name = "HOST",
+            required = true,
+            value_delimiter = ','
+        )]
+        hosts: Vec<String>,
+        /// TCP ports to try on every host.
+        #[arg(long = "port", value_name = "PORT", value_delimiter = ',', default_values_t = [502, 1502])]
+        ports: Vec<u16>,
+        /// Unit ids to try where a profile sets none.
+        #[arg(long = "unit", value_name = "N", value_delimiter = ',', default_values_t = [1])]
+        units: Vec<u8>,
+        /// Timeout of the connection and of each request, in milliseconds.
+        #[arg(long, value_name = "MS", default_value_t = 1000)]
+        timeout_ms: u64,
+        /// The `cem` link the printed devices name.
+        #[arg(long, value_name = "NAME", default_value = "home")]
+        cem: String,
     },
     /// Read raw registers (or bits) and decode them as a type.
     Read {
@@ -184,6 +210,22 @@ async fn modbus(tool: ModbusTool) -> anyhow::Result<ExitCode> {
             timeout_ms,
         } => {
             s2gw::commands::modbus_scan(bus.target(), unit, Duration::from_millis(timeout_ms)).await
+        }
+        ModbusTool::Detect {
+            hosts,
+            ports,
+            units,
+            timeout_ms,
+            cem,
+        } => {
+            s2gw::commands::modbus_detect(s2gw::commands::DetectRequest {
+                hosts,
+                ports,
+                units,
+                timeout: Duration::from_millis(timeout_ms.max(1)),
+                cem,
+            })
+            .await
         }
         ModbusTool::Read {
             bus,

@@ -149,6 +149,27 @@ bad_configs! {
     /// negative integer
     negative_integer: "[gateway]\nmax_frame_bytes = -1\n"
         => "gateway.max_frame_bytes", "must be an integer between 0 and 67108864, got -1";
+    /// frame rate zero
+    frame_rate_zero: "[gateway]\nmax_frames_per_s = 0\n"
+        => "gateway.max_frames_per_s", "must be an integer between 1 and 100000, got 0";
+    /// frame rate not a number
+    frame_rate_not_a_number: "[gateway]\nmax_frames_per_s = 1.5\n"
+        => "gateway.max_frames_per_s", "expected an integer, found a float";
+    /// no connections at all
+    server_max_connections_zero: "[server]\nlisten = \"127.0.0.1:0\"\nmax_connections = 0\n"
+        => "server.max_connections", "must be an integer between 1 and 65536, got 0";
+    /// handshake timeout too long
+    server_handshake_timeout_too_long: "[server]\nlisten = \"127.0.0.1:0\"\nhandshake_timeout_s = 3600\n"
+        => "server.handshake_timeout_s", "must be an integer between 1 and 300, got 3600";
+    /// handshake timeout zero
+    server_handshake_timeout_zero: "[server]\nlisten = \"127.0.0.1:0\"\nhandshake_timeout_s = 0\n"
+        => "server.handshake_timeout_s", "must be an integer between 1 and 300, got 0";
+    /// failed auth limit zero
+    server_failed_auth_zero: "[server]\nlisten = \"127.0.0.1:0\"\nmax_failed_auth_per_min = 0\n"
+        => "server.max_failed_auth_per_min", "must be an integer between 1 and 10000, got 0";
+    /// failed auth limit as a string
+    server_failed_auth_string: "[server]\nlisten = \"127.0.0.1:0\"\nmax_failed_auth_per_min = \"ten\"\n"
+        => "server.max_failed_auth_per_min", "expected an integer, found a string";
     /// bad log filter
     bad_log_filter: "[gateway]\nlog_level = \"s2gw=loud\"\n"
         => "gateway.log_level", "not a valid tracing filter";
@@ -169,7 +190,7 @@ bad_configs! {
         => "device[1].cem", "unknown cem link `away` (defined: home)";
     /// unknown profile
     unknown_profile: "[[device]]\nid = \"x\"\nprofile = \"sim-nope\"\ncem = \"home\"\n[device.sim]\nmodel = \"pv\"\n"
-        => "device[1].profile", "unknown profile `sim-nope`: not a built-in profile (sim-pv, sim-ev, sim-battery, sim-heat-pump, sim-meter, sim-dishwasher, sim-hybrid-heat-pump, modbus-sunspec-inverter, modbus-sunspec-storage, modbus-abb-terra-ac, modbus-alfen-eve, modbus-sg-ready, modbus-sdm630, ble-bthome-meter, ble-relay, mqtt-shelly-gen2-switch, mqtt-tasmota-plug, mqtt-openevse, mqtt-generic, mqtt-dishwasher, mqtt-hybrid-heat-pump)";
+        => "device[1].profile", "unknown profile `sim-nope`: not a built-in profile (sim-pv, sim-ev, sim-battery, sim-heat-pump, sim-meter, sim-dishwasher, sim-hybrid-heat-pump, modbus-sunspec-inverter, modbus-sunspec-storage, modbus-abb-terra-ac, modbus-alfen-eve, modbus-sg-ready, modbus-sdm630, modbus-fronius, modbus-go-e, ble-bthome-meter, ble-relay, mqtt-shelly-gen2-switch, mqtt-tasmota-plug, mqtt-openevse, mqtt-generic, mqtt-dishwasher, mqtt-hybrid-heat-pump)";
     /// profile file that does not exist
     profile_file_that_does_not_exist: "[[device]]\nid = \"x\"\nprofile = \"vendor/inverter.toml\"\ncem = \"home\"\n[device.sim]\nmodel = \"pv\"\n"
         => "device[1].profile", "cannot read profile file";
@@ -289,6 +310,26 @@ bad_configs! {
     /// modbus: serial keys on a TCP device
     modbus_serial_keys_on_a_tcp_device: "[[device]]\nid = \"m\"\nprofile = \"modbus-sdm630\"\ncem = \"home\"\n[device.modbus]\ntcp = \"127.0.0.1:502\"\nbaud = 9600\n"
         => "device[1].modbus.baud", "applies to a serial line only";
+    /// modbus: a charger on/off write without its off value
+    modbus_on_without_off: "[[device]]\nid = \"m\"\nprofile = \"modbus-go-e\"\ncem = \"home\"\n[device.modbus]\ntcp = \"127.0.0.1:502\"\n\
+         [device.modbus.commands]\nset_current = [{ register = \"force_state\", on = 0 }]\n"
+        => "device[1].modbus.commands.set_current[0]", "`on` and `off` go together";
+    /// modbus: proxy keys without a proxy
+    modbus_proxy_keys_without_a_proxy: "[[device]]\nid = \"m\"\nprofile = \"modbus-sdm630\"\ncem = \"home\"\n[device.modbus]\ntcp = \"127.0.0.1:502\"\nproxy_unit = 3\n"
+        => "device[1].modbus.proxy_unit", "applies to a proxy only (set `proxy_listen`)";
+    /// modbus: proxy address that is not IP:PORT
+    modbus_proxy_address_that_is_not_ip_port: "[[device]]\nid = \"m\"\nprofile = \"modbus-sdm630\"\ncem = \"home\"\n[device.modbus]\ntcp = \"127.0.0.1:502\"\nproxy_listen = \"everywhere\"\n"
+        => "device[1].modbus.proxy_listen", "expected IP:PORT";
+    /// modbus: proxy writable range of input registers
+    modbus_proxy_writable_input_registers: "[[device]]\nid = \"m\"\nprofile = \"modbus-sdm630\"\ncem = \"home\"\n[device.modbus]\ntcp = \"127.0.0.1:502\"\nproxy_listen = \"127.0.0.1:5020\"\nproxy_writable = [{ table = \"input\", address = 0 }]\n"
+        => "device[1].modbus.proxy_writable[0].table", "only holding registers and coils";
+    /// modbus: proxy cache older than the poll interval
+    modbus_proxy_cache_older_than_the_poll_interval: "[[device]]\nid = \"m\"\nprofile = \"modbus-sdm630\"\ncem = \"home\"\npoll_interval_s = 2\n[device.modbus]\ntcp = \"127.0.0.1:502\"\nproxy_listen = \"127.0.0.1:5020\"\nproxy_cache_ms = 2500\n"
+        => "device[1].modbus.proxy_cache_ms", "must not exceed poll_interval_s (2000 ms)";
+    /// modbus: two devices with one proxy unit id on one listener
+    modbus_two_devices_with_one_proxy_unit: "[[device]]\nid = \"m\"\nprofile = \"modbus-sdm630\"\ncem = \"home\"\n[device.modbus]\ntcp = \"127.0.0.1:502\"\nproxy_listen = \"127.0.0.1:5020\"\n\
+         [[device]]\nid = \"n\"\nprofile = \"modbus-sdm630\"\ncem = \"home\"\n[device.modbus]\ntcp = \"127.0.0.1:503\"\nproxy_listen = \"127.0.0.1:5020\"\n"
+        => "device[2].modbus.proxy_unit", "unit 1 on proxy 127.0.0.1:5020 is also device[1]";
     /// modbus: SunSpec writes with a coil function code
     modbus_sunspec_writes_with_a_coil_function_code: "[[device]]\nid = \"m\"\nprofile = \"modbus-sunspec-inverter\"\ncem = \"home\"\n[device.modbus]\ntcp = \"127.0.0.1:502\"\nsunspec = { write = \"fc5\" }\n"
         => "device[1].modbus.sunspec.write", "SunSpec points are registers: fc6 or fc16";
@@ -386,6 +427,12 @@ bad_configs! {
     /// mqtt: state interval too short
     mqtt_state_interval_too_short: "[mqtt]\nhost = \"broker\"\nstate_interval_ms = 10\n"
         => "mqtt.state_interval_ms", "must be at least 100 ms, got 10";
+    /// mqtt: heartbeat shorter than the state interval
+    mqtt_state_heartbeat_shorter_than_the_interval: "[mqtt]\nhost = \"broker\"\nstate_interval_ms = 5000\nstate_heartbeat_s = 2\n"
+        => "mqtt.state_heartbeat_s", "not shorter than state_interval_ms (5000 ms), got 2";
+    /// mqtt: heartbeat too long
+    mqtt_state_heartbeat_too_long: "[mqtt]\nhost = \"broker\"\nstate_heartbeat_s = 3601\n"
+        => "mqtt.state_heartbeat_s", "3600";
     /// mqtt: TLS CA file missing
     mqtt_tls_ca_file_missing: "[mqtt]\nhost = \"broker\"\n[mqtt.tls]\nca_file = \"ca.pem\"\n"
         => "mqtt.tls.ca_file", "ca.pem does not exist";
@@ -970,7 +1017,11 @@ fn reference_config_loads_as_shipped() {
     assert_eq!(config.gateway.name, "s2gw");
     assert_eq!(config.gateway.max_frame_bytes, 1_048_576);
     assert_eq!(config.gateway.log_level, "info");
-    assert!(config.server.is_some());
+    assert_eq!(config.gateway.max_frames_per_s.get(), 100);
+    let server = config.server.as_ref().unwrap();
+    assert_eq!(server.max_connections, 128);
+    assert_eq!(server.handshake_timeout, Duration::from_secs(10));
+    assert_eq!(server.max_failed_auth_per_min, 10);
     assert_eq!(config.cem.len(), 2);
     assert_eq!(config.cem["cloud"].transport, CemTransport::WsServer);
     assert_eq!(config.devices.len(), 5);
@@ -1072,6 +1123,40 @@ fn environment_overrides_the_file() {
         panic!("not a ws-client link: {home:?}")
     };
     assert_eq!(url, "wss://cem.example/s2/{id}");
+}
+
+#[test]
+fn the_s2_limits_default_when_left_out_and_are_read_when_given() {
+    let left_out = Case::new(&format!("[server]\nlisten = \"127.0.0.1:0\"\n{CEM}{DEV}"))
+        .load(&[])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let defaults = s2gw_ws::ServerConfig::default();
+    let server = left_out.server.as_ref().unwrap();
+    assert_eq!(
+        (
+            server.max_connections,
+            server.handshake_timeout,
+            server.max_failed_auth_per_min,
+            Some(left_out.gateway.max_frames_per_s)
+        ),
+        (
+            defaults.max_connections,
+            defaults.handshake_timeout,
+            defaults.max_failed_auth_per_min,
+            defaults.max_frames_per_s
+        )
+    );
+    let given = Case::new(&format!(
+        "[gateway]\nmax_frames_per_s = 7\n[server]\nlisten = \"127.0.0.1:0\"\nmax_connections = 3\n\
+         handshake_timeout_s = 2\nmax_failed_auth_per_min = 4\n{CEM}{DEV}"
+    ))
+    .load(&[("S2GW_SERVER__MAX_CONNECTIONS", "5")])
+    .unwrap_or_else(|e| panic!("{e}"));
+    let server = given.server.as_ref().unwrap();
+    assert_eq!(given.gateway.max_frames_per_s.get(), 7);
+    assert_eq!(server.max_connections, 5, "the environment wins");
+    assert_eq!(server.handshake_timeout, Duration::from_secs(2));
+    assert_eq!(server.max_failed_auth_per_min, 4);
 }
 
 #[test]
@@ -1246,6 +1331,7 @@ mod systemd_unit {
             ("ProtectSystem", "strict"),
             ("ProtectHome", "yes"),
             ("PrivateTmp", "yes"),
+            ("PrivateMounts", "yes"),
             ("CapabilityBoundingSet", ""),
             ("AmbientCapabilities", ""),
             (
@@ -1321,6 +1407,7 @@ fn shipped_mqtt_profiles_load_with_a_broker() {
     assert_eq!(mqtt.client.host, "127.0.0.1");
     assert_eq!(mqtt.client.base_topic, "s2gw");
     assert_eq!(mqtt.state_interval, Duration::from_secs(1));
+    assert_eq!(mqtt.state_heartbeat, Duration::from_secs(60));
     let password = mqtt.client.password.as_ref().unwrap();
     assert_eq!(password.expose().trim(), "s3cret");
     assert!(

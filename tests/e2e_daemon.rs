@@ -9,8 +9,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::{
     CemConn, Daemon, Ended, GUARD, TestCem, assert_emitted_valid, ddbc_instruction,
-    frbc_instruction, ids_in, is_uuid, ombc_instruction, pebc_instruction, ppbc_pause, ppbc_resume,
-    ppbc_schedule,
+    frbc_instruction, free_port, ids_in, is_uuid, ombc_instruction, pebc_instruction, ppbc_pause,
+    ppbc_resume, ppbc_schedule,
 };
 use s2_kit::message::{Message, MessageKind};
 use s2_kit::session::CemEvent;
@@ -843,6 +843,155 @@ async fn bad_input() {
     let (version, _) = again.handshake().await;
     assert_eq!(version, ProtocolVersion::V1_0_0);
     select_not_controllable(&mut again).await;
+    daemon.assert_running();
+}
+
+/// A CEM that floods the gateway's ws-client link past `gateway.max_frames_per_s`: the
+/// frames beyond the rate are answered TEMPORARY_ERROR naming each one's message_id and
+/// are not processed; the session stays up and takes the CEM's next paced message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cem_over_the_frame_rate_is_told_to_retry_and_the_session_survives() {
+    within_test(frame_rate()).await;
+}
+
+async fn frame_rate() {
+    let mut cem = TestCem::start(&[ProtocolVersion::V1_0_0]).await;
+    let text = config(&cem, &["pv"]).replace(
+        "log_level = \"info\"\n",
+        "log_level = \"info\"\nmax_frames_per_s = 5\n",
+    );
+    let mut daemon = Daemon::start(&text);
+    let mut conn = cem.next_conn(GUARD).await;
+    conn.handshake().await;
+
+    // Forty frames at once: an unknown message type, so those within the rate are
+    // refused INVALID_MESSAGE by the edge; the rest never reach it.
+    let ids: Vec<Id> = (0..40).map(|_| Id::generate()).collect();
+    for id in &ids {
+        conn.send_raw(format!(
+            r#"{{"message_type":"XYZ.Teleport","message_id":"{id}"}}"#
+        ))
+        .await;
+    }
+    let mut temporary = 0;
+    for id in &ids {
+        let status = conn.reception_for(id.as_str(), SOON).await;
+        match status.status {
+            ReceptionStatusValues::TemporaryError => {
+                temporary += 1;
+                assert!(
+                    status
+                        .diagnostic_label
+                        .as_deref()
+                        .is_some_and(|d| d.contains("more than 5 frames per second")),
+                    "{status:?}"
+                );
+            }
+            ReceptionStatusValues::InvalidMessage => {}
+            other => panic!("{id}: {other:?}"),
+        }
+    }
+    // At most the burst of 5 plus what a few seconds of sending earn passed the rate.
+    assert!(temporary >= 25, "only {temporary} of 40 were over the rate");
+
+    // Paced, the CEM is heard again on the same session: its selection is acted on.
+    let deadline = tokio::time::Instant::now() + SOON;
+    loop {
+        let handle = conn.select(NC).await;
+        let status = conn.wait_reception(handle.id.as_str(), SOON).await;
+        match status.status {
+            ReceptionStatusValues::Ok => break,
+            ReceptionStatusValues::TemporaryError if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            other => panic!("the selection got {other:?}"),
+        }
+    }
+    conn.events()
+        .wait_for(
+            "Ready(NOT_CONTROLABLE)",
+            |e| matches!(e, CemEvent::Ready { control_type } if *control_type == NC),
+            SOON,
+        )
+        .await;
+    assert!(
+        daemon
+            .logs()
+            .iter()
+            .any(|l| l.contains("more than 5 frames per second")),
+        "the refusals are logged (throttled)"
+    );
+    daemon.assert_running();
+}
+
+/// The status line the daemon's S2 server answers a WebSocket upgrade with, presenting
+/// `token`.
+async fn upgrade_status(port: u16, token: &str) -> String {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let request = format!(
+        "GET /s2/rm/nobody HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Version: 13\r\nAuthorization: Bearer {token}\r\n\r\n"
+    );
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut line = String::new();
+    tokio::io::BufReader::new(tcp)
+        .read_line(&mut line)
+        .await
+        .unwrap();
+    line.trim_end().to_string()
+}
+
+/// `[server]`'s limits reach the server: after `max_failed_auth_per_min` wrong tokens an
+/// address gets 429, the right token included, for the rest of the minute.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_limits_of_the_config_are_applied() {
+    within_test(server_limits()).await;
+}
+
+async fn server_limits() {
+    let cem = TestCem::start(&[ProtocolVersion::V1_0_0]).await;
+    let port = free_port();
+    let text = format!(
+        "{}[server]\nlisten = \"127.0.0.1:{port}\"\nmax_connections = 7\n\
+         handshake_timeout_s = 3\nmax_failed_auth_per_min = 2\n",
+        config(&cem, &["pv"])
+    );
+    let mut daemon = Daemon::start_with_env(&text, &[("S2GW_SERVER__TOKEN", "s3cret")]);
+    let listening = daemon
+        .wait_log(
+            "the gateway's server to listen",
+            |l| l.contains("S2 WebSocket server listening") && l.contains(&port.to_string()),
+            GUARD,
+        )
+        .await;
+    for setting in [
+        "max_connections=7",
+        "handshake_timeout=3s",
+        "max_failed_auth_per_min=2",
+    ] {
+        assert!(listening.contains(setting), "{setting} in {listening}");
+    }
+    for _ in 0..2 {
+        assert_eq!(
+            upgrade_status(port, "guess").await,
+            "HTTP/1.1 401 Unauthorized"
+        );
+    }
+    for token in ["guess", "s3cret"] {
+        assert_eq!(
+            upgrade_status(port, token).await,
+            "HTTP/1.1 429 Too Many Requests",
+            "{token}"
+        );
+    }
+    assert!(
+        !daemon.logs().iter().any(|l| l.contains("s3cret")),
+        "no token in the log"
+    );
     daemon.assert_running();
 }
 

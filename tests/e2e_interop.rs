@@ -8,17 +8,10 @@ mod common;
 use std::time::Duration;
 
 use common::{
-    Daemon, Ended, GUARD, TestCem, check_s2python, s2python_rm_scenario, spawn_s2python_rm,
+    Daemon, Ended, GUARD, TestCem, check_s2python, free_port, s2python_rm_scenario,
+    spawn_s2python_rm,
 };
 use s2_kit::types::{Id, ProtocolVersion};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s2python_rm_through_the_gateway() {

@@ -71,6 +71,8 @@ fn seen(fc: u8, address: u16, values: &[i64]) -> Seen {
 struct Peer {
     port: u16,
     writes: Queue<Seen>,
+    /// Clients a single-client peer turned away (`--single-client`), counted.
+    refused: Queue<u64>,
     _child: Child,
 }
 
@@ -90,6 +92,7 @@ impl Peer {
             .unwrap_or_else(|e| panic!("cannot start the pymodbus peer {script:?}: {e}"));
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::unbounded_channel();
+        let (refused_tx, refused) = mpsc::unbounded_channel();
         let (listening_tx, listening) = tokio::sync::oneshot::channel();
         tokio::spawn(async move {
             let mut listening_tx = Some(listening_tx);
@@ -100,6 +103,8 @@ impl Peer {
                     if let Some(tx) = listening_tx.take() {
                         let _ = tx.send(port);
                     }
+                } else if let Some(n) = value["refused_client"].as_u64() {
+                    let _ = refused_tx.send(n);
                 } else if let Ok(write) = serde_json::from_value::<Seen>(value) {
                     let _ = tx.send(write);
                 }
@@ -117,6 +122,7 @@ impl Peer {
         Peer {
             port,
             writes: Queue::new(rx),
+            refused: Queue::new(refused),
             _child: child,
         }
     }
@@ -1069,4 +1075,322 @@ async fn sg_ready() {
         "a coil write not with FC5: {all:?}"
     );
     daemon.assert_running();
+}
+
+// ----------------------------------------------------------------------------------------
+// Modbus TCP proxy
+// ----------------------------------------------------------------------------------------
+
+/// The owner's other Modbus tool: adapters/modbus/tests/peers/modbus_client.py (pymodbus),
+/// one connection kept open, one JSON request and answer a line.
+struct Tool {
+    stdin: tokio::process::ChildStdin,
+    answers: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    _child: Child,
+}
+
+impl Tool {
+    async fn start(port: u16) -> Tool {
+        let script = common::workspace().join("adapters/modbus/tests/peers/modbus_client.py");
+        let mut child = Command::new(common::python())
+            .arg(&script)
+            .arg(port.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start the pymodbus client {script:?}: {e}"));
+        Tool {
+            stdin: child.stdin.take().unwrap(),
+            answers: BufReader::new(child.stdout.take().unwrap()).lines(),
+            _child: child,
+        }
+    }
+
+    async fn ask(&mut self, request: Value) -> Value {
+        use tokio::io::AsyncWriteExt;
+        let line = format!("{request}\n");
+        self.stdin.write_all(line.as_bytes()).await.unwrap();
+        let answer = tokio::time::timeout(SOON, self.answers.next_line())
+            .await
+            .unwrap_or_else(|_| panic!("no answer to {request}"))
+            .unwrap()
+            .unwrap_or_else(|| panic!("the client exited before answering {request}"));
+        serde_json::from_str(&answer).unwrap()
+    }
+
+    async fn write(&mut self, address: u16, values: &[u16]) -> Value {
+        self.ask(serde_json::json!({"write": "hr", "address": address, "values": values}))
+            .await
+    }
+}
+
+/// The port the daemon's proxy listens on, from its log.
+async fn proxy_port(daemon: &mut Daemon) -> u16 {
+    let line = daemon
+        .wait_log(
+            "the proxy listening",
+            |l| l.contains("modbus proxy listening on"),
+            SOON,
+        )
+        .await;
+    let after = line.split("listening on 127.0.0.1:").nth(1).unwrap();
+    let digits: String = after.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().unwrap()
+}
+
+/// An inverter that accepts one Modbus TCP client (pymodbus, 1+103+123): s2gw polls it
+/// and re-exports it; the owner's tool reads through the proxy at the same time and gets
+/// the device's values, while connecting directly is refused. A write inside
+/// `proxy_writable` lands; one outside is refused with exception 02, and one to the
+/// limit registers while the CEM's limit is active with exception 06, without reaching
+/// the device; once the lost CEM's limit is released they are writable again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_client_inverter_is_shared_through_the_proxy_and_guarded_while_instructed() {
+    within_test(proxy()).await;
+}
+
+async fn proxy() {
+    let mut peer = Peer::start(&["sunspec", "--models", "1,103,123", "--single-client"]).await;
+    let m103 = model_at(40000, &CHAIN_123, 103);
+    let m123 = model_at(40000, &CHAIN_123, 123);
+    let mut cem = TestCem::start(&[ProtocolVersion::V0_0_2_BETA]).await;
+    // Model 123 from Conn_WinTms (offset 2) to WMaxLim_Ena (9) may be written by others.
+    let extra = format!(
+        "sunspec = {{ rated_w = 5000 }}\nproxy_listen = \"127.0.0.1:0\"\n\
+         proxy_writable = [{{ table = \"holding\", address = {}, count = 8 }}]",
+        m123 + 2
+    );
+    let mut daemon = Daemon::start(&config(
+        &cem,
+        &[device("pv", "modbus-sunspec-inverter", &peer, &extra)],
+    ));
+    let port = proxy_port(&mut daemon).await;
+    let mut conn = connect(&mut cem, 1).await.remove("pv").unwrap();
+    conn.select_ready(NC).await;
+    conn.wait_power("-1234.5 W", |w| near(w, -1234.5), SOON)
+        .await;
+
+    // The device takes one client: the owner's tool cannot reach it directly...
+    let mut direct = Tool::start(peer.port).await;
+    let answer = direct
+        .ask(serde_json::json!({"read": "hr", "address": m103 + 14, "count": 2}))
+        .await;
+    assert!(answer.get("values").is_none(), "{answer}");
+    peer.refused
+        .wait_for("the direct client refused", |_| true, SOON)
+        .await;
+    // ...but through the proxy, while the gateway polls every second.
+    let mut tool = Tool::start(port).await;
+    let answer = tool
+        .ask(serde_json::json!({"reads": 40, "read": "hr", "address": m103 + 14, "count": 2}))
+        .await;
+    let all = answer["all"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{answer}"));
+    assert_eq!(all.len(), 40);
+    assert!(
+        all.iter().all(|v| *v == serde_json::json!([12345, 0xFFFF])),
+        "{answer}"
+    );
+    let marker = tool
+        .ask(serde_json::json!({"read": "hr", "address": 40000, "count": 2}))
+        .await;
+    assert_eq!(marker["values"], serde_json::json!([0x5375, 0x6E53]));
+    // The gateway keeps measuring.
+    conn.wait_power(
+        "-1234.5 W after the tool's reads",
+        |w| near(w, -1234.5),
+        SOON,
+    )
+    .await;
+
+    // Allowed: lands on the device.
+    assert_eq!(tool.write(m123 + 2, &[30]).await["ok"], true);
+    peer.wait_write(seen(16, m123 + 2, &[30])).await;
+    // Not in proxy_writable: illegal data address, never sent.
+    assert_eq!(tool.write(40004, &[1]).await["exception"], 2);
+
+    // A CEM limit is active: its registers are the gateway's.
+    let constraints = conn.select_pebc(SOON).await;
+    let id = limit(&mut conn, &constraints, 2500.0).await;
+    assert_eq!(
+        await_status(&mut conn, id, &["SUCCEEDED", "ABORTED", "REJECTED"]).await,
+        "SUCCEEDED"
+    );
+    peer.wait_write(seen(16, m123 + 9, &[1])).await;
+    peer.writes.clear();
+    for (address, value) in [(m123 + 9, 0), (m123 + 5, 1000), (m123 + 7, 0)] {
+        assert_eq!(
+            tool.write(address, &[value]).await["exception"],
+            6,
+            "a write to {address} while the limit is active"
+        );
+    }
+    let limit_regs = tool
+        .ask(serde_json::json!({"read": "hr", "address": m123 + 5, "count": 5}))
+        .await;
+    assert_eq!(limit_regs["values"], serde_json::json!([500, 0, 120, 0, 1]));
+    assert_eq!(
+        peer.writes.try_next(),
+        None,
+        "a refused write reached the device"
+    );
+    // Outside the claimed registers the writable range stays writable.
+    assert_eq!(tool.write(m123 + 2, &[31]).await["ok"], true);
+    let refusals = daemon
+        .logs()
+        .iter()
+        .filter(|l| l.contains("modbus proxy:") && l.contains("refused"))
+        .count();
+    assert!(refusals >= 1, "refused writes are logged");
+
+    // The CEM is lost: the limit is released, and the registers are free again.
+    cem.kill().await;
+    peer.wait_write(seen(16, m123 + 9, &[0])).await;
+    let deadline = tokio::time::Instant::now() + SOON;
+    loop {
+        let answer = tool.write(m123 + 5, &[800]).await;
+        if answer["ok"] == true {
+            break;
+        }
+        assert_eq!(answer["exception"], 6, "{answer}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still refused after the release"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    peer.wait_write(seen(16, m123 + 5, &[800])).await;
+    assert_eq!(
+        peer.refused.try_next(),
+        None,
+        "the device turned away a client besides the direct one"
+    );
+    daemon.assert_running();
+}
+
+// ----------------------------------------------------------------------------------------
+// s2gw modbus detect
+// ----------------------------------------------------------------------------------------
+
+/// `s2gw modbus detect` on loopback: a SunSpec inverter, a SunSpec battery, an SDM630, an
+/// ABB Terra AC and a go-eCharger simulator are each found with the right profile; a Modbus server that
+/// is none of them and a closed port are listed as not identified. The printed devices,
+/// pasted under a gateway and CEM section, pass `s2gw check` and measure in the daemon.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn modbus_detect_finds_every_simulator_and_proposes_a_config_that_works() {
+    within_test(detect()).await;
+}
+
+async fn detect() {
+    let inverter = Peer::start(&["sunspec", "--models", "1,103,123"]).await;
+    let battery = Peer::start(&["sunspec", "--base", "50000", "--models", "1,103,124"]).await;
+    let meter = Peer::start(&["sdm630"]).await;
+    let charger = Peer::start(&["abb"]).await;
+    let goe = Peer::start(&["goe"]).await;
+    let stranger = MemServer::start().await;
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let stranger_port = stranger.addr.rsplit_once(':').unwrap().1.to_string();
+    let ports = [
+        inverter.port.to_string(),
+        battery.port.to_string(),
+        meter.port.to_string(),
+        charger.port.to_string(),
+        goe.port.to_string(),
+        stranger_port.clone(),
+        closed.to_string(),
+    ]
+    .join(",");
+    let (ok, out, err) = s2gw(&[
+        "modbus",
+        "detect",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        &ports,
+        "--timeout-ms",
+        "500",
+        "--cem",
+        "test",
+    ])
+    .await;
+    assert!(ok, "detect failed: {err}\n{out}");
+    for (peer, profile) in [
+        (&inverter, "modbus-sunspec-inverter"),
+        (&battery, "modbus-sunspec-storage"),
+        (&meter, "modbus-sdm630"),
+        (&charger, "modbus-abb-terra-ac"),
+        (&goe, "modbus-go-e"),
+    ] {
+        let want = format!(
+            "profile = \"{profile}\"\ncem = \"test\"\n[device.modbus]\ntcp = \"{}\"\nunit = 1\n",
+            peer.addr()
+        );
+        assert!(
+            out.contains(&want),
+            "no {profile} at {}:\n{out}",
+            peer.addr()
+        );
+    }
+    assert!(
+        out.contains("SunSpec at 40000, models 1, 103, 123"),
+        "{out}"
+    );
+    assert!(
+        out.contains("SunSpec at 50000, models 1, 103, 124"),
+        "{out}"
+    );
+    let unknown = out.split("# Not identified:\n").nth(1).unwrap_or_default();
+    assert!(
+        unknown.contains(&format!(
+            "127.0.0.1:{stranger_port}: answers, but not identified"
+        )),
+        "{out}"
+    );
+    assert!(
+        unknown.contains(&format!("127.0.0.1:{closed}: connection to")),
+        "{out}"
+    );
+    assert_eq!(out.matches("[[device]]").count(), 5, "{out}");
+
+    // The proposal is a config: check accepts it, the daemon runs it.
+    let mut cem = TestCem::start(&[ProtocolVersion::V0_0_2_BETA]).await;
+    let text = config(&cem, std::slice::from_ref(&out));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s2gw.toml");
+    std::fs::write(
+        &path,
+        text.replace("@STATE_DIR@", &dir.path().display().to_string()),
+    )
+    .unwrap();
+    let (ok, check_out, check_err) = s2gw(&["check", "-c", path.to_str().unwrap()]).await;
+    assert!(
+        ok,
+        "s2gw check refused the proposal: {check_out}{check_err}\n{out}"
+    );
+    let _daemon = Daemon::start(&text);
+    let mut conns = connect(&mut cem, 5).await;
+    let expected = [
+        ("go-e", 3600.0),
+        ("sunspec-inverter", -1234.5),
+        ("sunspec-storage", -1234.5),
+        ("sdm630", 1100.25),
+        ("abb-terra-ac", 11040.0),
+    ];
+    for (prefix, watts) in expected {
+        let (name, conn) = conns
+            .iter_mut()
+            .find(|(n, _)| n.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no device {prefix}*"));
+        conn.select_ready(NC).await;
+        let w = conn
+            .wait_power(&format!("{name}: {watts} W"), |w| near(w, watts), SOON)
+            .await;
+        assert!(near(w, watts), "{name}: {w}");
+    }
 }

@@ -27,7 +27,9 @@ pub use backoff::Backoff;
 pub use bus::{BusEvent, Endpoint, EndpointPeer, Rejection, Side};
 pub use clock::{Clock, SystemClock, TokioClock};
 pub use device::{Command, Device, DeviceError, DeviceStatus, Readings};
-pub use link::{Admission, FromBus, LinkSession, LinkState, Now, Refusal, SessionFrames, Verdict};
+pub use link::{
+    Admission, FrameRate, FromBus, LinkSession, LinkState, Now, Refusal, SessionFrames, Verdict,
+};
 pub use problems::Problems;
 pub use s2::{Edge, Frame, Quirk};
 pub use secret::Secret;

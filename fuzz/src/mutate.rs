@@ -201,7 +201,7 @@ pub fn mutate(
 /// With `ids` (what the other side announced), most texts are first *bound* to the
 /// session: a fresh message id, and every reference replaced by an announced id, so
 /// the frames get past the edge's reference checks and reach the engine behind it.
-pub fn draw(rng: &mut StdRng, corpus: &[String], ids: &[String]) -> (usize, Vec<u8>) {
+pub fn draw(rng: &mut StdRng, corpus: &[String], ids: &[(String, String)]) -> (usize, Vec<u8>) {
     let pick = rng.random_range(0..corpus.len().max(1));
     let Some(original) = corpus.get(pick) else {
         return (0, Vec::new());
@@ -221,24 +221,41 @@ pub fn draw(rng: &mut StdRng, corpus: &[String], ids: &[String]) -> (usize, Vec<
     let mutations: Vec<JsonMutation> = (0..structural)
         .filter_map(|_| JsonMutation::arbitrary(&mut u).ok())
         .collect();
+    let plain: Vec<String> = ids.iter().map(|(_, id)| id.clone()).collect();
     let textual = if u.ratio(1, 8).unwrap_or(false) {
         TextMutation::arbitrary(&mut u).ok()
     } else {
         None
     };
-    (pick, mutate(original, &mutations, textual.as_ref(), ids))
+    (pick, mutate(original, &mutations, textual.as_ref(), &plain))
 }
 
-/// A fresh `message_id`, and every reference an id `ids` holds.
-fn bind(text: &str, rng: &mut StdRng, ids: &[String]) -> String {
-    fn walk(value: &mut Value, rng: &mut StdRng, ids: &[String]) {
+/// A fresh `message_id` and `id` (an instruction's own id must be new); every
+/// reference an id the other side declared for the same thing where there is one (see
+/// [`stem`]), else any; and at times no top-level `diagnostic_label` (every_message sets
+/// every optional field, and 0.0.2-beta instructions have none).
+fn bind(text: &str, rng: &mut StdRng, ids: &[(String, String)]) -> String {
+    fn walk(value: &mut Value, rng: &mut StdRng, ids: &[(String, String)]) {
         match value {
             Value::Object(map) => {
                 for (key, v) in map.iter_mut() {
-                    if key == "message_id" {
-                        *v = Value::String(fresh_uuid(rng));
-                    } else if v.is_string() && (key == "id" || key.ends_with("_id")) {
-                        *v = Value::String(ids[rng.random_range(0..ids.len())].clone());
+                    if v.is_string()
+                        && (key == "id" || key.ends_with("_id") || key == "operation_mode")
+                    {
+                        let wanted = stem(key);
+                        let fitting: Vec<&String> = ids
+                            .iter()
+                            .filter(|(context, _)| {
+                                context.contains(&wanted) || wanted.contains(context.as_str())
+                            })
+                            .map(|(_, id)| id)
+                            .collect();
+                        let pick = if fitting.is_empty() {
+                            &ids[rng.random_range(0..ids.len())].1
+                        } else {
+                            fitting[rng.random_range(0..fitting.len())]
+                        };
+                        *v = Value::String(pick.clone());
                     } else {
                         walk(v, rng, ids);
                     }
@@ -252,6 +269,16 @@ fn bind(text: &str, rng: &mut StdRng, ids: &[String]) -> String {
         return text.to_string();
     };
     walk(&mut value, rng, ids);
+    if let Value::Object(map) = &mut value {
+        for own in ["message_id", "id"] {
+            if map.contains_key(own) {
+                map.insert(own.into(), Value::String(fresh_uuid(rng)));
+            }
+        }
+        if rng.random_bool(0.5) {
+            map.remove("diagnostic_label");
+        }
+    }
     value.to_string()
 }
 
@@ -434,25 +461,61 @@ pub fn apply_text(bytes: &mut Vec<u8>, mutation: &TextMutation) {
     }
 }
 
-/// Every string under a key that names an id (`id`, `*_id`, but not `message_id`), for
-/// [`JsonMutation::BorrowId`].
+/// Every id the other side declared, with what it names: the message type for a
+/// message's own `id`, the array it sits in for an element's (`actuators`,
+/// `operation_modes`, ...), the key itself for a reference. For binding references
+/// ([`bind`] matches a reference key to the ids whose context names the same thing) and
+/// for [`JsonMutation::BorrowId`].
 pub fn harvest_ids(text: &str, into: &mut Vec<String>) {
-    fn walk(value: &Value, into: &mut Vec<String>) {
+    let mut typed = Vec::new();
+    harvest_typed_ids(text, &mut typed);
+    for (_, id) in typed {
+        if !into.contains(&id) {
+            into.push(id);
+        }
+    }
+}
+
+/// [`harvest_ids`] with each id's context, normalised (see [`stem`]).
+pub fn harvest_typed_ids(text: &str, into: &mut Vec<(String, String)>) {
+    fn walk(value: &Value, context: &str, into: &mut Vec<(String, String)>) {
         match value {
             Value::Object(map) => {
                 for (key, v) in map {
-                    let id_key = key == "id" || (key.ends_with("_id") && key != "message_id");
                     match v {
-                        Value::String(s) if id_key && !into.contains(s) => into.push(s.clone()),
-                        _ => walk(v, into),
+                        Value::String(s) if key == "id" || key.ends_with("_id") => {
+                            let named = if key == "id" { context } else { key.as_str() };
+                            let entry = (stem(named), s.clone());
+                            if !into.contains(&entry) {
+                                into.push(entry);
+                            }
+                        }
+                        _ => walk(v, key, into),
                     }
                 }
             }
-            Value::Array(items) => items.iter().for_each(|v| walk(v, into)),
+            Value::Array(items) => items.iter().for_each(|v| walk(v, context, into)),
             _ => {}
         }
     }
     if let Ok(value) = serde_json::from_str::<Value>(text) {
-        walk(&value, into);
+        let kind = value
+            .get("message_type")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        walk(&value, &kind, into);
     }
+}
+
+/// A name reduced so a reference key and its declaration's context compare:
+/// lower case, no `_id`, no separators, no `s` (plurals: `operation_modes` ~
+/// `operation_mode_id`, `power_sequences_containers` ~ `sequence_container_id`).
+pub fn stem(name: &str) -> String {
+    name.trim_end_matches("_id")
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .map(|c| c.to_ascii_lowercase())
+        .filter(|c| *c != 's')
+        .collect()
 }

@@ -111,6 +111,9 @@ impl Report {
     }
 }
 
+/// Inputs between two progress lines on stderr.
+const PROGRESS_EVERY: u64 = 50_000;
+
 /// Panics seen by the hook, in any thread.
 static PANICS: AtomicU64 = AtomicU64::new(0);
 
@@ -206,6 +209,11 @@ pub fn run<T: Target>(
             );
         }
         watch_memory(&mut report, index - first, warm, limits);
+        if (index - first + 1) % PROGRESS_EVERY == 0 {
+            // A long campaign stopped early still leaves its figures.
+            report.elapsed = clock.elapsed();
+            eprintln!("progress: {}", report.summary());
+        }
     }
     std::panic::set_hook(previous_hook);
     report.elapsed = clock.elapsed();

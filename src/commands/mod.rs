@@ -5,12 +5,14 @@ mod cem;
 mod check;
 mod demo;
 mod modbus;
+mod modbus_detect;
 mod run;
 
 pub use cem::cem;
 pub use check::{check, check_report, warnings};
 pub use demo::{demo, demo_config};
 pub use modbus::{RawReadRequest, SerialArgs, modbus_read, modbus_scan, modbus_target};
+pub use modbus_detect::{DetectRequest, modbus_detect};
 pub use run::run;
 
 use std::time::Duration;

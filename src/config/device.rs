@@ -192,6 +192,9 @@ impl Cx<'_> {
             ("mqtt", raw.mqtt),
         ];
         let connection = self.connection(&at, tables, profile.as_deref(), refs.present.mqtt);
+        if let Some(Connection::Modbus(m)) = &connection {
+            refs.proxy(&at, self.errors, &m.connection, Duration::from_secs(poll));
+        }
         if !self.clean_since(mark) {
             return None;
         }

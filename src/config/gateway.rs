@@ -1,11 +1,12 @@
 //! `[gateway]`: settings of the daemon as a whole.
 
+use std::num::NonZeroU32;
 use std::path::PathBuf;
 
 use serde::Deserialize;
 
 use super::load::Cx;
-use super::located::{Text, Uint};
+use super::located::{Count, Text, Uint};
 
 /// Default `gateway.name`.
 pub const DEFAULT_GATEWAY_NAME: &str = "s2gw";
@@ -25,6 +26,9 @@ pub struct GatewaySection {
     pub state_dir: PathBuf,
     /// `max_frame_bytes`: S2 frames larger than this are refused (default 1 MiB).
     pub max_frame_bytes: usize,
+    /// `max_frames_per_s`: frames per second a peer may send in one S2-ws-json session,
+    /// server or client link; beyond, each is answered TEMPORARY_ERROR (default 100).
+    pub max_frames_per_s: NonZeroU32,
     /// `traffic_log`: record every S2 message to this s2-kit `.s2log` transcript.
     pub traffic_log: Option<PathBuf>,
     /// `log_level`: a `tracing` filter (default `info`); `RUST_LOG` overrides it.
@@ -38,6 +42,7 @@ pub struct GatewaySection {
 struct GatewayToml {
     log_level: Option<Text>,
     max_frame_bytes: Option<Uint<{ 64 * 1024 * 1024 }>>,
+    max_frames_per_s: Option<Count<100_000>>,
     name: Option<Text>,
     state_dir: Option<Text>,
     traffic_log: Option<Text>,
@@ -96,6 +101,10 @@ impl Cx<'_> {
             name,
             state_dir: self.resolve(&state_dir),
             max_frame_bytes: usize::try_from(max_frame_bytes).unwrap_or(usize::MAX),
+            max_frames_per_s: raw
+                .max_frames_per_s
+                .and_then(|c| NonZeroU32::new(u32::try_from(c.0).ok()?))
+                .unwrap_or(s2gw_ws::DEFAULT_MAX_FRAMES_PER_S),
             traffic_log: traffic_log.map(|p| self.resolve(&p)),
             log_level,
         })

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use s2gw_core::s2::Id;
 use serde::Deserialize;
@@ -205,6 +206,8 @@ pub(crate) struct Refs<'a> {
     ids: BTreeMap<String, String>,
     /// Resource ids claimed so far, likewise.
     resource_ids: BTreeMap<String, String>,
+    /// Modbus proxy listeners and unit ids claimed so far, likewise.
+    proxy_units: BTreeMap<(String, u8), String>,
 }
 
 impl Refs<'_> {
@@ -270,6 +273,44 @@ impl Refs<'_> {
         self.resource_ids
             .insert(rid.as_str().to_string(), at.path().to_string());
         Some(rid)
+    }
+
+    /// A Modbus device's proxy unit id on its `proxy_listen`: one device per unit id
+    /// on one listener; a proxy's cache no older than the device's poll interval.
+    pub(crate) fn proxy(
+        &mut self,
+        at: &At,
+        errors: &mut Errors,
+        modbus: &s2gw_modbus::ModbusConnection,
+        poll: Duration,
+    ) {
+        let Some(listen) = &modbus.proxy_listen else {
+            return;
+        };
+        if modbus.proxy_cache() > poll {
+            at.err(
+                errors,
+                "modbus.proxy_cache_ms",
+                format!(
+                    "must not exceed poll_interval_s ({} ms): proxy clients would get answers \
+                     older than the gateway's own",
+                    poll.as_millis()
+                ),
+            );
+        }
+        let key = (listen.clone(), modbus.proxy_unit());
+        if let Some(first) = self.proxy_units.get(&key) {
+            at.err(
+                errors,
+                "modbus.proxy_unit",
+                format!(
+                    "unit {} on proxy {listen} is also {first}: give one of them another proxy_unit",
+                    key.1
+                ),
+            );
+            return;
+        }
+        self.proxy_units.insert(key, at.path().to_string());
     }
 
     /// An entry's `cem`: required, and must name a defined link.
@@ -395,6 +436,7 @@ impl<'e> Cx<'e> {
             present,
             ids: BTreeMap::new(),
             resource_ids: BTreeMap::new(),
+            proxy_units: BTreeMap::new(),
         };
         let mut device_sections = Vec::new();
         for (i, t) in devices.iter().enumerate() {

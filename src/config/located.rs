@@ -388,6 +388,25 @@ impl<'de, const MAX: u64> Deserialize<'de> for Uint<MAX> {
     }
 }
 
+/// A positive integer no larger than `MAX`: a count or a limit, where 0 would mean
+/// nothing works.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Count<const MAX: u64>(pub(crate) u64);
+
+impl<'de, const MAX: u64> Deserialize<'de> for Count<MAX> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match value(d)? {
+            Value::Integer(i) => match u64::try_from(i) {
+                Ok(v) if (1..=MAX).contains(&v) => Ok(Count(v)),
+                _ => Err(D::Error::custom(format!(
+                    "must be an integer between 1 and {MAX}, got {i}"
+                ))),
+            },
+            other => Err(wrong_type("an integer", &other)),
+        }
+    }
+}
+
 /// A table, kept as TOML (read later, by its own type).
 #[derive(Debug, Clone)]
 pub(crate) struct Table(pub(crate) toml::Table);

@@ -73,7 +73,9 @@ pub use gateway::{DEFAULT_GATEWAY_NAME, DEFAULT_LOG_LEVEL, DEFAULT_STATE_DIR, Ga
 pub use load::{
     check, check_with_env, load, load_profile, load_str, load_str_with_env, load_with_env,
 };
-pub use mqtt::{DEFAULT_STATE_INTERVAL_MS, MqttSection, RESERVED_DEVICE_IDS};
+pub use mqtt::{
+    DEFAULT_STATE_HEARTBEAT_S, DEFAULT_STATE_INTERVAL_MS, MqttSection, RESERVED_DEVICE_IDS,
+};
 pub use native::{NativeSection, NativeTransport};
 pub use profile::{
     BUILTIN_PROFILES, Profile, ProfileSource, builtin_profile_text, control_type_name, kind_name,

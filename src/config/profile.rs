@@ -64,6 +64,14 @@ pub const BUILTIN_PROFILES: &[(&str, &str)] = &[
         include_str!("../../config/profiles/modbus-sdm630.toml"),
     ),
     (
+        "modbus-fronius",
+        include_str!("../../config/profiles/modbus-fronius.toml"),
+    ),
+    (
+        "modbus-go-e",
+        include_str!("../../config/profiles/modbus-go-e.toml"),
+    ),
+    (
         "ble-bthome-meter",
         include_str!("../../config/profiles/ble-bthome-meter.toml"),
     ),

@@ -2,12 +2,13 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use s2gw_core::Secret;
 use serde::Deserialize;
 
 use super::load::Cx;
-use super::located::{SecretText, Text};
+use super::located::{Count, SecretText, Text};
 
 /// `[server]`: the S2-ws-json server for native RMs (`/s2/rm/<id>`) and CEMs that dial in
 /// (`/s2/cem/<resource_id>`).
@@ -19,6 +20,15 @@ pub struct ServerSection {
     pub token: Option<Secret>,
     /// `tls_cert_file` + `tls_key_file`: serve wss instead of ws.
     pub tls: Option<TlsFiles>,
+    /// `max_connections`: sockets held at once, in handshake or in session (default 128);
+    /// more are closed at once.
+    pub max_connections: usize,
+    /// `handshake_timeout_s`: TLS plus the HTTP upgrade must be done within this of the
+    /// accept (default 10 s).
+    pub handshake_timeout: Duration,
+    /// `max_failed_auth_per_min`: failed bearer checks per address and minute before it
+    /// gets 429 for the rest of the minute (default 10).
+    pub max_failed_auth_per_min: u32,
 }
 
 /// A certificate chain and its private key, both PEM files (existence checked at load).
@@ -35,7 +45,10 @@ pub struct TlsFiles {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ServerToml {
+    handshake_timeout_s: Option<Count<300>>,
     listen: Option<Text>,
+    max_connections: Option<Count<65_536>>,
+    max_failed_auth_per_min: Option<Count<10_000>>,
     tls_cert_file: Option<Text>,
     tls_key_file: Option<Text>,
     /// Only from the environment (a `token` in the file is refused before this).
@@ -96,10 +109,22 @@ impl Cx<'_> {
         if !self.clean_since(mark) {
             return None;
         }
+        let defaults = s2gw_ws::ServerConfig::default();
         Some(ServerSection {
             listen: listen?,
             token: token?,
             tls,
+            max_connections: raw.max_connections.map_or(defaults.max_connections, |c| {
+                usize::try_from(c.0).unwrap_or(usize::MAX)
+            }),
+            handshake_timeout: raw
+                .handshake_timeout_s
+                .map_or(defaults.handshake_timeout, |c| Duration::from_secs(c.0)),
+            max_failed_auth_per_min: raw
+                .max_failed_auth_per_min
+                .map_or(defaults.max_failed_auth_per_min, |c| {
+                    u32::try_from(c.0).unwrap_or(u32::MAX)
+                }),
         })
     }
 }

@@ -36,10 +36,37 @@ pub async fn build(
 ) -> anyhow::Result<Box<dyn Device>> {
     Ok(match &device.connection {
         Connection::Sim(sim) => s2gw_sim::build(&device.id, sim, Arc::new(s2gw_sim::SystemClock)),
-        Connection::Modbus(m) => s2gw_modbus::build(&device.id, &m.connection, &m.profile),
+        Connection::Modbus(m) => {
+            let built = s2gw_modbus::build(&device.id, &m.connection, &m.profile);
+            s2gw_modbus::start_proxy(&device.id, &m.connection)
+                .await
+                .with_context(|| format!("Modbus device `{}`: proxy_listen", device.id))?;
+            built
+        }
         Connection::Ble(ble) => build_ble(device, ble)?,
         Connection::Mqtt(config) => build_mqtt(device, config, mqtt).await?,
     })
+}
+
+/// Whether the device has an energy register at all, from its configuration alone (the
+/// mirror's discovery must not wait for a value): every simulated device counts energy,
+/// a Modbus device where its profile maps `energy` (or reads SunSpec, whose inverter
+/// models carry WH), an MQTT device where it maps `energy`, a BLE device where it reads
+/// `energy_wh` (BTHome meters send energy).
+pub fn reports_energy(device: &DeviceSection) -> bool {
+    match &device.connection {
+        Connection::Sim(_) => true,
+        Connection::Modbus(m) => m.profile.readings.energy.is_some() || m.profile.sunspec.is_some(),
+        Connection::Mqtt(config) => config.energy.is_some(),
+        Connection::Ble(ble) => match ble.profile.source {
+            s2gw_ble::BleSource::Bthome => true,
+            s2gw_ble::BleSource::Gatt => ble
+                .profile
+                .readings
+                .iter()
+                .any(|r| r.field == s2gw_ble::ReadingField::EnergyWh),
+        },
+    }
 }
 
 async fn build_mqtt(

@@ -392,6 +392,7 @@ fn attach_cem(
                 ping_interval: link.ping_interval,
                 dead_after: link.dead_after,
                 max_frame_bytes: config.gateway.max_frame_bytes,
+                max_frames_per_s: Some(config.gateway.max_frames_per_s),
                 ..s2gw_ws::ClientConfig::default()
             };
             tasks.push(s2gw_ws::spawn_client(
@@ -435,6 +436,10 @@ fn server_config(config: &Config, section: &crate::config::ServerSection) -> s2g
             key_file: tls.key_file.clone(),
         }),
         max_frame_bytes: config.gateway.max_frame_bytes,
+        max_frames_per_s: Some(config.gateway.max_frames_per_s),
+        max_connections: section.max_connections,
+        handshake_timeout: section.handshake_timeout,
+        max_failed_auth_per_min: section.max_failed_auth_per_min,
         ..s2gw_ws::ServerConfig::default()
     }
 }

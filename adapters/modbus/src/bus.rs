@@ -22,6 +22,8 @@ use tokio_modbus::slave::{Slave, SlaveContext};
 use tokio_modbus::{Request, Response};
 
 use crate::error::ModbusError;
+use crate::ledger::{self, Ledger, Source};
+use crate::point::Span;
 use crate::target::Target;
 
 /// The Modbus tables.
@@ -227,6 +229,7 @@ pub struct Bus {
     settings: Arc<Mutex<BusSettings>>,
     stats: Arc<BusStats>,
     queue: Mutex<Option<mpsc::Sender<Job>>>,
+    ledger: Ledger,
 }
 
 impl fmt::Debug for Bus {
@@ -267,6 +270,7 @@ impl Bus {
             settings: Arc::new(Mutex::new(settings)),
             stats: Arc::new(BusStats::default()),
             queue: Mutex::new(None),
+            ledger: Ledger::default(),
         }
     }
 
@@ -294,6 +298,56 @@ impl Bus {
             return Err(self.gone());
         }
         answer.await.unwrap_or_else(|_| Err(self.gone()))
+    }
+
+    /// Reads `span` of `unit` through the queue, recorded so that the proxy's reads can
+    /// share it. With `join`, a queued read covering `span` or an answer younger than
+    /// `max_age` is used instead of a new request (see [`crate::ledger`]).
+    pub async fn read_shared(
+        &self,
+        unit: u8,
+        span: Span,
+        timeout: Duration,
+        join: bool,
+        max_age: Duration,
+    ) -> Result<Reply, ModbusError> {
+        let publish = match self.ledger.source(unit, span, join, max_age) {
+            Source::Request(publish) => publish,
+            Source::Joined(mut answer, got) => {
+                loop {
+                    if let Some((_, result)) = answer.borrow_and_update().clone() {
+                        return result.and_then(|reply| ledger::slice(&reply, got, span));
+                    }
+                    if answer.changed().await.is_err() && answer.borrow().is_none() {
+                        break;
+                    }
+                }
+                // The other caller gave up before its answer came: ask ourselves.
+                match self.ledger.source(unit, span, false, max_age) {
+                    Source::Request(publish) => publish,
+                    Source::Joined(..) => return Err(self.gone()),
+                }
+            }
+        };
+        let op = Op::Read {
+            table: span.table,
+            address: span.address,
+            count: span.len,
+        };
+        let result = self.call(unit, op, timeout).await;
+        publish.send_replace(Some((Instant::now(), result.clone())));
+        result
+    }
+
+    /// Sets the registers `owner` controls on `unit` (none: it controls nothing): the
+    /// proxy refuses foreign writes to them.
+    pub fn claim(&self, owner: &str, unit: u8, spans: Vec<Span>) {
+        self.ledger.claim(owner, unit, spans);
+    }
+
+    /// Who controls a register of `span` on `unit`.
+    pub fn claimed(&self, unit: u8, span: Span) -> Option<String> {
+        self.ledger.claimed(unit, span)
     }
 
     /// The queue, starting the bus task on first use (or after its runtime went away, as

@@ -60,6 +60,48 @@ pub struct ModbusConnection {
     /// Bus: attempts after a broken connection, on a new one (default 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retries: Option<u32>,
+    /// Re-export the device to other Modbus TCP clients on `host:port` (port 0: any
+    /// free port, logged), through this bus's connection and queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_listen: Option<String>,
+    /// Proxy: the unit id clients use for this device (default: `unit`, passed through).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_unit: Option<u8>,
+    /// Proxy: answer reads from the bus's last answer if it is at most this old, ms
+    /// (default 0: only a read still queued is shared); at most the poll interval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_cache_ms: Option<u64>,
+    /// Proxy: the ranges clients may write (default none: every write is refused).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub proxy_writable: Vec<WritableRange>,
+}
+
+/// Registers proxy clients may write: `{ table = "holding", address = 40100, count = 2 }`,
+/// in 0-based protocol addresses (what the client sends on the wire).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WritableRange {
+    /// `holding` or `coil`.
+    pub table: Table,
+    /// First address, 0-based.
+    pub address: u16,
+    /// How many (default 1).
+    #[serde(default = "one")]
+    pub count: u16,
+}
+
+fn one() -> u16 {
+    1
+}
+
+impl WritableRange {
+    /// Whether `count` items from `address` lie inside the range.
+    pub fn contains(&self, table: Table, address: u16, count: u16) -> bool {
+        table == self.table
+            && address >= self.address
+            && u32::from(address) + u32::from(count)
+                <= u32::from(self.address) + u32::from(self.count)
+    }
 }
 
 /// The keys of [`ModbusConnection`]; every other key of a merged table is a profile key.
@@ -76,6 +118,10 @@ pub const CONNECTION_KEYS: &[&str] = &[
     "inter_request_delay_ms",
     "connect_delay_ms",
     "retries",
+    "proxy_listen",
+    "proxy_unit",
+    "proxy_cache_ms",
+    "proxy_writable",
 ];
 
 impl ModbusConnection {
@@ -174,7 +220,64 @@ impl ModbusConnection {
         if self.timeout_ms.is_some_and(|t| !(10..=60_000).contains(&t)) {
             push(&mut problems, "timeout_ms", "must be between 10 and 60000");
         }
+        self.validate_proxy(&mut problems);
         problems
+    }
+
+    fn validate_proxy(&self, problems: &mut Problems) {
+        let Some(listen) = &self.proxy_listen else {
+            for (key, given) in [
+                ("proxy_unit", self.proxy_unit.is_some()),
+                ("proxy_cache_ms", self.proxy_cache_ms.is_some()),
+                ("proxy_writable", !self.proxy_writable.is_empty()),
+            ] {
+                if given {
+                    push(
+                        problems,
+                        key,
+                        "applies to a proxy only (set `proxy_listen`)",
+                    );
+                }
+            }
+            return;
+        };
+        if listen.parse::<std::net::SocketAddr>().is_err() {
+            push(
+                problems,
+                "proxy_listen",
+                format!("expected IP:PORT (e.g. \"0.0.0.0:5020\"), got {listen:?}"),
+            );
+        }
+        if self.proxy_unit.is_some_and(|u| u > 247) {
+            push(problems, "proxy_unit", "must be 0..=247");
+        }
+        for (i, range) in self.proxy_writable.iter().enumerate() {
+            let end = u32::from(range.address) + u32::from(range.count);
+            if !matches!(range.table, Table::Holding | Table::Coil) {
+                push(
+                    problems,
+                    &format!("proxy_writable[{i}].table"),
+                    "only holding registers and coils can be written",
+                );
+            }
+            if range.count == 0 || end > 0x1_0000 {
+                push(
+                    problems,
+                    &format!("proxy_writable[{i}].count"),
+                    "must be at least 1 and end at or before address 65535",
+                );
+            }
+        }
+    }
+
+    /// The proxy's unit id for this device: `proxy_unit`, else `unit`.
+    pub fn proxy_unit(&self) -> u8 {
+        self.proxy_unit.unwrap_or_else(|| self.unit())
+    }
+
+    /// How old a shared answer a proxy read may get.
+    pub fn proxy_cache(&self) -> Duration {
+        Duration::from_millis(self.proxy_cache_ms.unwrap_or(0))
     }
 }
 
@@ -291,6 +394,17 @@ pub struct WriteSpec {
     /// Used when `from` names an open bound (e.g. `max_w` of a lower-bound-only limit).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default: Option<f64>,
+    /// A charger's on/off register: written `on` for a current above 0 A, `off` for
+    /// 0 A (with `off`, instead of `value` or `from`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on: Option<f64>,
+    /// See `on`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub off: Option<f64>,
+    /// Not written when the charger is switched off (0 A): for a current register that
+    /// takes 6 A at least, next to an on/off register.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub skip_when_off: bool,
 }
 
 /// The writes each [`s2gw_core::Command`] becomes (`[modbus.commands]`).
@@ -466,6 +580,30 @@ pub struct ModbusProfile {
     /// PEBC envelope.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub envelope: Option<EnvelopeSpec>,
+    /// The signature `s2gw modbus detect` recognises the device by.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub detect: Vec<DetectCheck>,
+}
+
+/// One register of a profile's signature (`[[modbus.detect]]`): its value (scaled) must
+/// lie in `min..=max`, equal `equals`, or (a string) start with `prefix`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DetectCheck {
+    /// The register's name.
+    pub register: String,
+    /// Lowest value that fits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<f64>,
+    /// Highest value that fits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<f64>,
+    /// The value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub equals: Option<f64>,
+    /// How a text value starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
 }
 
 /// A device's merged `modbus` table, split.
@@ -537,6 +675,7 @@ impl ModbusProfile {
         self.validate_readings(&mut problems);
         self.validate_commands(&mut problems);
         self.validate_control(&mut problems);
+        self.validate_detect(&mut problems);
         problems
     }
 
@@ -716,8 +855,21 @@ impl ModbusProfile {
                 ),
                 Some(_) => {}
             }
-            if w.value.is_some() == w.from.is_some() {
-                push(problems, &key, "give exactly one of `value` and `from`");
+            let switch = match (w.on, w.off) {
+                (Some(_), Some(_)) => true,
+                (None, None) => false,
+                _ => {
+                    push(problems, &key, "`on` and `off` go together");
+                    true
+                }
+            };
+            let given = [w.value.is_some(), w.from.is_some(), switch];
+            if given.iter().filter(|g| **g).count() != 1 {
+                push(
+                    problems,
+                    &key,
+                    "give exactly one of `value`, `from`, or `on` with `off`",
+                );
             }
         }
     }
@@ -758,6 +910,19 @@ impl ModbusProfile {
                 "commands.set_current",
                 "a charger needs the writes that set its current",
             );
+        }
+    }
+
+    fn validate_detect(&self, problems: &mut Problems) {
+        for (i, d) in self.detect.iter().enumerate() {
+            self.check_ref(problems, &format!("detect[{i}].register"), &d.register);
+            if d.min.is_none() && d.max.is_none() && d.equals.is_none() && d.prefix.is_none() {
+                push(
+                    problems,
+                    &format!("detect[{i}]"),
+                    "give min, max, equals or prefix: what the value must be",
+                );
+            }
         }
     }
 

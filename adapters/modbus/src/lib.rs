@@ -22,7 +22,8 @@
 //! Connection keys: exactly one of `tcp = "host:port"`, `rtu_over_tcp = "host:port"`,
 //! `serial = "/dev/ttyUSB0"` (with `baud` 9600, `parity` none/even/odd, `data_bits` 8,
 //! `stop_bits` 1); `unit` (1); `timeout_ms` (1000); `inter_request_delay_ms` (0 on TCP,
-//! 20 on RTU); `connect_delay_ms` (0); `retries` (1).
+//! 20 on RTU); `connect_delay_ms` (0); `retries` (1); the proxy's `proxy_listen`,
+//! `proxy_unit`, `proxy_cache_ms`, `proxy_writable` (below).
 //!
 //! ## SunSpec profiles: `[modbus.sunspec]`
 //!
@@ -31,7 +32,7 @@
 //! Md, Vr, SN); 101–103 (W 14/W_SF 15, WH 24/WH_SF 26, St 38); 111–113 (float W 22, WH
 //! 32, St 48); 120 (WRtg, WHRtg); 121 (WMax); 123 (WMaxLimPct 5, _RvrtTms 7, WMaxLim_Ena
 //! 9, _SF 23); 124 (WChaMax, StorCtl_Mod, ChaState, OutWRte, InWRte, InOutWRte_RvrtTms);
-//! 701 (W, WL1–3, TotWhInj); 704 (WMaxLimPctEna 14, WMaxLimPct 15, WMaxLimPctRvrt 16,
+//! 701 (InvSt, W, WL1–3, TotWhInj); 704 (WMaxLimPctEna 14, WMaxLimPct 15, WMaxLimPctRvrt 16,
 //! WMaxLimPctEnaRvrt 17, WMaxLimPctRvrtTms 18, _SF 54). Keys: `control` (auto = 704, else
 //! 123; `704`, `123`, `none`), `revert_s` (120), `write` (`fc16` or `fc6`), `rated_w`,
 //! `storage`, `capacity_wh`, `min_soc`, `max_soc`.
@@ -41,6 +42,10 @@
 //! | `LimitPower { min_w }` (production negative) | pct = −min_w / WMax; < 100 %: 704: RvrtTms = revert_s, Rvrt/EnaRvrt = the installer's limit (or 100 %/0), WMaxLimPct, Ena = 1 last; 123: RvrtTms, WMaxLimPct, Ena = 1. ≥ 100 % or open: Ena = 0 |
 //! | `SetPower { watts }` (storage, charge positive) | InOutWRte_RvrtTms, InWRte = ±pct, OutWRte = ∓pct of WChaMax, StorCtl_Mod = 3 |
 //! | `Release` | the limit/storage settings found at start-up restored exactly, or Ena = 0 / StorCtl_Mod = 0 |
+//!
+//! Limit percentages are of WMax (121), else WRtg (120), else `rated_w`. A limit
+//! curtails only when enabled *and* below 100 % (some inverters keep the enable flag at 1
+//! at 100 %); an enabled 100 % is not reported as active but still restored on release.
 //!
 //! The gateway reads the control registers before it writes anything (rule 3). A limit
 //! that is active at start-up and not ours is reported as `Readings::active`, logged, and
@@ -83,12 +88,19 @@
 //! status = "state"
 //! fault_values = [7]        # numeric states that are faults
 //! fault_prefixes = ["E", "F"] # text states that are faults
+//!
+//! [[modbus.detect]]         # signature for `s2gw modbus detect` (all must fit)
+//! register = "voltage"      # a register above
+//! min = 80                  # and/or max, equals; prefix = "..." for strings
+//! max = 300
 //! ```
 //!
-//! How commands become writes: a write is `{ register = "x", value = 1 }` or
+//! How commands become writes: a write is `{ register = "x", value = 1 }`,
 //! `{ register = "x", from = "amps" }` (`amps`, `phases`, `watts`, `max_w`, `min_w`,
-//! `production_limit_w`), written with the register's function code, scaled back to raw,
-//! and read back.
+//! `production_limit_w`) or a charger's on/off register `{ register = "x", on = 0, off =
+//! 1 }` (by whether the current is above 0 A; `skip_when_off = true` leaves a register out
+//! at 0 A), written with the register's function code, scaled back to raw, and read
+//! back.
 //!
 //! | command | writes |
 //! |---|---|
@@ -103,19 +115,34 @@
 //! 0..max; `[[modbus.modes]]` (`name`, `label`, `min_w`, `max_w`, `default`, `writes`)
 //! offers OMBC modes (SG-Ready); `[modbus.envelope]` (`min_w`, `max_w`) offers PEBC.
 //!
+//! # Proxy: one Modbus TCP client, several tools
+//!
+//! Many inverters and chargers accept one Modbus TCP client. With `proxy_listen =
+//! "host:port"` in `[device.modbus]` the gateway re-exports the device through its own
+//! connection and queue ([`proxy`]): `proxy_unit` (default `unit`) is the unit id clients
+//! use, `proxy_cache_ms` (default 0, at most the poll interval) how old a shared answer
+//! may be, `proxy_writable = [{ table = "holding", address = 40100, count = 2 }]` (0-based
+//! wire addresses) what clients may write. Reads covered by a queued read share its
+//! answer; writes outside the writable ranges get exception 02, writes to a register a
+//! CEM instruction holds get exception 06, logged without flooding the log.
+//!
 //! # Installer tools
 //!
 //! [`scan()`] (SunSpec models and key live values; its [`ScanReport`] displays as a
-//! readable report) and [`read_raw`] (raw registers decoded with a type and word order)
-//! for `s2gw modbus scan/read`. Errors name the problem: connection refused, timeout
+//! readable report), [`read_raw`] (raw registers decoded with a type and word order) and
+//! [`detect`] (SunSpec and the profiles' `[[modbus.detect]]` signatures, one request at
+//! a time per host) for `s2gw modbus scan/read/detect`. Errors name the problem: connection refused, timeout
 //! (which unit, how long), exceptions by name (illegal function/address/value, server
 //! device failure, gateway errors).
 
 pub mod bus;
 pub mod config;
+pub mod detect;
 pub mod error;
+mod ledger;
 pub mod map;
 pub mod point;
+pub mod proxy;
 pub mod scan;
 pub mod sunspec;
 pub mod target;
@@ -145,6 +172,29 @@ pub fn build(id: &str, connection: &ModbusConnection, profile: &ModbusProfile) -
         timeout: connection.timeout(),
     };
     build_on(id, unit, profile)
+}
+
+/// Starts the Modbus TCP proxy of a device whose connection has `proxy_listen` (on the
+/// bus [`build`] gave the device); `None` without one. Fails when the address cannot be
+/// bound or another device on it has the same proxy unit id.
+pub async fn start_proxy(
+    id: &str,
+    connection: &ModbusConnection,
+) -> Result<Option<std::net::SocketAddr>, ModbusError> {
+    let (Some(listen), Ok(target)) = (&connection.proxy_listen, connection.target()) else {
+        return Ok(None);
+    };
+    let route = proxy::Route {
+        device: id.to_string(),
+        bus: Bus::shared(&target, connection.bus_settings()),
+        unit: connection.unit(),
+        timeout: connection.timeout(),
+        cache: connection.proxy_cache(),
+        writable: connection.proxy_writable.clone(),
+    };
+    proxy::serve(listen, connection.proxy_unit(), route)
+        .await
+        .map(Some)
 }
 
 /// Builds the device on a given unit (tests, benchmarks, a private bus).

@@ -422,18 +422,27 @@ impl MapDevice {
     }
 
     fn encode(&self, writes: &[WriteSpec], params: Params) -> Result<Vec<Pending>, ModbusError> {
+        let off = params.amps == Some(0.0);
         writes
             .iter()
+            .filter(|w| !(off && w.skip_when_off))
             .map(|w| {
-                let value = match (w.value, w.from) {
-                    (Some(v), _) => v,
-                    (None, Some(src)) => params.get(src).or(w.default).ok_or_else(|| {
+                let value = match (w.value, w.from, w.on.zip(w.off)) {
+                    (Some(v), _, _) => v,
+                    (None, Some(src), _) => params.get(src).or(w.default).ok_or_else(|| {
                         ModbusError::Invalid(format!(
                             "{}: the command gives no {src:?}",
                             w.register
                         ))
                     })?,
-                    (None, None) => {
+                    (None, None, Some((on, off_value))) if params.amps.is_some() => {
+                        if off {
+                            off_value
+                        } else {
+                            on
+                        }
+                    }
+                    (None, None, _) => {
                         return Err(ModbusError::Invalid(format!("{}: no value", w.register)));
                     }
                 };
@@ -473,6 +482,12 @@ impl MapDevice {
             return Ok(());
         }
         self.poller.refresh(&names).await
+    }
+
+    /// Marks the registers of `writes` as controlled by this device (none: nothing).
+    fn claim(&self, writes: &[Pending]) {
+        let names: Vec<&str> = writes.iter().map(|w| w.register.as_str()).collect();
+        self.poller.claim(&self.id, &names);
     }
 
     /// Re-writes the last command before the device's validity runs out.
@@ -541,13 +556,26 @@ impl Device for MapDevice {
         let (writes, params) = self.plan(command)?;
         self.load_scale_factors(&writes).await?;
         let pending = self.encode(&writes, params)?;
-        self.send(&pending).await?;
-        self.last_writes = pending;
-        self.schedule_refresh();
+        // Claimed before the first write, so no proxy client writes in between.
+        if !matches!(command, Command::Release) {
+            self.claim(&pending);
+        }
+        if let Err(e) = self.send(&pending).await {
+            let active = if self.active.is_some() {
+                self.last_writes.clone()
+            } else {
+                Vec::new()
+            };
+            self.claim(&active);
+            return Err(e.into());
+        }
         self.active = match command {
             Command::Release => None,
             other => Some(other.clone()),
         };
+        self.claim(if self.active.is_some() { &pending } else { &[] });
+        self.last_writes = pending;
+        self.schedule_refresh();
         Ok(())
     }
 }

@@ -201,12 +201,14 @@ impl Unit {
                 table.max_read()
             )));
         }
-        let op = Op::Read {
+        let span = Span {
             table,
             address,
-            count,
+            len: count,
         };
-        self.bus.call(self.id, op, self.timeout).await
+        self.bus
+            .read_shared(self.id, span, self.timeout, false, Duration::ZERO)
+            .await
     }
 
     /// Sends one write request.
@@ -541,6 +543,17 @@ impl Poller {
             });
         }
         Ok(())
+    }
+
+    /// Marks the named points as controlled by `owner` (replacing what it claimed
+    /// before; no names: nothing): the proxy refuses foreign writes to them.
+    pub fn claim(&self, owner: &str, names: &[&str]) {
+        let spans = names
+            .iter()
+            .filter_map(|n| self.points.get(*n))
+            .map(Point::span)
+            .collect();
+        self.unit.bus.claim(owner, self.unit.id, spans);
     }
 
     /// Writes an engineering value to point `name` and verifies it.

@@ -169,6 +169,7 @@ const STORAGE: &[PointDef] = &[
     ("InOutWRte_RvrtTms", 15, U16, None, Slow),
 ];
 const DER_MEASURE: &[PointDef] = &[
+    ("InvSt", 4, U16, None, Fast),
     ("W", 10, I16, Some(116), Fast),
     ("TotWhInj", 19, U64, Some(120), Slow),
     ("WL1", 41, I16, Some(116), Fast),
@@ -246,6 +247,14 @@ impl LimitVia {
         match self {
             LimitVia::M704 => "704.WMaxLimPct",
             LimitVia::M123 => "123.WMaxLimPct",
+        }
+    }
+
+    /// The limit's revert timer, s (0: the limit stays until someone clears it).
+    fn revert_tms(self) -> &'static str {
+        match self {
+            LimitVia::M704 => "704.WMaxLimPctRvrtTms",
+            LimitVia::M123 => "123.WMaxLimPct_RvrtTms",
         }
     }
 
@@ -373,16 +382,33 @@ impl SunSpecDevice {
         Ok(())
     }
 
-    /// Records an active limit or storage setting nobody in this gateway wrote.
+    /// Records an enabled limit or storage setting nobody in this gateway wrote. A limit
+    /// curtails only when enabled *and* below 100 % (some inverters keep the enable flag
+    /// at 1 at 100 %): only then is it reported and our limits capped to it; an enabled
+    /// 100 % is still put back exactly on release (rule 3).
+    ///
+    /// One with a running revert timer is not an installer's standing setting: it is a
+    /// command the device drops by itself, most likely this gateway's own from before a
+    /// crash and restart. Keeping it as a cap would hold the device at the old CEM's
+    /// limit for as long as the gateway runs.
     fn capture_foreign(&mut self) {
         if let Some(via) = self.limit_via
             && self.poller.number(via.enable()) == Some(1.0)
-            && self.poller.number(via.pct()).is_some_and(|p| p < 100.0)
         {
             let pct = self.poller.number(via.pct()).unwrap_or(100.0);
-            tracing::warn!(device = %self.id, pct, %via,
-                "an active power limit was set by someone else (installer?): left as it is, and restored on release");
-            self.foreign_limit = self.snapshot(via.restorable());
+            if self.reverts_by_itself(via.revert_tms()) {
+                tracing::info!(device = %self.id, pct, %via,
+                    "an active power limit with a revert timer (this gateway's own before a restart?): temporary, not kept");
+            } else {
+                if pct < 100.0 {
+                    tracing::warn!(device = %self.id, pct, %via,
+                        "an active power limit was set by someone else (installer?): left as it is, and restored on release");
+                } else {
+                    tracing::info!(device = %self.id, %via,
+                        "the power limit is enabled at 100 % (not curtailing): restored as it is on release");
+                }
+                self.foreign_limit = self.snapshot(via.restorable());
+            }
         }
         if self.has(124)
             && self.opts.storage
@@ -391,9 +417,18 @@ impl SunSpecDevice {
                 .number("124.StorCtl_Mod")
                 .is_some_and(|m| m != 0.0)
         {
-            tracing::warn!(device = %self.id, "storage control is active and not ours: restored on release");
-            self.foreign_storage = self.snapshot(STORAGE_RESTORABLE);
+            if self.reverts_by_itself("124.InOutWRte_RvrtTms") {
+                tracing::info!(device = %self.id, "storage control with a revert timer (this gateway's own before a restart?): temporary, not kept");
+            } else {
+                tracing::warn!(device = %self.id, "storage control is active and not ours: restored on release");
+                self.foreign_storage = self.snapshot(STORAGE_RESTORABLE);
+            }
         }
+    }
+
+    /// Whether the revert timer `name` runs (non-zero seconds).
+    fn reverts_by_itself(&self, name: &str) -> bool {
+        self.poller.number(name).is_some_and(|s| s > 0.0)
     }
 
     fn snapshot(&self, names: &[&str]) -> Option<Snapshot> {
@@ -413,13 +448,14 @@ impl SunSpecDevice {
             .filter(|w| *w > 0.0)
     }
 
-    /// The foreign limit's percentage, which our limits never exceed.
+    /// The foreign limit's percentage when it curtails (below 100 %), which our limits
+    /// never exceed.
     fn foreign_pct(&self) -> Option<f64> {
         let via = self.limit_via?;
         let snap = self.foreign_limit.as_ref()?;
         let words = snap.regs.iter().find(|(n, _)| n == via.pct())?.1.clone();
         let raw = f64::from(*words.first()?);
-        Some(raw * self.poller.multiplier(via.pct())?)
+        Some(raw * self.poller.multiplier(via.pct())?).filter(|p| *p < 100.0)
     }
 
     fn fc(&self) -> WriteFc {
@@ -546,6 +582,16 @@ impl SunSpecDevice {
         self.schedule_refresh();
     }
 
+    /// The registers an active `command` controls, claimed against proxy writes.
+    fn claim_for(&self, command: Option<&Command>) {
+        let names: &[&str] = match command {
+            Some(Command::LimitPower { .. }) => self.limit_via.map_or(&[], LimitVia::restorable),
+            Some(Command::SetPower { .. }) => STORAGE_RESTORABLE,
+            _ => &[],
+        };
+        self.poller.claim(&self.id, names);
+    }
+
     fn schedule_refresh(&mut self) {
         // Half the revert time: one missed poll must not let the device revert.
         self.refresh_at = self
@@ -581,7 +627,11 @@ impl SunSpecDevice {
         let energy = inv
             .and_then(|m| num(&format!("{m}.WH")))
             .or_else(|| num("701.TotWhInj"));
-        let status = match (power, inv.and_then(|m| num(&format!("{m}.St")))) {
+        // 101–103/111–113 St and 701 InvSt share the FAULT value 7.
+        let state = inv
+            .and_then(|m| num(&format!("{m}.St")))
+            .or_else(|| num("701.InvSt"));
+        let status = match (power, state) {
             (None, _) => DeviceStatus::Unavailable("W is not implemented".into()),
             (_, Some(st)) if st == ST_FAULT => DeviceStatus::Fault("inverter reports FAULT".into()),
             _ => DeviceStatus::Ok,
@@ -687,11 +737,17 @@ impl Device for SunSpecDevice {
     async fn apply(&mut self, command: &Command) -> Result<(), DeviceError> {
         tracing::debug!(device = %self.id, command = %command.summary(), "sunspec apply");
         self.ensure_discovered().await?;
-        self.carry_out(command).await?;
+        // Claimed before the first write, so no proxy client writes in between.
+        self.claim_for(Some(command));
+        if let Err(e) = self.carry_out(command).await {
+            self.claim_for(self.active.clone().as_ref());
+            return Err(e);
+        }
         self.active = match command {
             Command::Release => None,
             other => Some(other.clone()),
         };
+        self.claim_for(self.active.clone().as_ref());
         self.schedule_refresh();
         Ok(())
     }

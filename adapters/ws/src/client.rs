@@ -43,7 +43,8 @@ pub fn spawn_client(
             EnergyManagementRole::Cem,
             config.max_frame_bytes,
             format!("{resource_id} cem-link"),
-        ),
+        )
+        .with_frame_rate(config.max_frames_per_s),
         config,
         url,
         endpoint,

@@ -11,16 +11,22 @@
 //! inbound text frame is judged there, refusals are answered on the socket at once with
 //! the right ReceptionStatus (and shown to the taps as `BusEvent::Rejected`), and only
 //! checked frames reach the bus. Frames over the configured limit get INVALID_DATA; frames
-//! over four times the limit are never buffered and close the connection with 1009.
+//! over four times the limit are never buffered and close the connection with 1009;
+//! frames beyond the session's rate get TEMPORARY_ERROR. The server's own limits (sockets
+//! held, handshake time, failed bearer checks) are in [`ServerConfig`].
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+mod admission;
+mod auth_limit;
 mod client;
 mod conn;
+mod log_window;
 mod server;
 mod tls;
 
 use std::net::{Ipv4Addr, SocketAddr};
+use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -30,6 +36,22 @@ pub use server::Server;
 
 /// The keep-alive interval S2 asks for: pings no more often than every 50 seconds.
 pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(50);
+
+/// The server's default `max_connections`: sockets held at once, in handshake or in
+/// session.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 128;
+
+/// The server's default `handshake_timeout`: TLS plus the HTTP upgrade.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The server's default `max_failed_auth_per_min`: failed bearer checks per address and
+/// minute before it gets 429.
+pub const DEFAULT_MAX_FAILED_AUTH_PER_MIN: u32 = 10;
+
+/// The default `max_frames_per_s` of a session: S2 sessions carry a few frames a second
+/// at most; a resource's start (details, descriptions, their ReceptionStatuses) fits
+/// well in the burst of one second's worth.
+pub const DEFAULT_MAX_FRAMES_PER_S: NonZeroU32 = NonZeroU32::new(100).unwrap();
 
 /// Silence after which a peer counts as dead, for a given ping interval: two missed
 /// pongs and ten seconds of slack.
@@ -81,6 +103,9 @@ pub struct ClientConfig {
     /// Reconnect back-off: floor and ceiling. The ceiling is also how long the link stays
     /// away after a TERMINATE.
     pub backoff: (Duration, Duration),
+    /// Frames per second the CEM may send in a session; beyond, each is answered
+    /// TEMPORARY_ERROR and not processed (`FrameRate`). `None`: no limit.
+    pub max_frames_per_s: Option<NonZeroU32>,
 }
 
 impl Default for ClientConfig {
@@ -94,6 +119,7 @@ impl Default for ClientConfig {
             dead_after: default_dead_after(DEFAULT_PING_INTERVAL),
             max_frame_bytes: s2gw_core::s2::DEFAULT_MAX_FRAME_BYTES,
             backoff: (Duration::from_secs(1), Duration::from_secs(60)),
+            max_frames_per_s: Some(DEFAULT_MAX_FRAMES_PER_S),
         }
     }
 }
@@ -124,6 +150,18 @@ pub struct ServerConfig {
     pub ping_interval: Duration,
     /// No frame and no pong for this long means the peer is dead.
     pub dead_after: Duration,
+    /// Sockets held at once, in handshake or in session; a socket beyond is closed at
+    /// once, unread. One address may hold at most a quarter of them in handshake.
+    pub max_connections: usize,
+    /// TLS plus the HTTP upgrade must be done this long after the accept, or the socket
+    /// is closed.
+    pub handshake_timeout: Duration,
+    /// Failed bearer checks an address may make within a minute; then it gets 429 for
+    /// the rest of that minute, its token not even compared.
+    pub max_failed_auth_per_min: u32,
+    /// Frames per second a peer may send in a session; beyond, each is answered
+    /// TEMPORARY_ERROR and not processed (`FrameRate`). `None`: no limit.
+    pub max_frames_per_s: Option<NonZeroU32>,
 }
 
 impl Default for ServerConfig {
@@ -135,6 +173,10 @@ impl Default for ServerConfig {
             max_frame_bytes: s2gw_core::s2::DEFAULT_MAX_FRAME_BYTES,
             ping_interval: DEFAULT_PING_INTERVAL,
             dead_after: default_dead_after(DEFAULT_PING_INTERVAL),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            max_failed_auth_per_min: DEFAULT_MAX_FAILED_AUTH_PER_MIN,
+            max_frames_per_s: Some(DEFAULT_MAX_FRAMES_PER_S),
         }
     }
 }

@@ -4,11 +4,16 @@
 //! (bearer check, path, slot in use); and one task per slot (resource and side) that owns
 //! the slot's bus endpoint and runs its connection, one at a time. A peer that stalls in
 //! its handshake or misbehaves in its session only ever holds its own task.
+//!
+//! The limits: at most `max_connections` sockets at once ([`Admission`]: more are closed
+//! at once, unread), TLS and the upgrade within `handshake_timeout` of the accept, 429
+//! for an address after `max_failed_auth_per_min` failed bearer checks
+//! ([`AuthFailures`]), and each session's frame rate (the link core's `FrameRate`).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use s2gw_core::s2::EnergyManagementRole;
@@ -22,11 +27,14 @@ use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, 
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode, header};
 use tracing::{debug, info, warn};
 
+use crate::admission::{Admission, Ticket, Turned};
+use crate::auth_limit::{AuthFailures, Gate};
 use crate::conn::{self, Ended, Timers};
+use crate::log_window::LogWindow;
 use crate::{ServerConfig, WsError};
 
-/// TLS plus the HTTP upgrade may take this long; a peer that dawdles is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The shortest time between two log lines about sockets closed for the limits.
+const REFUSED_LOG_WINDOW: Duration = Duration::from_secs(60);
 
 /// A byte stream a connection runs over: plain TCP or TLS over TCP.
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -34,8 +42,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 type Socket = WebSocketStream<Box<dyn Io>>;
 
-/// An upgraded connection on its way to its slot, with the claim that holds the slot.
-type Handoff = (Socket, Claim, SocketAddr);
+/// An upgraded connection on its way to its slot, with the claim that holds the slot and
+/// the ticket that holds its place among the server's connections.
+type Handoff = (Socket, Claim, Ticket, SocketAddr);
 
 /// Which side of its resource a slot's connection plays.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -183,6 +192,13 @@ impl Server {
             ping_interval: config.ping_interval,
             dead_after: config.dead_after,
         };
+        if config.max_connections < slots.len() {
+            warn!(
+                max_connections = config.max_connections,
+                slots = slots.len(),
+                "server.max_connections is below the number of slots: not every resource can be connected at once"
+            );
+        }
         let mut slot_tasks = JoinSet::new();
         let mut doors = HashMap::new();
         for (path, slot) in slots {
@@ -197,10 +213,11 @@ impl Server {
                     handoff,
                 },
             );
+            let state = slot_state(&slot, &config);
             slot_tasks.spawn(slot_task(
                 slot,
+                state,
                 connections,
-                config.max_frame_bytes,
                 timers,
                 shutdown.clone(),
             ));
@@ -210,19 +227,40 @@ impl Server {
             bearer: config.bearer.clone(),
             tls,
             max_frame_bytes: config.max_frame_bytes,
+            handshake_timeout: config.handshake_timeout,
+            auth: Mutex::new(AuthFailures::new(config.max_failed_auth_per_min)),
         });
-        info!(%local_addr, tls = shared.tls.is_some(), "S2 WebSocket server listening");
+        let admission = Admission::new(config.max_connections);
+        let mut refused = LogWindow::new(REFUSED_LOG_WINDOW);
+        info!(
+            %local_addr,
+            tls = shared.tls.is_some(),
+            max_connections = config.max_connections,
+            handshake_timeout = ?config.handshake_timeout,
+            max_failed_auth_per_min = config.max_failed_auth_per_min,
+            max_frames_per_s = config.max_frames_per_s.map(std::num::NonZeroU32::get),
+            "S2 WebSocket server listening"
+        );
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 accepted = listener.accept() => match accepted {
                     Ok((tcp, peer)) => {
+                        let ticket = match admission.admit(peer.ip()) {
+                            Ok(ticket) => ticket,
+                            Err(turned) => {
+                                // Closed unread: answering would cost what the limit saves.
+                                drop(tcp);
+                                say_refused(&mut refused, turned, peer, &admission, &config);
+                                continue;
+                            }
+                        };
                         // Nagle stalls loopback round trips by ~40 ms.
                         if let Err(error) = tcp.set_nodelay(true) {
                             debug!(%peer, %error, "could not set TCP_NODELAY");
                         }
                         let shared = shared.clone();
-                        tokio::spawn(async move { shared.upgrade(tcp, peer).await });
+                        tokio::spawn(async move { shared.upgrade(tcp, peer, ticket).await });
                     }
                     Err(error) => {
                         // Typically out of file descriptors: pause rather than spin.
@@ -241,31 +279,58 @@ impl Server {
     }
 }
 
+/// A socket closed for the limits: a line at most once a minute, with the count since.
+fn say_refused(
+    log: &mut LogWindow,
+    turned: Turned,
+    peer: SocketAddr,
+    admission: &Admission,
+    config: &ServerConfig,
+) {
+    let Some(unsaid) = log.note(std::time::Instant::now()) else {
+        return;
+    };
+    let why = match turned {
+        Turned::Full => format!(
+            "{} connections are open (server.max_connections)",
+            config.max_connections
+        ),
+        Turned::PeerBusy => format!(
+            "this address has {} connections in handshake already (a quarter of server.max_connections)",
+            admission.per_peer()
+        ),
+    };
+    warn!(%peer, more_since_last_line = unsaid, "closed a new connection at once: {why} (said at most once a minute)");
+}
+
 struct Shared {
     doors: HashMap<String, SlotDoor>,
     bearer: Option<Secret>,
     tls: Option<tokio_rustls::TlsAcceptor>,
     max_frame_bytes: usize,
+    /// TLS plus the HTTP upgrade must be done this long after the accept.
+    handshake_timeout: Duration,
+    auth: Mutex<AuthFailures>,
 }
 
 impl Shared {
     /// TLS, the HTTP upgrade with its checks, and the handoff to the slot.
-    async fn upgrade(&self, tcp: TcpStream, peer: SocketAddr) {
+    async fn upgrade(&self, tcp: TcpStream, peer: SocketAddr, mut ticket: Ticket) {
+        // One deadline for both steps: a peer cannot take the timeout twice over.
+        let deadline = tokio::time::Instant::now() + self.handshake_timeout;
         let stream: Box<dyn Io> = match &self.tls {
             None => Box::new(tcp),
-            Some(acceptor) => {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                    Ok(Ok(tls)) => Box::new(tls),
-                    Ok(Err(error)) => {
-                        debug!(%peer, %error, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => {
-                        debug!(%peer, "TLS handshake timed out");
-                        return;
-                    }
+            Some(acceptor) => match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => Box::new(tls),
+                Ok(Err(error)) => {
+                    debug!(%peer, %error, "TLS handshake failed");
+                    return;
                 }
-            }
+                Err(_) => {
+                    debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            },
         };
         let mut claimed: Option<(Claim, mpsc::Sender<Handoff>)> = None;
         #[allow(clippy::result_large_err)] // tungstenite's callback signature
@@ -277,7 +342,7 @@ impl Shared {
             callback,
             Some(conn::ws_config(self.max_frame_bytes)),
         );
-        let ws = match tokio::time::timeout(HANDSHAKE_TIMEOUT, upgrade).await {
+        let ws = match tokio::time::timeout_at(deadline, upgrade).await {
             Ok(Ok(ws)) => ws,
             Ok(Err(error)) => {
                 debug!(%peer, %error, "WebSocket upgrade failed or refused");
@@ -288,14 +353,16 @@ impl Shared {
                 return;
             }
         };
+        ticket.upgraded();
         if let Some((claim, handoff)) = claimed
-            && handoff.send((ws, claim, peer)).await.is_err()
+            && handoff.send((ws, claim, ticket, peer)).await.is_err()
         {
             debug!(%peer, "the slot is gone (shutting down)");
         }
     }
 
-    /// The upgrade callback: bearer (401), path (404), slot in use (409).
+    /// The upgrade callback: too many failed bearer checks (429), bearer (401), path (404),
+    /// slot in use (409).
     // The error type is tungstenite's, fixed by its callback trait.
     #[allow(clippy::result_large_err)]
     fn check(
@@ -312,6 +379,9 @@ impl Shared {
             .and_then(|door| door.token.as_ref())
             .or(self.bearer.as_ref());
         if let Some(expected) = expected {
+            if let Some(refusal) = self.shut_out(peer, path) {
+                return Err(refusal);
+            }
             let presented = request
                 .headers()
                 .get(header::AUTHORIZATION)
@@ -319,6 +389,10 @@ impl Shared {
                 .and_then(|value| value.strip_prefix("Bearer "))
                 .map(str::trim);
             if !presented.is_some_and(|token| same(token, expected.expose())) {
+                self.auth_failures()
+                    .failed(peer.ip(), std::time::Instant::now());
+                // At most server.max_failed_auth_per_min of these per address and minute:
+                // then the address gets 429 and one line (see `shut_out`).
                 warn!(%peer, %path, "refused: missing or wrong bearer token");
                 let mut refusal = refuse(StatusCode::UNAUTHORIZED, "bearer token required");
                 refusal
@@ -348,6 +422,39 @@ impl Shared {
     }
 }
 
+impl Shared {
+    /// 429 for an address with too many failed bearer checks in this minute, before its
+    /// token is looked at.
+    fn shut_out(&self, peer: SocketAddr, path: &str) -> Option<ErrorResponse> {
+        let gate = self
+            .auth_failures()
+            .gate(peer.ip(), std::time::Instant::now());
+        let Gate::Shut { retry_after, first } = gate else {
+            return None;
+        };
+        // Whole seconds, rounded up: Retry-After 0 would invite an immediate retry.
+        let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+        if first {
+            warn!(%peer, %path, retry_after_s = seconds, "too many failed bearer checks from this address: refusing it with 429 without checking tokens for the rest of the minute (said once per minute)");
+        } else {
+            debug!(%peer, %path, "refused with 429: too many failed bearer checks");
+        }
+        let mut refusal = refuse(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many failed bearer token checks: try again later",
+        );
+        refusal
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        Some(refusal)
+    }
+
+    fn auth_failures(&self) -> std::sync::MutexGuard<'_, AuthFailures> {
+        // Plain counters, consistent after every statement: nothing to recover from.
+        self.auth.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
 fn refuse(status: StatusCode, text: &str) -> ErrorResponse {
     let mut response = ErrorResponse::new(Some(text.to_string()));
     *response.status_mut() = status;
@@ -364,32 +471,39 @@ fn same(presented: &str, expected: &str) -> bool {
     diff == 0
 }
 
+/// The link core of one slot. Where the peer is a CEM, the RM side may speak before it
+/// dials in: the link core keeps its frames, sorted from those of a session whose
+/// connection is gone.
+fn slot_state(slot: &PendingSlot, config: &ServerConfig) -> LinkState {
+    let (label, peer_role) = match slot.role {
+        Role::Rm => (
+            format!("{} native-rm", slot.resource_id),
+            EnergyManagementRole::Rm,
+        ),
+        Role::Cem => (
+            format!("{} cem-slot", slot.resource_id),
+            EnergyManagementRole::Cem,
+        ),
+    };
+    LinkState::new(peer_role, config.max_frame_bytes, label)
+        .with_frame_rate(config.max_frames_per_s)
+}
+
 /// One slot: owns its endpoint; runs its connections one after the other.
 async fn slot_task(
     slot: PendingSlot,
+    mut state: LinkState,
     mut connections: mpsc::Receiver<Handoff>,
-    max_frame_bytes: usize,
     timers: Timers,
     shutdown: CancellationToken,
 ) {
-    let PendingSlot {
-        role,
-        resource_id,
-        mut endpoint,
-        token: _,
-    } = slot;
-    let (label, peer_role) = match role {
-        Role::Rm => (format!("{resource_id} native-rm"), EnergyManagementRole::Rm),
-        Role::Cem => (format!("{resource_id} cem-slot"), EnergyManagementRole::Cem),
-    };
-    // Where the peer is a CEM, the RM side may speak before it dials in: the link core
-    // keeps its frames, sorted from those of a session whose connection is gone.
-    let mut state = LinkState::new(peer_role, max_frame_bytes, label.clone());
+    let mut endpoint = slot.endpoint;
+    let label = state.label().to_string();
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
             connection = connections.recv() => {
-                let Some((ws, claim, peer)) = connection else { return };
+                let Some((ws, claim, ticket, peer)) = connection else { return };
                 info!(%label, %peer, "peer connected");
                 let link = conn::Link {
                     state: &mut state,
@@ -403,6 +517,7 @@ async fn slot_task(
                 // Free the slot only now, after Down: a reconnecting peer's Up must come
                 // after the previous connection's Down.
                 drop(claim);
+                drop(ticket);
                 if matches!(outcome.ended, Ended::Shutdown | Ended::BusGone) {
                     return;
                 }

@@ -210,6 +210,52 @@ async fn bad_frames_are_answered_and_the_session_goes_on() {
 }
 
 #[tokio::test]
+async fn a_cem_beyond_the_frame_rate_gets_temporary_error_naming_each_frame() {
+    let listener = listener().await;
+    let mut config = config(&listener);
+    config.max_frames_per_s = std::num::NonZeroU32::new(1);
+    let mut link = start(config);
+    to_adapter(&link.peer, BusEvent::Up).await;
+    let (mut ws, _) = accept(&listener).await;
+    expect_up(&mut link.peer).await;
+
+    // The burst of one second's worth is one frame: the Handshake; then three more.
+    let over: Vec<Frame> = (0..3).map(|_| cem_handshake_response()).collect();
+    send_text(&mut ws, cem_handshake_text()).await;
+    for frame in &over {
+        send_text(&mut ws, frame.text()).await;
+    }
+    assert_eq!(
+        expect_frame(&mut link.peer).await.kind(),
+        MessageKind::Handshake
+    );
+    let expected: Vec<_> = over
+        .iter()
+        .map(|f| {
+            (
+                ReceptionStatusValues::TemporaryError,
+                f.id().unwrap().as_str().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(read_statuses(&mut ws, over.len()).await, expected);
+    for frame in &over {
+        let rejection = expect_rejected(&mut link.peer).await;
+        assert_eq!(
+            (rejection.status, rejection.subject),
+            (ReceptionStatusValues::TemporaryError, frame.id().unwrap())
+        );
+        assert_eq!(rejection.kind, Some(MessageKind::HandshakeResponse));
+    }
+    // The session is still up: the RM side's next frame reaches the CEM on it.
+    let hello = rm_handshake();
+    to_adapter(&link.peer, BusEvent::Frame(hello.clone())).await;
+    assert_eq!(read_message(&mut ws).await.id(), hello.id());
+
+    link.stop().await;
+}
+
+#[tokio::test]
 async fn a_frame_over_the_hard_cap_closes_cleanly_with_1009() {
     let listener = listener().await;
     let mut config = config(&listener);

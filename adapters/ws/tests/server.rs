@@ -5,76 +5,14 @@ mod common;
 
 use std::time::Duration;
 
+use common::serving::*;
 use common::*;
 use s2_kit::io::{Driver, WebSocket};
 use s2_kit::session::{CemEvent, RmConfig, RmEvent, RmSession};
 use s2gw_core::s2::{Message, MessageKind, ReceptionStatusValues, Timestamp};
-use s2gw_core::{BusEvent, CancellationToken, Endpoint, EndpointPeer, Frame, Secret};
+use s2gw_core::{BusEvent, CancellationToken, Endpoint, Frame, Secret};
 use s2gw_ws::{Server, ServerConfig, WsError};
-use tokio_tungstenite::tungstenite::Error as WsProtoError;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-
-struct Running {
-    url: String,
-    rm: EndpointPeer,
-    cem: EndpointPeer,
-    shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
-}
-
-/// A server with a native RM slot and a CEM slot for resource `r1`.
-async fn serve(config: ServerConfig) -> Running {
-    trace();
-    let mut server = Server::bind(config).await.unwrap();
-    let (rm_endpoint, rm) = Endpoint::pair(64);
-    let (cem_endpoint, cem) = Endpoint::pair(64);
-    server.add_native_rm("r1".to_string(), rm_endpoint);
-    server.add_cem_slot("r1".to_string(), cem_endpoint);
-    let url = format!("ws://{}", server.local_addr());
-    let shutdown = CancellationToken::new();
-    let task = server.spawn(shutdown.clone());
-    Running {
-        url,
-        rm,
-        cem,
-        shutdown,
-        task,
-    }
-}
-
-impl Running {
-    async fn stop(self) {
-        self.shutdown.cancel();
-        guard("the server to stop", self.task).await.unwrap();
-    }
-}
-
-fn status_of(error: WsProtoError) -> u16 {
-    match error {
-        WsProtoError::Http(response) => response.status().as_u16(),
-        other => panic!("expected an HTTP refusal, got {other}"),
-    }
-}
-
-async fn dial(url: &str) -> Result<Raw, WsProtoError> {
-    dial_with(url, None).await
-}
-
-type Raw =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn dial_with(url: &str, auth: Option<&str>) -> Result<Raw, WsProtoError> {
-    let mut request = url.into_client_request().unwrap();
-    if let Some(auth) = auth {
-        request
-            .headers_mut()
-            .insert("Authorization", auth.parse().unwrap());
-    }
-    guard("a dial", tokio_tungstenite::connect_async(request))
-        .await
-        .map(|(ws, _)| ws)
-}
 
 /// A native RM (s2-kit RmSession over s2-kit's WebSocket) dials in; the bus side plays
 /// the CEM with a real CemSession, and the two negotiate through the server.

@@ -6,7 +6,8 @@
 //!   the open connection's session.
 //! - [`LinkSession`]: one connection's S2 session — the [`Edge`](crate::Edge) every
 //!   inbound text passes, the ReceptionStatus a refusal earns, the tolerated quirks
-//!   (said once per session) and the refusal log throttle ([`RefusalLog`]).
+//!   (said once per session), the refusal log throttle ([`RefusalLog`]) and the peer's
+//!   frame-rate limit ([`FrameRate`]).
 //!
 //! Both are sans-IO: they take [`Now`] and return what to send; each transport's async
 //! loop only moves bytes and events.
@@ -33,11 +34,13 @@ use std::time::Instant;
 use crate::s2::Timestamp;
 
 mod frames;
+mod rate;
 mod refusals;
 mod session;
 mod state;
 
 pub use frames::{Admission, SessionFrames};
+pub use rate::FrameRate;
 pub use refusals::{
     DEFAULT_INDIVIDUAL, DEFAULT_SUMMARY_INTERVAL, Logged, RefusalLog, Summary, rule_of,
 };

@@ -6,9 +6,10 @@ use std::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::Now;
+use super::rate::FrameRate;
 use super::refusals::{Logged, RefusalLog, rule_of};
 use crate::bus::BusEvent;
-use crate::s2::{EnergyManagementRole, Frame, Rejection};
+use crate::s2::{EnergyManagementRole, Frame, Id, ReceptionStatusValues, Rejection};
 
 /// What to do with one inbound text.
 #[derive(Debug)]
@@ -38,6 +39,8 @@ pub struct Refusal {
 pub struct LinkSession {
     edge: crate::Edge,
     refusals: Refusals,
+    /// The peer's frame-rate limit, if the transport sets one.
+    rate: Option<FrameRate>,
 }
 
 impl LinkSession {
@@ -47,11 +50,24 @@ impl LinkSession {
         Self {
             edge: crate::Edge::new(peer, max_bytes),
             refusals: Refusals::new(label),
+            rate: None,
         }
     }
 
-    /// Judge one inbound text frame.
+    /// Refuse frames beyond `rate` with TEMPORARY_ERROR (see [`FrameRate`]).
+    pub fn with_frame_rate(mut self, rate: Option<FrameRate>) -> Self {
+        self.rate = rate;
+        self
+    }
+
+    /// Judge one inbound text frame: first against the frame-rate limit, then by the edge.
     pub fn inbound(&mut self, text: &str, now: Now) -> Verdict {
+        if let Some(rate) = self.rate.as_mut()
+            && !rate.admit(now.mono)
+        {
+            let rejection = over_rate(text, rate);
+            return Verdict::Refuse(self.refuse(rejection, now));
+        }
         match self.edge.inbound(text, now.wall) {
             Ok(frame) => {
                 debug!(label = %self.refusals.label, kind = ?frame.kind(), "received");
@@ -85,6 +101,22 @@ impl LinkSession {
     /// Write the refusal summary if it is due.
     pub fn tick(&mut self, now: Instant) {
         self.refusals.tick(now);
+    }
+}
+
+/// The refusal of a frame beyond the rate limit: TEMPORARY_ERROR about the frame's own id
+/// where a peek at it finds one. Not passed to the edge, so the conversation it keeps is
+/// as if the frame had never come.
+fn over_rate(text: &str, rate: &FrameRate) -> Rejection {
+    let peek = s2_kit::codec::peek(text).ok();
+    Rejection {
+        kind: peek.as_ref().and_then(|p| p.kind),
+        status: ReceptionStatusValues::TemporaryError,
+        subject: peek.as_ref().map_or(Id::NIL, s2_kit::codec::Peek::subject),
+        diagnostic: format!(
+            "more than {} frames per second: not processed, send it again later",
+            rate.limit()
+        ),
     }
 }
 
@@ -208,6 +240,102 @@ mod tests {
         };
         assert!(refusal.reply.is_none());
         assert!(matches!(refusal.tap, BusEvent::Rejected(_)));
+    }
+
+    fn measurement(n: u32) -> String {
+        format!(
+            r#"{{"message_type":"PowerMeasurement","message_id":"3d0a7e1c-1111-4a2b-9c3d-{n:012}","measurement_timestamp":"2026-01-01T00:00:00Z","values":[{{"commodity_quantity":"ELECTRIC.POWER.L1","value":1.0}}]}}"#
+        )
+    }
+
+    #[test]
+    fn frames_beyond_the_rate_are_told_to_come_back_later_naming_their_id() {
+        let rate = FrameRate::per_second(std::num::NonZeroU32::new(2).unwrap());
+        let mut session = session().with_frame_rate(Some(rate));
+        let now = Now::read();
+        assert!(matches!(
+            session.inbound(CEM_HANDSHAKE, now),
+            Verdict::Deliver(_)
+        ));
+        assert!(!matches!(
+            session.inbound("not json", now),
+            Verdict::Deliver(_)
+        ));
+        let Verdict::Refuse(refusal) = session.inbound(&measurement(7), now) else {
+            panic!("the third frame in one instant is over a limit of 2 per second");
+        };
+        let reply = refusal.reply.expect("a ReceptionStatus to send back");
+        let crate::s2::Message::ReceptionStatus(status) = reply.message() else {
+            panic!("expected a ReceptionStatus, got {:?}", reply.kind());
+        };
+        assert_eq!(status.status, ReceptionStatusValues::TemporaryError);
+        assert_eq!(
+            status.subject_message_id.as_str(),
+            "3d0a7e1c-1111-4a2b-9c3d-000000000007"
+        );
+        assert!(
+            status
+                .diagnostic_label
+                .as_deref()
+                .is_some_and(|d| d.contains("more than 2 frames per second")),
+            "{:?}",
+            status.diagnostic_label
+        );
+        match refusal.tap {
+            BusEvent::Rejected(rejection) => {
+                assert_eq!(rejection.kind, Some(MessageKind::PowerMeasurement));
+            }
+            other => panic!("expected Rejected, got {other:?}"),
+        }
+        // Unreadable and over the rate: still TEMPORARY_ERROR, about the nil id.
+        let Verdict::Refuse(refusal) = session.inbound("garbage", now) else {
+            panic!("over the rate");
+        };
+        let BusEvent::Rejected(rejection) = refusal.tap else {
+            panic!("expected Rejected");
+        };
+        assert_eq!(rejection.status, ReceptionStatusValues::TemporaryError);
+        assert_eq!(rejection.subject, Id::NIL);
+        // A second later the session takes frames again.
+        let later = Now {
+            wall: now.wall,
+            mono: now.mono + std::time::Duration::from_secs(1),
+        };
+        assert!(!matches!(
+            session.inbound(&measurement(7), later),
+            Verdict::Refuse(Refusal {
+                tap: BusEvent::Rejected(Rejection {
+                    status: ReceptionStatusValues::TemporaryError,
+                    ..
+                }),
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn without_a_rate_no_frame_is_refused_for_coming_fast() {
+        let mut session = session();
+        let now = Now::read();
+        assert!(matches!(
+            session.inbound(CEM_HANDSHAKE, now),
+            Verdict::Deliver(_)
+        ));
+        for n in 0..500 {
+            assert!(
+                !matches!(
+                    session.inbound(&measurement(n), now),
+                    Verdict::Refuse(Refusal {
+                        tap: BusEvent::Rejected(Rejection {
+                            status: ReceptionStatusValues::TemporaryError,
+                            ..
+                        }),
+                        ..
+                    })
+                ),
+                "frame {n}"
+            );
+        }
     }
 
     #[test]

@@ -3,11 +3,13 @@
 //! frames, and the [`LinkSession`] of the open connection.
 
 use std::collections::VecDeque;
+use std::num::NonZeroU32;
 use std::time::Instant;
 
 use tracing::{debug, info, warn};
 
 use super::frames::{Admission, SessionFrames};
+use super::rate::FrameRate;
 use super::session::{LinkSession, Refusal, Refusals, Verdict};
 use super::{Now, QUEUE_LIMIT};
 use crate::bus::BusEvent;
@@ -76,6 +78,8 @@ pub struct LinkState {
     /// Refusals while no session is open (S2 over MQTT has no connection to refuse).
     outside: Refusals,
     outside_hint: String,
+    /// Each session's frame-rate limit, afresh per connection.
+    frame_rate: Option<NonZeroU32>,
 }
 
 impl LinkState {
@@ -97,8 +101,16 @@ impl LinkState {
             session: None,
             outside: Refusals::new(&label),
             outside_hint: "no S2 session is open for this resource".to_string(),
+            frame_rate: None,
             label,
         }
+    }
+
+    /// Every session of this link refuses frames beyond `limit` per second with
+    /// TEMPORARY_ERROR ([`FrameRate`]); `None`: no limit.
+    pub fn with_frame_rate(mut self, limit: Option<NonZeroU32>) -> Self {
+        self.frame_rate = limit;
+        self
     }
 
     /// The diagnostic a well-formed frame gets when no session is open (TEMPORARY_ERROR).
@@ -126,7 +138,9 @@ impl LinkState {
     pub fn open(&mut self) -> Opened {
         debug_assert!(self.session.is_none(), "a second open without a close");
         self.outside.finish();
-        self.session = Some(LinkSession::new(self.peer, self.max_bytes, &self.label));
+        let session = LinkSession::new(self.peer, self.max_bytes, &self.label)
+            .with_frame_rate(self.frame_rate.map(FrameRate::per_second));
+        self.session = Some(session);
         if self.dropped_oldest > 1 {
             info!(label = %self.label, dropped = self.dropped_oldest, limit = QUEUE_LIMIT, "while no connection was open, the oldest waiting frames were dropped");
         }
@@ -455,6 +469,28 @@ mod tests {
             link.summary_due().is_none(),
             "the summary went with the session"
         );
+    }
+
+    #[test]
+    fn every_connection_gets_the_frame_rate_afresh() {
+        let mut link = facing_rm().with_frame_rate(NonZeroU32::new(1));
+        let hello = r#"{"message_type":"Handshake","message_id":"3d0a7e1c-1111-4a2b-9c3d-000000000010","role":"RM","supported_protocol_versions":["1.0.0"]}"#;
+        let now = Now::read();
+        for _ in 0..2 {
+            link.open();
+            assert!(matches!(link.inbound(hello, now), Verdict::Deliver(_)));
+            let Verdict::Refuse(refusal) = link.inbound(hello, now) else {
+                panic!("a second frame in the same instant is over 1 per second");
+            };
+            assert!(matches!(
+                refusal.tap,
+                BusEvent::Rejected(Rejection {
+                    status: ReceptionStatusValues::TemporaryError,
+                    ..
+                })
+            ));
+            link.close("next connection");
+        }
     }
 
     #[test]

@@ -80,20 +80,11 @@ pub struct ModbusInput {
     pub calls: Vec<Call>,
 }
 
-/// A device per shipped Modbus profile, through the config loader.
+/// A device per built-in Modbus profile, through the config loader.
 pub struct Modbus {
     profiles: Vec<(String, ModbusConfig)>,
     runtime: Runtime,
 }
-
-const PROFILES: [&str; 6] = [
-    "modbus-sunspec-inverter",
-    "modbus-sunspec-storage",
-    "modbus-abb-terra-ac",
-    "modbus-alfen-eve",
-    "modbus-sg-ready",
-    "modbus-sdm630",
-];
 
 /// The device's own timeout per request: short, so stalls cost little (a late good answer only
 /// becomes a device error, which is an answer too).
@@ -103,10 +94,14 @@ const DEVICE_TIMEOUT: Duration = Duration::from_millis(5);
 const CALL_BOUND: Duration = Duration::from_secs(3);
 
 impl Modbus {
-    /// The target, with each shipped profile loaded as a daemon would load it.
+    /// The target, with each built-in Modbus profile loaded as a daemon would load it.
     pub fn new() -> anyhow::Result<Self> {
         let mut text = String::from("[cem.home]\nurl = \"ws://127.0.0.1:9/s2\"\n");
-        for (i, profile) in PROFILES.iter().enumerate() {
+        let modbus = s2gw::config::BUILTIN_PROFILES
+            .iter()
+            .map(|(name, _)| *name)
+            .filter(|name| name.starts_with("modbus-"));
+        for (i, profile) in modbus.enumerate() {
             text += &format!(
                 "[[device]]\nid = \"d{i}\"\nprofile = \"{profile}\"\ncem = \"home\"\n\
                  [device.modbus]\ntcp = \"127.0.0.1:9\"\n"

@@ -85,7 +85,8 @@ impl Broker {
             &conf,
             format!(
                 "user root\nallow_anonymous true\nmax_queued_messages 100000\n\
-                 log_dest file {d}/mosquitto.log\nlog_type all\nlistener {port} 127.0.0.1\n"
+                 log_dest file {d}/mosquitto.log\nlog_type subscribe\nlog_type error\n\
+                 log_type warning\nlistener {port} 127.0.0.1\n"
             ),
         )?;
         let binary = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
@@ -108,19 +109,17 @@ impl Broker {
         std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default()
     }
 
-    /// Topic filters the daemon (client id `s2gw-fz`) subscribed to.
+    /// Topic filters the daemon (client id `s2gw-fz`) subscribed to: `log_type subscribe`
+    /// writes `<time>: <client id> <qos> <filter>` per subscription.
     fn subscriptions(&self) -> Vec<String> {
-        let log = self.log();
         let mut topics = Vec::new();
-        let mut in_daemon = false;
-        for line in log.lines() {
-            if line.contains("Received SUBSCRIBE from ") {
-                in_daemon = line.contains("s2gw-fz");
-            } else if in_daemon {
-                if let Some(filter) = line.split_whitespace().nth(1) {
-                    if line.contains("(QoS") && !topics.contains(&filter.to_string()) {
-                        topics.push(filter.to_string());
-                    }
+        for line in self.log().lines() {
+            let mut fields = line.split_whitespace().skip(1);
+            if let (Some("s2gw-fz"), Some(_qos), Some(filter)) =
+                (fields.next(), fields.next(), fields.next())
+            {
+                if !topics.iter().any(|t| t == filter) {
+                    topics.push(filter.to_string());
                 }
             }
         }
@@ -302,6 +301,8 @@ async fn connect(port: u16) -> anyhow::Result<(AsyncClient, mpsc::Receiver<()>, 
             seen.push(text);
         }
     }
+    // The corpus is in; the fuzzer's own payloads need not come back.
+    client.unsubscribe("#").await?;
     Ok((client, answers, seen))
 }
 

@@ -16,7 +16,7 @@ use s2gw_core::{BusEvent, CancellationToken, Endpoint, LinkSession, Now, Verdict
 use s2gw_sim::{SimConfig, SimModel, SystemClock};
 use tokio::runtime::Runtime;
 
-use crate::mutate::{draw, harvest_ids};
+use crate::mutate::{draw, harvest_typed_ids};
 use crate::runner::Target;
 
 /// The two versions every session may run in.
@@ -25,12 +25,38 @@ const VERSIONS: [&str; 2] = ["0.0.2-beta", "1.0.0"];
 /// Frames a sequence carries after its valid opening, at most.
 const MAX_SEQUENCE: usize = 8;
 
-/// One of every message s2-kit can write, every optional field set, as text.
+/// One of every message s2-kit can write, every optional field set, as text, and a
+/// ReceptionStatus of each status.
 fn corpus() -> Vec<String> {
-    s2_kit::testing::every_message()
+    let mut corpus: Vec<String> = s2_kit::testing::every_message()
         .iter()
         .map(encode)
-        .collect()
+        .collect();
+    corpus.extend(statuses());
+    corpus
+}
+
+fn statuses() -> Vec<String> {
+    use s2gw_core::s2::ReceptionStatusValues as S;
+    [
+        S::Ok,
+        S::InvalidData,
+        S::InvalidMessage,
+        S::InvalidContent,
+        S::TemporaryError,
+        S::PermanentError,
+    ]
+    .into_iter()
+    .map(|status| {
+        encode(&s2gw_core::s2::Message::ReceptionStatus(
+            s2gw_core::s2::ReceptionStatus {
+                subject_message_id: s2gw_core::s2::mint_id(),
+                status,
+                diagnostic_label: Some("fuzz".into()),
+            },
+        ))
+    })
+    .collect()
 }
 
 /// What a CEM may send in a session, from [`corpus`], with the control type a message
@@ -56,6 +82,7 @@ fn cem_corpus() -> Vec<(Option<ControlType>, String)> {
             };
             Some((of, encode(m)))
         })
+        .chain(statuses().into_iter().map(|text| (None, text)))
         .collect()
 }
 
@@ -86,7 +113,7 @@ pub struct RmRun {
     pub frames_seed: u64,
 }
 
-fn draw_frames(rng: &mut StdRng, corpus: &[String], ids: &[String]) -> Vec<Vec<u8>> {
+fn draw_frames(rng: &mut StdRng, corpus: &[String], ids: &[(String, String)]) -> Vec<Vec<u8>> {
     let n = rng.random_range(1..=MAX_SEQUENCE);
     (0..n).map(|_| draw(rng, corpus, ids).1).collect()
 }
@@ -217,10 +244,12 @@ pub struct S2Rm {
 }
 
 /// How far the frames went.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 struct Counts {
     delivered: u64,
     refused: u64,
+    /// Frames that reached the engine, by type: which types the audit covered.
+    by_kind: std::collections::BTreeMap<String, u64>,
 }
 
 impl S2Rm {
@@ -260,9 +289,17 @@ impl Target for S2Rm {
     }
 
     fn notes(&self) -> String {
+        let kinds: Vec<String> = self
+            .counts
+            .by_kind
+            .iter()
+            .map(|(kind, n)| format!("{kind} {n}"))
+            .collect();
         format!(
-            "{} frames reached the engine, {} were refused at the edge",
-            self.counts.delivered, self.counts.refused
+            "{} frames reached the engine, {} were refused at the edge; reached: {}",
+            self.counts.delivered,
+            self.counts.refused,
+            kinds.join(", ")
         )
     }
 }
@@ -300,7 +337,7 @@ async fn drive_rm(
     let mut ids = Vec::new();
     for event in &rig.from_rm {
         if let BusEvent::Frame(frame) = event {
-            harvest_ids(frame.text(), &mut ids);
+            harvest_typed_ids(frame.text(), &mut ids);
         }
     }
     let opening = rig.from_rm.len();
@@ -313,6 +350,10 @@ async fn drive_rm(
         counts.refused += u64::from(matches!(verdict, Verdict::Refuse(_)));
         if let Verdict::Deliver(frame) = verdict {
             counts.delivered += 1;
+            *counts
+                .by_kind
+                .entry(format!("{:?}", frame.kind()))
+                .or_default() += 1;
             delivered.push(frame.clone());
             rig.send(BusEvent::Frame(frame)).await?;
         }
@@ -419,11 +460,17 @@ impl Rig {
         }
     }
 
-    /// No frame ends a session but a valid SessionRequest; the engine is still running.
+    /// No frame ends a session but a valid SessionRequest, or a ReceptionStatus
+    /// PERMANENT_ERROR (S2's "the session cannot go on" from the peer); the engine is
+    /// still running.
     fn check_session_kept(&self, opening: usize, delivered: &[Frame]) -> Result<(), String> {
-        let requested = delivered
-            .iter()
-            .any(|f| f.kind() == MessageKind::SessionRequest);
+        let requested = delivered.iter().any(|f| match f.message() {
+            s2gw_core::s2::Message::SessionRequest(_) => true,
+            s2gw_core::s2::Message::ReceptionStatus(r) => {
+                r.status == s2gw_core::s2::ReceptionStatusValues::PermanentError
+            }
+            _ => false,
+        });
         let ended = self.from_rm[opening..]
             .iter()
             .find(|e| matches!(e, BusEvent::Close { .. } | BusEvent::Down { .. }));

@@ -1,13 +1,22 @@
 """Modbus TCP device simulators for the s2gw-modbus tests (pymodbus 3.16).
 
 Usage: modbus_peer.py PORT KIND [options]
-  KIND: sunspec | abb | sdm630
+  KIND: sunspec | fronius | goe | abb | sdm630
+  goe: the go-eCharger, which refuses FC6 (illegal function), as its table says
   sunspec: --base N --models 1,103,123 [--preset-limit PCT] [--fc6-only]
            [--fail-writes] [--ignore-writes] [--preset-storctl MODE]
+           [--revert-timer]
   any kind: [--framer rtu] (RTU frames over the TCP socket instead of MBAP)
+            [--single-client] (like many inverters: a second client is disconnected at
+            once, printed as {"refused_client": N})
 
 --preset-storctl MODE: model 124 as an installer left it: StorCtl_Mod = MODE,
 InWRte = 20 %, OutWRte = 30 %, InOutWRte_RvrtTms = 0 (storage control not ours).
+
+--revert-timer: the inverter's own revert timer (model 123 WMaxLimPct_RvrtTms, model 704
+WMaxLimPctRvrtTms): once a limit is enabled with a non-zero revert time and no write to
+the model's limit registers came for that long, the peer clears the enable itself and
+prints {"reverted": MODEL, "after_s": SECONDS}.
 
 Every write request is printed to stdout as one JSON line
 {"fc": 16, "address": 40247, "values": [600]} so the test can see exactly which
@@ -74,6 +83,17 @@ def sunspec_models(preset, storctl=None):
                              25: [s16(-1)],
                              **({} if storctl is None else
                                 {5: [storctl], 12: [300], 13: [200], 15: [0]})}),
+        # Float inverters (SunSpec 111/112/113, L = 60): W 22, Hz 24, WH 32, DCW 38,
+        # St 48, all float32 but St.
+        **{mid: model(mid, 60, {22: f32(1234.5), 24: f32(50.0), 32: f32(123456.0),
+                                38: f32(1300.0), 48: [4]})
+           for mid in (111, 112, 113)},
+        # DER AC measurement (701, L = 153): InvSt 4 (4 = MPPT), W 10, TotWhInj 19 (u64
+        # 123456),
+        # WL1/WL2/WL3 41/64/87, W_SF 116, TotWh_SF 120.
+        701: model(701, 153, {2: [3], 3: [2], 4: [4], 10: [12345], 19: [0, 0, 1, 57920],
+                              41: [4115], 64: [4115], 87: [4115], 116: [s16(-1)],
+                              120: [0]}),
         704: model(704, 65, {14: [ena704], 15: [pct704], 16: [10000], 17: [0],
                              18: u32(0), 54: [s16(-2)], 55: [0]}),
     }
@@ -86,6 +106,40 @@ def sunspec(base, ids, preset, storctl=None):
         regs += models[mid]
     regs += [0xFFFF, 0]
     return {"hr": [(base, regs)]}
+
+
+def fronius():
+    # Fronius Datamanager SunSpec map in float mode (42,0410,2049, see
+    # config/profiles/modbus-fronius.toml): common L = 65 (DA last), 113 at 40070,
+    # 120 at 40132, 121 at 40160, 122 at 40192, 123 at 40238, 160 at 40264 (registers,
+    # 1-based; protocol addresses one less).
+    common = model(1, 65, {2: text("Fronius", 16), 18: text("Symo 5.0-3-M", 16),
+                           42: text("3.14.1-10", 8), 50: text("FR0001", 16), 66: [1]})
+    inverter = model(113, 60, {22: f32(1234.5), 24: f32(50.0), 32: f32(123456.0),
+                               38: f32(1300.0), 48: [4]})
+    nameplate = model(120, 26, {2: [4], 3: [5000], 4: [0]})
+    settings = model(121, 30, {2: [5000], 22: [0]})
+    extended = model(122, 44, {})
+    controls = model(123, 24, {5: [10000], 7: [0], 9: [0], 23: [s16(-2)]})
+    mppt = model(160, 48, {})
+    regs = [0x5375, 0x6E53] + common + inverter + nameplate + settings + extended \
+        + controls + mppt + [0xFFFF, 0]
+    return {"hr": [(40000, regs)]}
+
+
+def goe():
+    # go-eCharger API v2 Modbus table (modbus-en.md, wire addresses): charging at
+    # 3.6 kW, 3 x 5.2 A, 1234.5 kWh charged in total; AMPERE_VOLATILE 16 A,
+    # FORCE_STATE 0 (neutral).
+    ir = [0] * 160
+    ir[100] = 2
+    for a, v in {114: 52, 116: 52, 118: 52, 120: 360, 128: 12345,
+                 146: 12, 148: 12, 150: 12}.items():
+        ir[a:a + 2] = u32(v)
+    hr = [0] * 140
+    hr[299 - 200] = 16
+    hr[337 - 200] = 0
+    return {"ir": [(0, ir)], "hr": [(200, hr)]}
 
 
 def abb():
@@ -103,7 +157,8 @@ def sdm630():
     regs = [0] * 0x0160
     for a, v in {0x0000: f32(230.1), 0x0002: f32(229.8), 0x0004: f32(231.0),
                  0x000C: f32(1000.5), 0x000E: f32(-200.25), 0x0010: f32(300.0),
-                 0x0034: f32(1100.25), 0x0156: f32(12345.5)}.items():
+                 0x0034: f32(1100.25), 0x0046: f32(50.01),
+                 0x0156: f32(12345.5)}.items():
         regs[a:a + 2] = v
     return {"ir": [(0, regs)]}
 
@@ -119,12 +174,69 @@ def blocks(spec):
     return (bits, list(bits), hr, ir)
 
 
-def make_action(args):
+# Per limit model: (enable, revert time, revert time is u32) offsets, and the first and
+# last offset whose write restarts the timer.
+REVERT_POINTS = {123: (9, 7, False, 5, 9), 704: (14, 18, True, 14, 19)}
+
+
+def model_starts(base, ids):
+    lengths = {mid: len(regs) for mid, regs in sunspec_models(None).items()}
+    starts, address = {}, base + 2
+    for mid in ids:
+        starts[mid] = address
+        address += lengths[mid]
+    return starts
+
+
+class RevertTimer:
+    """The inverter's revert timer over the simulator's live holding registers."""
+
+    def __init__(self, starts):
+        self.models = {m: a for m, a in starts.items() if m in REVERT_POINTS}
+        self.regs = None  # (start address, the live register list), from the first access
+        self.written = {m: None for m in self.models}
+
+    def seen(self, start, registers, address, count, values):
+        self.regs = (start, registers)
+        if values is None:
+            return
+        for mid, at in self.models.items():
+            first, last = at + REVERT_POINTS[mid][3], at + REVERT_POINTS[mid][4]
+            if address <= last and address + count > first:
+                self.written[mid] = asyncio.get_running_loop().time()
+
+    def expire(self):
+        if self.regs is None:
+            return
+        start, regs = self.regs
+        now = asyncio.get_running_loop().time()
+        for mid, at in self.models.items():
+            ena, rvrt, wide, _, _ = REVERT_POINTS[mid]
+            e, r = at + ena - start, at + rvrt - start
+            secs = (regs[r] << 16 | regs[r + 1]) if wide else regs[r]
+            since = self.written[mid]
+            if regs[e] == 1 and secs > 0 and since is not None and now - since >= secs:
+                regs[e] = 0
+                self.written[mid] = None
+                print(json.dumps({"reverted": mid, "after_s": round(now - since, 3)}),
+                      flush=True)
+
+    async def run(self):
+        while True:
+            await asyncio.sleep(0.05)
+            self.expire()
+
+
+def make_action(args, timer=None):
     async def action(fc, start, address, count, registers, values):
+        if timer is not None and fc in (3, 6, 16, 22, 23):
+            timer.seen(start, registers, address, count, values)
         if values is None:
             return None
         print(json.dumps({"fc": fc, "address": address,
                           "values": [int(v) for v in values]}), flush=True)
+        if args.kind == "goe" and fc == 6:
+            return ExcCodes.ILLEGAL_FUNCTION
         if args.fail_writes:
             return ExcCodes.DEVICE_FAILURE
         if args.fc6_only and fc == 16 and count == 1:
@@ -136,10 +248,29 @@ def make_action(args):
     return action
 
 
+class SingleClientServer(ModbusTcpServer):
+    """Accepts one client at a time, as many inverters and chargers do."""
+
+    refused = 0
+
+    def callback_new_connection(self):
+        handler = super().callback_new_connection()
+        if self.active_connections:
+            def refuse(transport):
+                self.active_connections.pop(handler.unique_id, None)
+                handler.listener = None
+                transport.close()
+                SingleClientServer.refused += 1
+                print(json.dumps({"refused_client": SingleClientServer.refused}),
+                      flush=True)
+            handler.connection_made = refuse
+        return handler
+
+
 async def main():
     p = argparse.ArgumentParser()
     p.add_argument("port", type=int)
-    p.add_argument("kind", choices=["sunspec", "abb", "sdm630"])
+    p.add_argument("kind", choices=["sunspec", "fronius", "goe", "abb", "sdm630"])
     p.add_argument("--base", type=int, default=40000)
     p.add_argument("--models", default="1,103,123")
     p.add_argument("--preset-limit", type=int)
@@ -148,20 +279,32 @@ async def main():
     p.add_argument("--ignore-writes", action="store_true")
     p.add_argument("--preset-storctl", type=int)
     p.add_argument("--framer", choices=["socket", "rtu"], default="socket")
+    p.add_argument("--single-client", action="store_true")
+    p.add_argument("--revert-timer", action="store_true")
     args = p.parse_args()
+    timer = None
     if args.kind == "sunspec":
         ids = [int(m) for m in args.models.split(",")]
         spec = sunspec(args.base, ids, args.preset_limit, args.preset_storctl)
+        if args.revert_timer:
+            timer = RevertTimer(model_starts(args.base, ids))
+    elif args.kind == "fronius":
+        spec = fronius()
+    elif args.kind == "goe":
+        spec = goe()
     else:
         spec = abb() if args.kind == "abb" else sdm630()
-    device = SimDevice(0, simdata=blocks(spec), action=make_action(args))
+    device = SimDevice(0, simdata=blocks(spec), action=make_action(args, timer))
     framer = FramerType.RTU if args.framer == "rtu" else FramerType.SOCKET
-    server = ModbusTcpServer(device, framer=framer, address=("127.0.0.1", args.port))
+    kind = SingleClientServer if args.single_client else ModbusTcpServer
+    server = kind(device, framer=framer, address=("127.0.0.1", args.port))
     await server.serve_forever(background=True)
     # The port it listens on (port 0 lets the OS choose): the test waits for this line,
     # so it never races another test for a port or talks to another test's peer.
     port = server.transport.sockets[0].getsockname()[1]
     print(json.dumps({"listening": port}), flush=True)
+    if timer is not None:
+        asyncio.get_running_loop().create_task(timer.run())
     await server.serving
 
 

@@ -7,6 +7,8 @@
     clippy::result_large_err
 )]
 
+pub mod serving;
+
 use std::future::Future;
 use std::time::Duration;
 
@@ -165,6 +167,27 @@ where
         Message::ReceptionStatus(status) => status.status,
         other => panic!("expected a ReceptionStatus, got {:?}", other.kind()),
     }
+}
+
+/// The next `n` ReceptionStatuses: (status, subject id).
+pub async fn read_statuses<S>(
+    ws: &mut WebSocketStream<S>,
+    n: usize,
+) -> Vec<(ReceptionStatusValues, String)>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut out = Vec::new();
+    while out.len() < n {
+        match read_message(ws).await {
+            Message::ReceptionStatus(status) => out.push((
+                status.status,
+                status.subject_message_id.as_str().to_string(),
+            )),
+            other => panic!("expected a ReceptionStatus, got {:?}", other.kind()),
+        }
+    }
+    out
 }
 
 /// The close frame the gateway sent, whatever came before it (answers, for instance).
