@@ -388,6 +388,21 @@ bad_configs! {
     /// mqtt: port out of range
     mqtt_port_out_of_range: "[mqtt]\nhost = \"broker\"\nport = 70000\n"
         => "mqtt.port", "70000";
+    /// web: plaintext password in the file
+    web_plaintext_password_in_the_file: "[web]\npassword = \"hunter2\"\n"
+        => "web.password", "plaintext secrets are not accepted in the config file: put the password in a file and set password_file, or set the environment variable S2GW_WEB__PASSWORD";
+    /// web: reachable from the network without a password
+    web_off_loopback_needs_a_password: "[web]\nlisten = \"0.0.0.0:8088\"\n"
+        => "web.listen", "0.0.0.0:8088 is reachable from other machines, so the web UI needs a password: set password_file";
+    /// web: a host name where an address belongs
+    web_listen_is_an_address: "[web]\nlisten = \"gateway.local:8088\"\n"
+        => "web.listen", "`gateway.local:8088` is not an IP address and port";
+    /// web: a password file that is not there
+    web_password_file_missing: "[web]\npassword_file = \"no-such-file\"\n"
+        => "web.password_file", "cannot read password file";
+    /// web: unknown key
+    web_unknown_key: "[web]\nport = 8088\n"
+        => "web.port", "unknown";
     /// mqtt: plaintext password in the file
     mqtt_plaintext_password_in_the_file: "[mqtt]\nhost = \"broker\"\nusername = \"gw\"\npassword = \"hunter2\"\n"
         => "mqtt.password", "plaintext secrets are not accepted in the config file: put the password in a file and set password_file, or set the environment variable S2GW_MQTT__PASSWORD";

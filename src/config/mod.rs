@@ -56,6 +56,7 @@ mod profile;
 mod secret;
 mod server;
 mod sim;
+mod web;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -81,6 +82,7 @@ pub use profile::{
     parse_control_type,
 };
 pub use server::{ServerSection, TlsFiles};
+pub use web::{DEFAULT_WEB_LISTEN, WebSection};
 
 /// The demo configuration `s2gw demo` runs, compiled in.
 pub const DEMO_TOML: &str = include_str!("../../config/demo.toml");
@@ -154,6 +156,8 @@ pub struct Config {
     /// `[mqtt]`, when the gateway connects to an MQTT broker (state mirror, Home
     /// Assistant discovery, bridge requests, S2 over MQTT, MQTT devices).
     pub mqtt: Option<MqttSection>,
+    /// `[web]`, when the daemon serves its status pages, `/metrics` and `/healthz`.
+    pub web: Option<WebSection>,
     /// The config file this came from (or the origin given to [`load_str`]).
     pub source: PathBuf,
 }

@@ -2,7 +2,8 @@
 //! `CemSession` over loopback WebSockets ([`cem`]) or MQTT ([`mqtt`], with the broker and
 //! a plain MQTT client), the API both share ([`session`]), the daemon as a child process
 //! ([`daemon`]), the official S2 JSON schemas ([`schemas`]) and the other oracles
-//! ([`oracle`]), Python peers ([`python_peer`]), the pymodbus device simulator that can
+//! ([`oracle`]), a plain HTTP/1.1 client for the web UI ([`http`]), Python peers
+//! ([`python_peer`]), the pymodbus device simulator that can
 //! reboot ([`modbus_peer`]), the fault rigs of the soak and its short forms ([`faults`]),
 //! the s2-python RM scenario run against either CEM ([`s2python`]), messages built from
 //! descriptions ([`messages`]), simulated devices' config snippets ([`configs`]), paths
@@ -23,6 +24,7 @@ mod cem;
 mod configs;
 mod daemon;
 pub mod faults;
+mod http;
 mod messages;
 mod modbus_peer;
 mod mqtt;
@@ -40,6 +42,7 @@ pub use self::{
     cem::{CemConn, Ended, TestCem},
     configs::{battery, meter, pv},
     daemon::{Daemon, free_port, strip_ansi},
+    http::{HttpReply, http},
     messages::{
         ddbc_instruction, frbc_instruction, ids_in, is_uuid, ombc_instruction, pebc_instruction,
         ppbc_pause, ppbc_resume, ppbc_schedule, status_of, total_power,
