@@ -75,14 +75,3 @@ fn fuzzed_configs_and_profiles_get_named_problems_or_start_and_stop_cleanly() {
     campaign("config");
 }
 
-/// What the 1,000,000-input campaign found, replayed: SunSpec batteries whose ChaState
-/// read as 262,170 % up to 5e14 % under a wild scale factor (now no reading at all, see
-/// `s2gw_core::device::plausible_soc`).
-#[test]
-fn the_campaigns_modbus_findings_stay_fixed() {
-    for first in [
-        "194765", "196808", "220215", "333454", "425860", "453281", "836635", "944280",
-    ] {
-        run("modbus", first, "1");
-    }
-}
