@@ -324,6 +324,7 @@ fn web_data(
         counters,
         traffic,
         mqtt: mqtt.map(|m| m.handle.status()),
+        mqtt_client: mqtt.map(|m| m.handle.clone()),
         source: config.source.clone(),
         summary: config.summary(),
         started: std::time::Instant::now(),

@@ -45,6 +45,12 @@ struct StatusLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointLabel {
+    /// The Modbus endpoint (`host:port`, a serial device), as configured.
+    endpoint: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VersionLabel {
     version: String,
 }
@@ -65,12 +71,57 @@ fn device(id: &str) -> DeviceLabel {
     }
 }
 
+/// Per Modbus endpoint (one shared bus each): requests, connections, timeouts,
+/// exceptions and the queue.
+fn modbus_metrics(registry: &mut Registry) {
+    let requests = Counters::<EndpointLabel>::default();
+    let connects = Counters::<EndpointLabel>::default();
+    let timeouts = Counters::<EndpointLabel>::default();
+    let exceptions = Counters::<EndpointLabel>::default();
+    let queued = Gauges::<EndpointLabel>::default();
+    for bus in s2gw_modbus::bus::shared_buses() {
+        let label = EndpointLabel {
+            endpoint: bus.target().to_string(),
+        };
+        let stats = bus.stats();
+        requests.get_or_create(&label).inc_by(stats.requests());
+        connects.get_or_create(&label).inc_by(stats.connects());
+        timeouts.get_or_create(&label).inc_by(stats.timeouts());
+        exceptions.get_or_create(&label).inc_by(stats.exceptions());
+        queued
+            .get_or_create(&label)
+            .set(i64::try_from(stats.queued()).unwrap_or(i64::MAX));
+    }
+    registry.register(
+        "modbus_requests",
+        "Modbus requests sent, retries included",
+        requests,
+    );
+    registry.register("modbus_connections", "Modbus connections opened", connects);
+    registry.register(
+        "modbus_timeouts",
+        "Modbus requests not answered in time",
+        timeouts,
+    );
+    registry.register(
+        "modbus_exceptions",
+        "Modbus requests answered with an exception",
+        exceptions,
+    );
+    registry.register(
+        "modbus_queue_depth",
+        "Modbus requests waiting for their bus, the one being served included",
+        queued,
+    );
+}
+
 /// The whole exposition.
 pub fn render(data: &WebData, polls: &PollDurations) -> String {
     let mut registry = Registry::with_prefix("s2gw");
     s2_metrics(&mut registry, data);
     device_metrics(&mut registry, data, polls);
     gateway_metrics(&mut registry, data);
+    modbus_metrics(&mut registry);
     let mut text = String::new();
     if prometheus_client::encoding::text::encode(&mut text, &registry).is_err() {
         return "# the metrics could not be encoded\n".to_string();
@@ -262,6 +313,22 @@ fn gateway_metrics(registry: &mut Registry, data: &WebData) {
             "mqtt_connections",
             "Times the MQTT connection came up",
             connects,
+        );
+    }
+    if let Some(client) = &data.mqtt_client {
+        let queued = Gauge::<i64>::default();
+        queued.set(i64::try_from(client.queued_messages()).unwrap_or(i64::MAX));
+        registry.register(
+            "mqtt_queued_messages",
+            "Inbound MQTT messages waiting for the part of the gateway that reads them",
+            queued,
+        );
+        let dropped = Counter::<u64>::default();
+        dropped.inc_by(client.dropped_messages());
+        registry.register(
+            "mqtt_dropped_messages",
+            "Inbound MQTT messages dropped because the part that reads them was behind",
+            dropped,
         );
     }
     let process = super::process::sample();

@@ -65,6 +65,8 @@ pub struct WebData {
     pub traffic: Arc<Traffic>,
     /// The MQTT connection, with `[mqtt]`.
     pub mqtt: Option<watch::Receiver<LinkStatus>>,
+    /// The MQTT client, with `[mqtt]`: its queues, for the metrics.
+    pub mqtt_client: Option<s2gw_mqtt::MqttHandle>,
     /// The config file the daemon runs.
     pub source: PathBuf,
     /// The running config as `s2gw check` summarises it (no secrets: they never print).

@@ -202,6 +202,10 @@ impl BusSettings {
 pub struct BusStats {
     requests: AtomicU64,
     connects: AtomicU64,
+    timeouts: AtomicU64,
+    exceptions: AtomicU64,
+    /// Requests waiting for the bus, the one being served included.
+    queued: AtomicU64,
 }
 
 impl BusStats {
@@ -213,6 +217,33 @@ impl BusStats {
     /// Connections opened.
     pub fn connects(&self) -> u64 {
         self.connects.load(Ordering::Relaxed)
+    }
+
+    /// Requests a unit did not answer in time.
+    pub fn timeouts(&self) -> u64 {
+        self.timeouts.load(Ordering::Relaxed)
+    }
+
+    /// Requests a unit answered with a Modbus exception.
+    pub fn exceptions(&self) -> u64 {
+        self.exceptions.load(Ordering::Relaxed)
+    }
+
+    /// Requests waiting for the bus now, the one being served included.
+    pub fn queued(&self) -> u64 {
+        self.queued.load(Ordering::Relaxed)
+    }
+
+    fn count(&self, result: &Result<Reply, ModbusError>) {
+        match result {
+            Err(ModbusError::Timeout { .. }) => {
+                self.timeouts.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(ModbusError::Exception { .. }) => {
+                self.exceptions.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
     }
 }
 
@@ -242,6 +273,12 @@ impl fmt::Debug for Bus {
 fn registry() -> &'static Mutex<HashMap<String, Weak<Bus>>> {
     static BUSES: OnceLock<Mutex<HashMap<String, Weak<Bus>>>> = OnceLock::new();
     BUSES.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+/// Every shared bus still in use, for metrics.
+pub fn shared_buses() -> Vec<Arc<Bus>> {
+    let buses = registry().lock().unwrap_or_else(|e| e.into_inner());
+    buses.values().filter_map(Weak::upgrade).collect()
 }
 
 impl Bus {
@@ -294,7 +331,9 @@ impl Bus {
             timeout,
             reply,
         };
+        self.stats.queued.fetch_add(1, Ordering::Relaxed);
         if sender.send(job).await.is_err() {
+            self.stats.queued.fetch_sub(1, Ordering::Relaxed);
             return Err(self.gone());
         }
         answer.await.unwrap_or_else(|_| Err(self.gone()))
@@ -424,9 +463,12 @@ impl BusTask {
         while let Some(job) = rx.recv().await {
             // The caller gave up (its own timeout): do not spend bus time on it.
             if job.reply.is_closed() {
+                self.stats.queued.fetch_sub(1, Ordering::Relaxed);
                 continue;
             }
             let result = self.serve(job.unit, &job.op, job.timeout).await;
+            self.stats.count(&result);
+            self.stats.queued.fetch_sub(1, Ordering::Relaxed);
             let _ = job.reply.send(result);
         }
         if let Some(mut conn) = self.conn.take() {

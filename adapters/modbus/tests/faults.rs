@@ -282,3 +282,41 @@ async fn a_state_of_charge_beyond_100_percent_is_no_reading() {
     let readings = device.read().await.unwrap();
     assert_eq!(readings.soc, Some(42.0), "{readings:?}");
 }
+
+/// What `/metrics` shows per endpoint: a bus counts its timeouts and exceptions, and its
+/// queue is empty again once every request is answered.
+#[tokio::test]
+async fn a_bus_counts_its_timeouts_exceptions_and_queue() {
+    let server = FaultServer::start().await;
+    server.set(Table::Holding, 0, &[7]);
+    server.behave(2, Behaviour::Exception(ExceptionCode::IllegalDataAddress));
+    server.behave(3, Behaviour::Silent(Duration::from_secs(5)));
+    let good = unit(&server.addr, 1, 1000);
+    let bus = good.bus.clone();
+    let refusing = Unit {
+        id: 2,
+        ..good.clone()
+    };
+    let silent = Unit {
+        id: 3,
+        timeout: Duration::from_millis(100),
+        ..good.clone()
+    };
+    assert_eq!(
+        good.read_words(Table::Holding, 0, 1).await.unwrap(),
+        vec![7]
+    );
+    assert!(matches!(
+        refusing.read_words(Table::Holding, 0, 1).await,
+        Err(ModbusError::Exception { .. })
+    ));
+    assert!(matches!(
+        silent.read_words(Table::Holding, 0, 1).await,
+        Err(ModbusError::Timeout { .. })
+    ));
+    let stats = bus.stats();
+    assert_eq!(stats.exceptions(), 1);
+    assert_eq!(stats.timeouts(), 1);
+    assert_eq!(stats.queued(), 0);
+    assert!(stats.requests() >= 3, "{}", stats.requests());
+}

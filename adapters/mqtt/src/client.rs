@@ -3,12 +3,12 @@
 //! bridge state and every retained topic the gateway owns.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
-use s2gw_core::{Backoff, CancellationToken};
+use s2gw_core::{Backoff, CancellationToken, LogThrottle};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -127,6 +127,10 @@ struct Shared {
     terminate_hold: Duration,
     client: Client,
     routes: Mutex<Vec<Route>>,
+    /// Inbound messages dropped because their consumer was not keeping up.
+    dropped: AtomicU64,
+    /// The drop lines: a consumer that stays behind must not fill the log.
+    drop_lines: Mutex<LogThrottle>,
     /// Retained topics the gateway owns, re-published after every reconnect.
     retained: Mutex<BTreeMap<String, Bytes>>,
     status: watch::Sender<LinkStatus>,
@@ -169,6 +173,8 @@ impl Mqtt {
             terminate_hold: Duration::from_secs(config.reconnect_max_s),
             client,
             routes: Mutex::new(Vec::new()),
+            dropped: AtomicU64::new(0),
+            drop_lines: Mutex::new(LogThrottle::default()),
             retained: Mutex::new(BTreeMap::new()),
             status,
             shutdown: shutdown.clone(),
@@ -298,6 +304,19 @@ impl MqttHandle {
         Ok(Subscription { rx, queued })
     }
 
+    /// Inbound messages waiting for their consumers, over every subscription.
+    pub fn queued_messages(&self) -> usize {
+        lock(&self.shared.routes)
+            .iter()
+            .map(|r| r.queued.messages.load(Ordering::Acquire))
+            .sum()
+    }
+
+    /// Inbound messages dropped since the start because their consumer was behind.
+    pub fn dropped_messages(&self) -> u64 {
+        self.shared.dropped.load(Ordering::Relaxed)
+    }
+
     /// Drop every route for `filter` and unsubscribe from it.
     pub async fn unsubscribe(&self, filter: &str) -> Result<(), MqttError> {
         lock(&self.shared.routes).retain(|r| r.filter != filter);
@@ -317,12 +336,19 @@ impl MqttHandle {
             let messages = route.queued.messages.load(Ordering::Acquire);
             let bytes = route.queued.bytes.load(Ordering::Acquire);
             if messages >= route.capacity || bytes.saturating_add(size) > MAX_QUEUED_BYTES {
-                warn!(
-                    topic = %inbound.topic,
-                    filter = %route.filter,
-                    size,
-                    messages,
-                    "a consumer is not keeping up: message dropped"
+                self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+                lock(&self.shared.drop_lines).warn(
+                    "consumer not keeping up",
+                    std::time::Instant::now(),
+                    || {
+                        warn!(
+                            topic = %inbound.topic,
+                            filter = %route.filter,
+                            size,
+                            messages,
+                            "a consumer is not keeping up: message dropped"
+                        );
+                    },
                 );
                 continue;
             }
