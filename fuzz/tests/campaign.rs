@@ -74,4 +74,3 @@ fn bthome_adverts_and_gatt_values_never_panic_the_decoder_or_the_state() {
 fn fuzzed_configs_and_profiles_get_named_problems_or_start_and_stop_cleanly() {
     campaign("config");
 }
-
