@@ -58,7 +58,12 @@ impl MqttRuntime {
         let (handle, client) = Mqtt::start(section.client.clone(), token.clone())
             .map_err(|e| anyhow::anyhow!("the MQTT client cannot start: {e}"))?;
         let ids: Vec<String> = config.devices.iter().map(|d| d.id.clone()).collect();
-        let (mirror, mirror_task) = StateMirror::start(handle.clone(), ids, &config.gateway.name);
+        let (mirror, mirror_task) = StateMirror::start(
+            handle.clone(),
+            ids,
+            &config.gateway.name,
+            web_ui_url(config),
+        );
         Ok(Self {
             handle,
             mirror,
@@ -269,4 +274,26 @@ mod tests {
         assert_eq!(state.control_type, None);
         assert!(!state.available);
     }
+}
+
+/// The web UI's address for Home Assistant's "visit" links, where `[web]` is configured:
+/// the listen address, or this host's name when it listens on every address. None for
+/// port 0 (tests: the port is known only once bound).
+fn web_ui_url(config: &Config) -> Option<String> {
+    let listen = config.web.as_ref()?.listen;
+    if listen.port() == 0 {
+        return None;
+    }
+    let host = if listen.ip().is_unspecified() {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .ok()
+            .filter(|h| !h.is_empty())?
+    } else {
+        match listen.ip() {
+            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+            ip => ip.to_string(),
+        }
+    };
+    Some(format!("http://{host}:{}/", listen.port()))
 }

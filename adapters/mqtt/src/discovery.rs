@@ -25,6 +25,8 @@ pub(crate) struct DiscoveryIds {
     pub bridge_state: String,
     /// The gateway device's identifier, for `via_device`.
     pub gateway_id: String,
+    /// The device's page in the web UI, where it runs.
+    pub configuration_url: Option<String>,
 }
 
 /// What a device kind is called, for devices without a `name` of their own.
@@ -233,6 +235,9 @@ pub(crate) fn device_json(ids: &DiscoveryIds, state: &DeviceState) -> Value {
     }
     if let Some(m) = &state.model {
         dev["mdl"] = json!(m);
+    }
+    if let Some(url) = &ids.configuration_url {
+        dev["cu"] = json!(url);
     }
     json!({
         "dev": dev,

@@ -150,6 +150,8 @@ pub struct StateMirror {
     inner: Arc<Mutex<Inner>>,
     /// The gateway device's name in Home Assistant.
     gateway_name: Arc<str>,
+    /// The web UI's address, for the devices' `configuration_url`.
+    web_ui: Option<Arc<str>>,
     /// Set once the first read-back of the retained states is done. Until then no state
     /// is published: it would overwrite the switch positions the read-back restores.
     swept: Arc<watch::Sender<bool>>,
@@ -159,6 +161,17 @@ impl std::fmt::Debug for StateMirror {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StateMirror").finish_non_exhaustive()
     }
+}
+
+/// A device id as a URL fragment part: ids are `[A-Za-z0-9_-]`, which need no escaping;
+/// anything else is escaped anyway, so a link never breaks.
+fn percent_encode(id: &str) -> String {
+    id.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-' => char::from(b).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 fn lock(inner: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
@@ -171,11 +184,14 @@ impl StateMirror {
     /// Start the mirror for the devices in the config (`device_ids`): discovery of any
     /// other device this gateway published before is removed at the next connect.
     /// `gateway_name` names the gateway device every device hangs under in Home
-    /// Assistant. The task ends with the client's shutdown.
+    /// Assistant; `web_ui`, the web UI's address (`http://host:port/`) where it runs,
+    /// becomes each device's "visit" link (`configuration_url`). The task ends with the
+    /// client's shutdown.
     pub fn start(
         handle: MqttHandle,
         device_ids: Vec<String>,
         gateway_name: &str,
+        web_ui: Option<String>,
     ) -> (StateMirror, JoinHandle<()>) {
         let devices = device_ids
             .into_iter()
@@ -188,6 +204,7 @@ impl StateMirror {
                 dropped: LogThrottle::default(),
             })),
             gateway_name: Arc::from(gateway_name),
+            web_ui: web_ui.map(Arc::from),
             swept: Arc::new(watch::channel(false).0),
         };
         let task = tokio::spawn(mirror.clone().run());
@@ -301,6 +318,10 @@ impl StateMirror {
             state_topic: self.handle.topic(&state.device_id),
             bridge_state: self.handle.topic("bridge/state"),
             gateway_id: self.gateway_id(),
+            configuration_url: self
+                .web_ui
+                .as_ref()
+                .map(|base| format!("{base}#/device/{}", percent_encode(&state.device_id))),
         };
         Some(Bytes::from(discovery::device_json(&ids, state).to_string()))
     }
@@ -316,7 +337,10 @@ impl StateMirror {
             health: self.handle.topic("bridge/health"),
         };
         let id = self.gateway_id();
-        let payload = discovery::gateway_json(&id, &self.gateway_name, &topics);
+        let mut payload = discovery::gateway_json(&id, &self.gateway_name, &topics);
+        if let Some(base) = &self.web_ui {
+            payload["dev"]["cu"] = serde_json::json!(base.as_ref());
+        }
         let topic = format!("{}/device/{id}/config", self.handle.discovery_prefix());
         self.handle
             .publish_retained(topic, payload.to_string())
@@ -654,6 +678,7 @@ mod tests {
             state_topic: "x/pv".into(),
             bridge_state: "x/bridge/state".into(),
             gateway_id: "s2gw_x".into(),
+            configuration_url: None,
         };
         let payload = discovery::device_json(&ids, &state).to_string();
         assert!(is_own_discovery(payload.as_bytes(), "s2gw_x_pv"));

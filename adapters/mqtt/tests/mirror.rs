@@ -21,6 +21,14 @@ struct Gateway {
 }
 
 fn gateway(config: s2gw_mqtt::MqttConfig, devices: &[&str]) -> Gateway {
+    gateway_with_web(config, devices, None)
+}
+
+fn gateway_with_web(
+    config: s2gw_mqtt::MqttConfig,
+    devices: &[&str],
+    web_ui: Option<&str>,
+) -> Gateway {
     trace();
     let shutdown = CancellationToken::new();
     let (handle, task) = Mqtt::start(config, shutdown.clone()).unwrap();
@@ -28,6 +36,7 @@ fn gateway(config: s2gw_mqtt::MqttConfig, devices: &[&str]) -> Gateway {
         handle.clone(),
         devices.iter().map(|d| d.to_string()).collect(),
         "test gateway",
+        web_ui.map(str::to_string),
     );
     Gateway {
         handle,
@@ -166,6 +175,37 @@ async fn retained_state_availability_and_discovery_field_by_field() {
         .json_where("home/bridge/state", |v| v["state"] == "offline")
         .await;
     assert_eq!(bridge, json!({"state": "offline"}));
+}
+
+/// With the web UI running, Home Assistant's "visit" link of each device opens its page
+/// there, and the gateway device's the overview; without it there is no link.
+#[tokio::test]
+async fn devices_link_to_their_web_ui_page_where_it_runs() {
+    let broker = Broker::start().await;
+    let gw = gateway_with_web(
+        broker.config("web"),
+        &["bat"],
+        Some("http://192.0.2.7:8088/"),
+    );
+    gw.mirror.publish_state(battery()).await;
+    let mut ha = Peer::connect(&broker, "ha-web", &["homeassistant/device/+/config"]).await;
+    let d = ha
+        .json_where("homeassistant/device/s2gw_web_bat/config", |_| true)
+        .await;
+    assert_eq!(d["dev"]["cu"], "http://192.0.2.7:8088/#/device/bat", "{d}");
+    let g = ha
+        .json_where("homeassistant/device/s2gw_web/config", |_| true)
+        .await;
+    assert_eq!(g["dev"]["cu"], "http://192.0.2.7:8088/", "{g}");
+    gw.stop().await;
+
+    let gw = gateway(broker.config("noweb"), &["bat"]);
+    gw.mirror.publish_state(battery()).await;
+    let d = ha
+        .json_where("homeassistant/device/s2gw_noweb_bat/config", |_| true)
+        .await;
+    assert!(d["dev"].get("cu").is_none(), "{d}");
+    gw.stop().await;
 }
 
 #[tokio::test]

@@ -33,7 +33,7 @@ async fn main() -> std::process::ExitCode {
         }
     };
     let (mirror, _mirror_task) =
-        StateMirror::start(handle.clone(), vec!["probe".to_string()], "probe");
+        StateMirror::start(handle.clone(), vec!["probe".to_string()], "probe", None);
     let mut state = DeviceState::new("probe", "Probe", DeviceKind::Meter);
     state.available = true;
     state.power_w = Some(1.0);
