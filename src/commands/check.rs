@@ -26,6 +26,9 @@ pub fn check(path: &Path) -> anyhow::Result<ExitCode> {
                     unsupported.join(", ")
                 );
             }
+            for warning in super::pairing::unpaired_warnings(&config) {
+                eprintln!("warning: {warning}");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Err(errors) => {

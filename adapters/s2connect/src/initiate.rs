@@ -19,18 +19,26 @@ use crate::store::{PairingFile, StoreError};
 #[derive(Debug)]
 pub struct Initiator {
     device: String,
-    node_id: NodeId,
+    nodes: NodeStore,
     file: PairingFile,
 }
 
 impl Initiator {
-    /// The initiator of `device` under `state_dir` (mints its node id if it has none).
-    pub fn new(state_dir: &Path, device: &str) -> Result<Self, StoreError> {
-        Ok(Self {
+    /// The initiator of `device` under `state_dir`.
+    ///
+    /// Nothing is read yet: an unreadable or corrupt file fails each initiation with an
+    /// error naming it (a failed dial of this link only; the other links run on).
+    pub fn new(state_dir: &Path, device: &str) -> Self {
+        Self {
             device: device.to_string(),
-            node_id: NodeStore::new(state_dir).node_id(device)?,
+            nodes: NodeStore::new(state_dir),
             file: PairingFile::new(state_dir, device),
-        })
+        }
+    }
+
+    /// This resource's node id (minted and kept the first time).
+    pub fn node_id(&self) -> Result<NodeId, StoreError> {
+        self.nodes.node_id(&self.device)
     }
 
     /// The pairing file it reads.
@@ -39,6 +47,7 @@ impl Initiator {
     }
 
     async fn initiate(&self) -> Result<DialTarget, String> {
+        let node_id = self.node_id().map_err(|e| e.to_string())?;
         let pairings = self.file.load().map_err(|e| e.to_string())?;
         let Some(pairing) = pairings.into_iter().next() else {
             return Err(format!(
@@ -51,7 +60,7 @@ impl Initiator {
         let mut session = Session::new(
             &pairing.initiate_session_url,
             &policy,
-            self.node_id,
+            node_id,
             pairing.cem.id,
             pairing.tokens(),
         )
@@ -62,7 +71,7 @@ impl Initiator {
         let tokens = session.tokens().clone();
         let still_paired = self
             .file
-            .update(self.node_id, pairing.cem.id, |p| p.set_tokens(&tokens))
+            .update(node_id, pairing.cem.id, |p| p.set_tokens(&tokens))
             .map_err(|e| e.to_string())?;
         let credentials = result.map_err(|e| {
             format!(

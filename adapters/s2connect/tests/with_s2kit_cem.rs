@@ -173,7 +173,7 @@ async fn pair_initiate_restart_unpair_with_an_s2kit_cem() {
 
     // Session initiation, then a real client link over wss with the single-use token.
     let node_id = NodeStore::new(state.path()).node_id("battery1").unwrap();
-    let (shutdown, _peer) = link(Initiator::new(state.path(), "battery1").unwrap()).await;
+    let (shutdown, _peer) = link(Initiator::new(state.path(), "battery1")).await;
     assert_eq!(accepted(&mut cem).await, node_id);
     shutdown.cancel();
 
@@ -183,7 +183,7 @@ async fn pair_initiate_restart_unpair_with_an_s2kit_cem() {
         NodeStore::new(state.path()).node_id("battery1").unwrap(),
         node_id
     );
-    let (shutdown, _peer) = link(Initiator::new(state.path(), "battery1").unwrap()).await;
+    let (shutdown, _peer) = link(Initiator::new(state.path(), "battery1")).await;
     assert_eq!(accepted(&mut cem).await, node_id);
     shutdown.cancel();
 
@@ -194,7 +194,6 @@ async fn pair_initiate_restart_unpair_with_an_s2kit_cem() {
     assert_eq!(done, vec![cem.id.to_string()]);
     assert!(file.load().unwrap().is_empty());
     let refused = Initiator::new(state.path(), "battery1")
-        .unwrap()
         .next_dial()
         .await
         .unwrap_err();
@@ -202,7 +201,6 @@ async fn pair_initiate_restart_unpair_with_an_s2kit_cem() {
     // The old pairing put back locally: the CEM has forgotten it and refuses.
     file.insert(node_id, before[0].clone()).unwrap();
     let refused = Initiator::new(state.path(), "battery1")
-        .unwrap()
         .next_dial()
         .await
         .unwrap_err();
@@ -253,7 +251,7 @@ async fn a_corrupt_pairing_file_is_an_error_naming_it_and_pairing_does_not_overw
         b"{\"format\":1,\"node_id\":"
     );
     // Another device's state is untouched by it.
-    let other = Initiator::new(state.path(), "meter1").unwrap();
+    let other = Initiator::new(state.path(), "meter1");
     let err = other.next_dial().await.unwrap_err();
     assert!(err.contains("not paired"), "{err}");
 }
