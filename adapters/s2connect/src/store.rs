@@ -267,3 +267,86 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StoreErr
     }
     result.map_err(io)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use s2gw_core::s2::connect::Deployment;
+
+    fn pairing(tokens: &[&str]) -> StoredPairing {
+        StoredPairing {
+            cem: NodeDescription {
+                id: NodeId::generate(),
+                brand: "Acme".into(),
+                logo_url: None,
+                kind: "CEM".into(),
+                model_name: "Hub".into(),
+                user_defined_name: None,
+                role: Role::Cem,
+            },
+            cem_endpoint: EndpointDescription {
+                deployment: Some(Deployment::Lan),
+                ..EndpointDescription::default()
+            },
+            initiate_session_url: "https://localhost:1/v1/".into(),
+            tls: StoredTls::Web,
+            access_tokens: tokens.iter().map(|t| AccessToken::new(*t)).collect(),
+            communication_server: Role::Cem,
+            paired_at: "2026-12-02T00:00:00Z".into(),
+        }
+    }
+
+    #[test]
+    fn the_token_rotation_survives_a_round_trip_newest_first() {
+        let stored = pairing(&["newest-token", "older-token"]);
+        let store = stored.tokens();
+        assert_eq!(
+            store.current().map(AccessToken::as_str),
+            Some("newest-token")
+        );
+        let mut again = stored.clone();
+        again.set_tokens(&store);
+        let kept: Vec<&str> = again
+            .access_tokens
+            .iter()
+            .map(AccessToken::as_str)
+            .collect();
+        assert_eq!(kept, ["newest-token", "older-token"]);
+    }
+
+    #[test]
+    fn a_write_is_0600_and_leaves_no_temporary_file() {
+        let state = tempfile::tempdir().unwrap();
+        let file = PairingFile::new(state.path(), "pv");
+        file.insert(NodeId::generate(), pairing(&["secret-token"]))
+            .unwrap();
+        let mode = fs::metadata(file.path()).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let names: Vec<String> = fs::read_dir(file.path().parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["pv.pairings.json"]);
+        // The summary has no token in it.
+        let shown = format!("{:?}", file.summaries().unwrap());
+        assert!(!shown.contains("secret-token"), "{shown}");
+    }
+
+    #[test]
+    fn a_file_of_a_newer_format_is_refused_naming_it() {
+        let state = tempfile::tempdir().unwrap();
+        let file = PairingFile::new(state.path(), "pv");
+        fs::create_dir_all(file.path().parent().unwrap()).unwrap();
+        let node = NodeId::generate();
+        fs::write(
+            file.path(),
+            format!("{{\"format\":2,\"node_id\":\"{node}\",\"pairings\":[]}}"),
+        )
+        .unwrap();
+        let err = file.load().unwrap_err().to_string();
+        assert!(
+            err.contains("pv.pairings.json") && err.contains("format 2"),
+            "{err}"
+        );
+    }
+}
