@@ -10,3 +10,4 @@ pub mod config;
 pub mod demo;
 pub mod gateway;
 pub mod rm;
+pub mod web;

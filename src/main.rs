@@ -115,6 +115,14 @@ enum Command {
     /// Errors (refused connection, timeout, Modbus exception) exit 1.
     #[command(subcommand)]
     Modbus(ModbusTool),
+    /// Write the man page (s2gw.1) and shell completions (bash, zsh, fish) into DIR, for
+    /// packaging (scripts/build-deb.sh).
+    #[command(hide = true)]
+    GenerateDocs {
+        /// Where to write them.
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -306,6 +314,26 @@ async fn modbus(tool: ModbusTool) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// The man page and completions, from the CLI definition itself.
+fn generate_docs(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
+    use anyhow::Context as _;
+    use clap::CommandFactory as _;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let command = Cli::command();
+    let mut page = Vec::new();
+    clap_mangen::Man::new(command.clone()).render(&mut page)?;
+    std::fs::write(dir.join("s2gw.1"), page)?;
+    for shell in [
+        clap_complete::Shell::Bash,
+        clap_complete::Shell::Zsh,
+        clap_complete::Shell::Fish,
+    ] {
+        clap_complete::generate_to(shell, &mut command.clone(), "s2gw", dir)
+            .with_context(|| format!("cannot write the {shell} completions"))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -349,6 +377,7 @@ fn main() -> ExitCode {
                 cem,
             } => s2gw::commands::unpair(&config, &device, cem.as_deref()).await,
             Command::Modbus(tool) => modbus(tool).await,
+            Command::GenerateDocs { dir } => generate_docs(&dir),
         }
     });
     // Give blocking tasks (the traffic-log writer) a moment, never forever.

@@ -190,7 +190,7 @@ bad_configs! {
         => "device[1].cem", "unknown cem link `away` (defined: home)";
     /// unknown profile
     unknown_profile: "[[device]]\nid = \"x\"\nprofile = \"sim-nope\"\ncem = \"home\"\n[device.sim]\nmodel = \"pv\"\n"
-        => "device[1].profile", "unknown profile `sim-nope`: not a built-in profile (sim-pv, sim-ev, sim-battery, sim-heat-pump, sim-meter, sim-dishwasher, sim-hybrid-heat-pump, modbus-sunspec-inverter, modbus-sunspec-storage, modbus-abb-terra-ac, modbus-alfen-eve, modbus-sg-ready, modbus-sdm630, modbus-fronius, modbus-go-e, ble-bthome-meter, ble-relay, mqtt-shelly-gen2-switch, mqtt-tasmota-plug, mqtt-openevse, mqtt-generic, mqtt-dishwasher, mqtt-hybrid-heat-pump)";
+        => "device[1].profile", "unknown profile `sim-nope`: not a built-in profile (sim-pv, sim-ev, sim-battery, sim-heat-pump, sim-meter, sim-dishwasher, sim-hybrid-heat-pump, modbus-sunspec-inverter, modbus-sunspec-storage, modbus-abb-terra-ac, modbus-alfen-eve, modbus-sg-ready, modbus-sdm630, modbus-fronius, modbus-sma, modbus-go-e, modbus-keba-p30, modbus-heidelberg-ec, modbus-solaredge, ble-bthome-meter, ble-relay, mqtt-shelly-gen2-switch, mqtt-tasmota-plug, mqtt-openevse, mqtt-generic, mqtt-dishwasher, mqtt-hybrid-heat-pump)";
     /// profile file that does not exist
     profile_file_that_does_not_exist: "[[device]]\nid = \"x\"\nprofile = \"vendor/inverter.toml\"\ncem = \"home\"\n[device.sim]\nmodel = \"pv\"\n"
         => "device[1].profile", "cannot read profile file";
@@ -394,6 +394,21 @@ bad_configs! {
     /// mqtt: port out of range
     mqtt_port_out_of_range: "[mqtt]\nhost = \"broker\"\nport = 70000\n"
         => "mqtt.port", "70000";
+    /// web: plaintext password in the file
+    web_plaintext_password_in_the_file: "[web]\npassword = \"hunter2\"\n"
+        => "web.password", "plaintext secrets are not accepted in the config file: put the password in a file and set password_file, or set the environment variable S2GW_WEB__PASSWORD";
+    /// web: reachable from the network without a password
+    web_off_loopback_needs_a_password: "[web]\nlisten = \"0.0.0.0:8088\"\n"
+        => "web.listen", "0.0.0.0:8088 is reachable from other machines, so the web UI needs a password: set password_file";
+    /// web: a host name where an address belongs
+    web_listen_is_an_address: "[web]\nlisten = \"gateway.local:8088\"\n"
+        => "web.listen", "`gateway.local:8088` is not an IP address and port";
+    /// web: a password file that is not there
+    web_password_file_missing: "[web]\npassword_file = \"no-such-file\"\n"
+        => "web.password_file", "cannot read password file";
+    /// web: unknown key
+    web_unknown_key: "[web]\nport = 8088\n"
+        => "web.port", "unknown";
     /// mqtt: plaintext password in the file
     mqtt_plaintext_password_in_the_file: "[mqtt]\nhost = \"broker\"\nusername = \"gw\"\npassword = \"hunter2\"\n"
         => "mqtt.password", "plaintext secrets are not accepted in the config file: put the password in a file and set password_file, or set the environment variable S2GW_MQTT__PASSWORD";
@@ -418,6 +433,12 @@ bad_configs! {
     /// mqtt: state interval too short
     mqtt_state_interval_too_short: "[mqtt]\nhost = \"broker\"\nstate_interval_ms = 10\n"
         => "mqtt.state_interval_ms", "must be at least 100 ms, got 10";
+    /// mqtt: heartbeat shorter than the state interval
+    mqtt_state_heartbeat_shorter_than_the_interval: "[mqtt]\nhost = \"broker\"\nstate_interval_ms = 5000\nstate_heartbeat_s = 2\n"
+        => "mqtt.state_heartbeat_s", "not shorter than state_interval_ms (5000 ms), got 2";
+    /// mqtt: heartbeat too long
+    mqtt_state_heartbeat_too_long: "[mqtt]\nhost = \"broker\"\nstate_heartbeat_s = 3601\n"
+        => "mqtt.state_heartbeat_s", "3600";
     /// mqtt: TLS CA file missing
     mqtt_tls_ca_file_missing: "[mqtt]\nhost = \"broker\"\n[mqtt.tls]\nca_file = \"ca.pem\"\n"
         => "mqtt.tls.ca_file", "ca.pem does not exist";
@@ -1392,6 +1413,7 @@ fn shipped_mqtt_profiles_load_with_a_broker() {
     assert_eq!(mqtt.client.host, "127.0.0.1");
     assert_eq!(mqtt.client.base_topic, "s2gw");
     assert_eq!(mqtt.state_interval, Duration::from_secs(1));
+    assert_eq!(mqtt.state_heartbeat, Duration::from_secs(60));
     let password = mqtt.client.password.as_ref().unwrap();
     assert_eq!(password.expose().trim(), "s3cret");
     assert!(

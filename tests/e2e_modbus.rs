@@ -471,6 +471,233 @@ fn assert_ombc_modes(system: &ombc::SystemDescription) {
 }
 
 // ----------------------------------------------------------------------------------------
+// Profiles from makers' tables: KEBA P30, Heidelberg Energy Control, SMA, SolarEdge
+// ----------------------------------------------------------------------------------------
+
+/// One charger through the daemon as OMBC: the measured power, the 6 A step becomes
+/// `step` (waited for in order) and SUCCEEDED, and a lost CEM writes `release`.
+async fn charger_step_and_release(
+    peer: &mut Peer,
+    device_section: String,
+    watts: f64,
+    step: &[Seen],
+    release: &[Seen],
+) {
+    let mut cem = TestCem::start(&[ProtocolVersion::V0_0_2_BETA]).await;
+    let mut daemon = Daemon::start(&config(&cem, &[device_section]));
+    let mut conn = connect(&mut cem, 1).await.remove("wallbox").unwrap();
+    conn.select_ready(OMBC).await;
+    conn.wait_power(
+        &format!("the charger's {watts} W"),
+        |w| near(w, watts),
+        SOON,
+    )
+    .await;
+    let system = ombc_system(&mut conn).await;
+    assert_ombc_modes(&system);
+    // Rule 3: reading never writes.
+    assert_eq!(
+        peer.writes.try_next(),
+        None,
+        "written before any instruction"
+    );
+
+    let instruction = ombc_instruction(&system, "6 A on 3 phase(s)");
+    let id = instruction.id;
+    conn.instruct(instruction).await;
+    for want in step {
+        peer.wait_write(want.clone()).await;
+    }
+    let last = await_status(&mut conn, id, &["SUCCEEDED", "ABORTED", "REJECTED"]).await;
+    assert_eq!(last, "SUCCEEDED", "{:?}", statuses_of(&conn, id));
+
+    // The CEM dies: the charger goes back to its maximum (rule 1).
+    cem.kill().await;
+    for want in release {
+        peer.wait_write(want.clone()).await;
+    }
+    daemon.assert_running();
+}
+
+/// The KEBA P30 profile through the daemon (unit 255, one u32 per read, FC6 writes: the
+/// simulator refuses anything else, as the charger does): 7360 W measured; the 6 A step
+/// writes the failsafe timeout, 6000 mA and enable; a lost CEM writes 16000 mA, enabled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keba_p30_measures_follows_a_step_and_releases_on_a_lost_cem() {
+    within_test(async {
+        let mut peer = Peer::start(&["keba"]).await;
+        let section = device("wallbox", "modbus-keba-p30", &peer, "");
+        charger_step_and_release(
+            &mut peer,
+            section,
+            7360.0,
+            &[
+                seen(6, 5018, &[60]),
+                seen(6, 5004, &[6000]),
+                seen(6, 5014, &[1]),
+            ],
+            &[
+                seen(6, 5018, &[60]),
+                seen(6, 5004, &[16000]),
+                seen(6, 5014, &[1]),
+            ],
+        )
+        .await;
+    })
+    .await;
+}
+
+/// The Heidelberg Energy Control profile through the daemon over RTU framing: 11040 W
+/// measured from the input registers; the 6 A step disables standby, arms the watchdog
+/// (60 s) with a 16 A failsafe current, then writes 60 (0.1 A) to 261; a lost CEM
+/// writes 160; the box holds it, read back over RTU.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heidelberg_ec_over_rtu_arms_its_watchdog_follows_a_step_and_releases_on_a_lost_cem() {
+    within_test(async {
+        let mut peer = Peer::start(&["heidelberg", "--framer", "rtu"]).await;
+        let section = format!(
+            "[[device]]\nid = \"wallbox\"\nprofile = \"modbus-heidelberg-ec\"\ncem = \"test\"\n\
+             poll_interval_s = 1\nmeasurement_interval_s = 1\n[device.modbus]\n\
+             rtu_over_tcp = \"{}\"\ntimeout_ms = 2000\n",
+            peer.addr()
+        );
+        let armed = [
+            seen(16, 258, &[4]),
+            seen(16, 257, &[60000]),
+            seen(16, 262, &[160]),
+        ];
+        charger_step_and_release(
+            &mut peer,
+            section,
+            11040.0,
+            &[&armed[..], &[seen(16, 261, &[60])]].concat(),
+            &[&armed[..], &[seen(16, 261, &[160])]].concat(),
+        )
+        .await;
+        let held = s2gw_modbus::read_raw(
+            Target::RtuOverTcp(peer.addr()),
+            1,
+            Table::Holding,
+            257,
+            6,
+            ValueType::U16,
+            WordOrder::HighFirst,
+        )
+        .await
+        .unwrap();
+        assert_eq!(held.words, [60000, 4, 1, 0, 160, 160]);
+    })
+    .await;
+}
+
+/// The SMA profile through the daemon (unit 126 from the profile): the Sunny Tripower's
+/// 17-model chain is discovered, -1234.5 W measured; a 2500 W limit (of WMax 5000 W)
+/// is the revert timer, WMaxLimPct 500 and enable on 123 at 40343, SUCCEEDED; a lost
+/// CEM puts 100 % back and leaves the enable flag at 1, as SMA keeps it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sma_limits_through_123_and_restores_its_enabled_100_percent_on_a_lost_cem() {
+    within_test(async {
+        let mut peer = Peer::start(&["sma"]).await;
+        let mut cem = TestCem::start(&[ProtocolVersion::V0_0_2_BETA]).await;
+        let mut daemon = Daemon::start(&config(&cem, &[device("pv", "modbus-sma", &peer, "")]));
+        let mut conn = connect(&mut cem, 1).await.remove("pv").unwrap();
+        let constraints = conn.select_pebc(SOON).await;
+        conn.wait_power("the inverter's -1234.5 W", |w| near(w, -1234.5), SOON)
+            .await;
+        assert_eq!(
+            peer.writes.try_next(),
+            None,
+            "written before any instruction"
+        );
+
+        let id = limit(&mut conn, &constraints, 2500.0).await;
+        for want in [
+            seen(16, 40350, &[120]),
+            seen(16, 40348, &[500]),
+            seen(16, 40352, &[1]),
+        ] {
+            peer.wait_write(want).await;
+        }
+        let last = await_status(&mut conn, id, &["SUCCEEDED", "ABORTED", "REJECTED"]).await;
+        assert_eq!(last, "SUCCEEDED", "{:?}", statuses_of(&conn, id));
+        assert_eq!(peer.holding(40348, 5).await, [500, 0, 120, 0, 1]);
+
+        cem.kill().await;
+        peer.wait_write(seen(16, 40348, &[1000])).await;
+        assert_eq!(peer.holding(40348, 5).await[0], 1000);
+        assert_eq!(
+            peer.holding(40352, 1).await,
+            [1],
+            "the flag as SMA keeps it"
+        );
+        daemon.assert_running();
+    })
+    .await;
+}
+
+/// A 32-bit SolarEdge power control value as written: low word first.
+fn low_first(address: u16, bits: u32) -> Seen {
+    seen(
+        16,
+        address,
+        &[i64::from(bits & 0xFFFF), i64::from(bits >> 16)],
+    )
+}
+
+/// The SolarEdge profile through the daemon: the SunSpec W (W_SF -1) as -1234.5 W; a
+/// 2000 W production limit on an inverter of 8000 W (the device section's envelope) is
+/// fallback 100 %, command timeout 60 s, enable, then a dynamic limit of 25 % (float32,
+/// low word first), SUCCEEDED; a lost CEM writes the dynamic limit back to 100 %.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn solaredge_measures_limits_through_dynamic_power_control_and_releases_on_a_lost_cem() {
+    within_test(async {
+        let mut peer = Peer::start(&["solaredge"]).await;
+        let mut cem = TestCem::start(&[ProtocolVersion::V0_0_2_BETA]).await;
+        let envelope = "envelope = { min_w = -8000, max_w = 0 }";
+        let mut daemon = Daemon::start(&config(
+            &cem,
+            &[device("pv", "modbus-solaredge", &peer, envelope)],
+        ));
+        let mut conn = connect(&mut cem, 1).await.remove("pv").unwrap();
+        let constraints = conn.select_pebc(SOON).await;
+        conn.wait_power("the inverter's -1234.5 W", |w| near(w, -1234.5), SOON)
+            .await;
+        assert_eq!(
+            peer.writes.try_next(),
+            None,
+            "written before any instruction"
+        );
+
+        let id = limit(&mut conn, &constraints, 2000.0).await;
+        for want in [
+            low_first(0xF312, 100f32.to_bits()),
+            low_first(0xF310, 60),
+            seen(16, 0xF300, &[1]),
+            low_first(0xF322, 25f32.to_bits()),
+        ] {
+            peer.wait_write(want).await;
+        }
+        let last = await_status(&mut conn, id, &["SUCCEEDED", "ABORTED", "REJECTED"]).await;
+        assert_eq!(last, "SUCCEEDED", "{:?}", statuses_of(&conn, id));
+        let f322 = 25f32.to_bits();
+        assert_eq!(
+            peer.holding(0xF322, 2).await,
+            [(f322 & 0xFFFF) as u16, (f322 >> 16) as u16]
+        );
+
+        cem.kill().await;
+        peer.wait_write(low_first(0xF322, 100f32.to_bits())).await;
+        let full = 100f32.to_bits();
+        assert_eq!(
+            peer.holding(0xF322, 2).await,
+            [(full & 0xFFFF) as u16, (full >> 16) as u16]
+        );
+        daemon.assert_running();
+    })
+    .await;
+}
+
+// ----------------------------------------------------------------------------------------
 // The installer tools
 // ----------------------------------------------------------------------------------------
 
@@ -1276,7 +1503,9 @@ async fn proxy() {
 // ----------------------------------------------------------------------------------------
 
 /// `s2gw modbus detect` on loopback: a SunSpec inverter, a SunSpec battery, an SDM630, an
-/// ABB Terra AC and a go-eCharger simulator are each found with the right profile; a Modbus server that
+/// ABB Terra AC, a go-eCharger, a KEBA P30 (unit 255), and SolarEdge, SMA and Fronius
+/// (SunSpec, told apart by the maker's name) simulators are each found with the right
+/// profile; a Modbus server that
 /// is none of them and a closed port are listed as not identified. The printed devices,
 /// pasted under a gateway and CEM section, pass `s2gw check` and measure in the daemon.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1290,6 +1519,10 @@ async fn detect() {
     let meter = Peer::start(&["sdm630"]).await;
     let charger = Peer::start(&["abb"]).await;
     let goe = Peer::start(&["goe"]).await;
+    let keba = Peer::start(&["keba"]).await;
+    let solaredge = Peer::start(&["solaredge"]).await;
+    let sma = Peer::start(&["sma"]).await;
+    let fronius = Peer::start(&["fronius"]).await;
     let stranger = MemServer::start().await;
     let closed = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -1302,6 +1535,10 @@ async fn detect() {
         meter.port.to_string(),
         charger.port.to_string(),
         goe.port.to_string(),
+        keba.port.to_string(),
+        solaredge.port.to_string(),
+        sma.port.to_string(),
+        fronius.port.to_string(),
         stranger_port.clone(),
         closed.to_string(),
     ]
@@ -1320,15 +1557,23 @@ async fn detect() {
     ])
     .await;
     assert!(ok, "detect failed: {err}\n{out}");
-    for (peer, profile) in [
-        (&inverter, "modbus-sunspec-inverter"),
-        (&battery, "modbus-sunspec-storage"),
-        (&meter, "modbus-sdm630"),
-        (&charger, "modbus-abb-terra-ac"),
-        (&goe, "modbus-go-e"),
+    for (peer, profile, unit) in [
+        (&inverter, "modbus-sunspec-inverter", 1),
+        (&battery, "modbus-sunspec-storage", 1),
+        (&meter, "modbus-sdm630", 1),
+        (&charger, "modbus-abb-terra-ac", 1),
+        (&goe, "modbus-go-e", 1),
+        // The KEBA's profile sets unit 255; the SolarEdge is SunSpec with SolarEdge's
+        // name in its common model.
+        (&keba, "modbus-keba-p30", 255),
+        (&solaredge, "modbus-solaredge", 1),
+        // SunSpec with a maker's name in the common model: the maker's profile (the
+        // SMA chain has a model 124, which alone would mean a battery).
+        (&sma, "modbus-sma", 1),
+        (&fronius, "modbus-fronius", 1),
     ] {
         let want = format!(
-            "profile = \"{profile}\"\ncem = \"test\"\n[device.modbus]\ntcp = \"{}\"\nunit = 1\n",
+            "profile = \"{profile}\"\ncem = \"test\"\n[device.modbus]\ntcp = \"{}\"\nunit = {unit}\n",
             peer.addr()
         );
         assert!(
@@ -1356,7 +1601,7 @@ async fn detect() {
         unknown.contains(&format!("127.0.0.1:{closed}: connection to")),
         "{out}"
     );
-    assert_eq!(out.matches("[[device]]").count(), 5, "{out}");
+    assert_eq!(out.matches("[[device]]").count(), 9, "{out}");
 
     // The proposal is a config: check accepts it, the daemon runs it.
     let mut cem = TestCem::start(&[ProtocolVersion::V0_0_2_BETA]).await;
@@ -1374,9 +1619,13 @@ async fn detect() {
         "s2gw check refused the proposal: {check_out}{check_err}\n{out}"
     );
     let _daemon = Daemon::start(&text);
-    let mut conns = connect(&mut cem, 5).await;
+    let mut conns = connect(&mut cem, 9).await;
     let expected = [
         ("go-e", 3600.0),
+        ("keba-p30", 7360.0),
+        ("solaredge", -1234.5),
+        ("sma", -1234.5),
+        ("fronius", -1234.5),
         ("sunspec-inverter", -1234.5),
         ("sunspec-storage", -1234.5),
         ("sdm630", 1100.25),

@@ -8,7 +8,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use common::*;
 use s2_kit::message::{Message, MessageKind};
@@ -21,37 +21,6 @@ use serde_json::{Value, json};
 
 /// The base topic of every test (one broker per test, so they never meet).
 const BASE: &str = "s2gw";
-
-/// A simulated PV at local noon whatever the time (6 kW, no clouds), like e2e_daemon's.
-fn pv(id: &str, cem: &str, extra: &str) -> String {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64();
-    let utc_h = (secs % 86_400.0) / 3600.0;
-    let offset_min = ((12.0 - utc_h) * 60.0).round() as i64;
-    format!(
-        "[[device]]\nid = \"{id}\"\nname = \"Roof PV\"\ncem = \"{cem}\"\n{extra}\
-         poll_interval_s = 1\nmeasurement_interval_s = 1\nprofile = \"sim-pv\"\n\
-         [device.sim]\nmodel = \"pv\"\nrated_w = 6000\ncloudiness = 0\nsunrise_h = 6\n\
-         sunset_h = 18\nutc_offset_min = {offset_min}\n"
-    )
-}
-
-fn battery(cem: &str) -> String {
-    format!(
-        "[[device]]\nid = \"battery\"\nname = \"Home battery\"\ncem = \"{cem}\"\n\
-         poll_interval_s = 1\nmeasurement_interval_s = 1\nprofile = \"sim-battery\"\n\
-         [device.sim]\nmodel = \"battery\"\ninitial_soc = 50\n"
-    )
-}
-
-fn meter(cem: &str) -> String {
-    format!(
-        "[[device]]\nid = \"meter\"\ncem = \"{cem}\"\npoll_interval_s = 1\n\
-         measurement_interval_s = 1\nprofile = \"sim-meter\"\n[device.sim]\nmodel = \"meter\"\n"
-    )
-}
 
 /// A ws-client link named `test` to a TestCem.
 fn ws_link(cem: &TestCem) -> String {
@@ -66,8 +35,14 @@ fn topic(leaf: &str) -> String {
     format!("{BASE}/{leaf}")
 }
 
+/// A device's identifier: `s2gw_<device>` with the default base `s2gw` (not
+/// `s2gw_s2gw_<device>`: the base is not repeated).
+fn oid(device: &str) -> String {
+    format!("s2gw_{device}")
+}
+
 fn discovery_topic(device: &str) -> String {
-    format!("homeassistant/device/s2gw_{BASE}_{device}/config")
+    format!("homeassistant/device/{}/config", oid(device))
 }
 
 fn near(value: &Value, target: f64, tolerance: f64) -> bool {
@@ -87,12 +62,18 @@ async fn running(daemon: &mut Daemon) {
 // (a) Home Assistant sees every device
 // ----------------------------------------------------------------------------------------
 
-/// Discovery of one device, checked field by field.
-fn check_discovery(d: &Value, device: &str, name: &str, extra: &[&str]) {
-    let oid = format!("s2gw_{BASE}_{device}");
+/// Discovery of one device, checked field by field; `controllable`: a CEM can control
+/// something of it, so it has the "CEM control allowed" switch.
+fn check_discovery(d: &Value, device: &str, name: &str, extra: &[&str], controllable: bool) {
+    let oid = oid(device);
     let state_topic = topic(device);
     assert_eq!(d["dev"]["ids"], json!([oid]), "{d}");
     assert_eq!(d["dev"]["name"], name, "{d}");
+    assert_eq!(
+        d["dev"]["via_device"], "s2gw",
+        "under the gateway device: {d}"
+    );
+    assert_eq!(d["dev"]["sw"], env!("CARGO_PKG_VERSION"), "{d}");
     assert_eq!(d["o"]["name"], "s2gw", "{d}");
     assert_eq!(d["availability_mode"], "all", "{d}");
     assert_eq!(d["availability"][0]["topic"], topic("bridge/state"), "{d}");
@@ -108,17 +89,54 @@ fn check_discovery(d: &Value, device: &str, name: &str, extra: &[&str]) {
     assert_eq!(power["state_class"], "measurement", "{d}");
     assert_eq!(power["unit_of_measurement"], "W", "{d}");
     assert_eq!(power["state_topic"], state_topic, "{d}");
+    assert_eq!(power["suggested_display_precision"], 0, "{d}");
     let link = &d["cmps"]["cem_connected"];
     assert_eq!(link["p"], "binary_sensor", "{d}");
     assert_eq!(link["device_class"], "connectivity", "{d}");
+    assert_eq!(link["entity_category"], "diagnostic", "{d}");
+    let session = &d["cmps"]["cem_link"];
+    assert_eq!(session["device_class"], "enum", "{d}");
+    assert_eq!(
+        session["options"],
+        json!(["down", "handshaking", "connected"]),
+        "{d}"
+    );
+    assert_eq!(session["entity_category"], "diagnostic", "{d}");
+    let updated = &d["cmps"]["updated"];
+    assert_eq!(updated["device_class"], "timestamp", "{d}");
+    assert_eq!(updated["entity_category"], "diagnostic", "{d}");
     let switch = &d["cmps"]["cem_control"];
-    assert_eq!(switch["p"], "switch", "{d}");
-    assert_eq!(switch["name"], "CEM control allowed", "{d}");
-    assert_eq!(switch["command_topic"], format!("{state_topic}/set"), "{d}");
-    assert_eq!(switch["payload_off"], r#"{"cem_control":"OFF"}"#, "{d}");
-    assert_eq!(switch["payload_on"], r#"{"cem_control":"ON"}"#, "{d}");
+    if controllable {
+        assert_eq!(switch["p"], "switch", "{d}");
+        assert_eq!(switch["name"], "CEM control allowed", "{d}");
+        assert_eq!(switch["entity_category"], "config", "{d}");
+        assert_eq!(switch["command_topic"], format!("{state_topic}/set"), "{d}");
+        assert_eq!(switch["payload_off"], r#"{"cem_control":"OFF"}"#, "{d}");
+        assert_eq!(switch["payload_on"], r#"{"cem_control":"ON"}"#, "{d}");
+    } else {
+        assert_eq!(*switch, Value::Null, "nothing for a CEM to control: {d}");
+    }
     for key in extra {
         assert!(d["cmps"][key]["unique_id"].is_string(), "no {key} in {d}");
+    }
+    // Home Assistant takes the QoS from each component, not from the device.
+    for (key, c) in d["cmps"].as_object().unwrap() {
+        assert_eq!(c["qos"], 1, "{key} in {d}");
+    }
+}
+
+/// The Energy dashboard's counters of a device: (key, where from).
+fn check_counters(d: &Value, state: &Value, counters: &[(&str, &str)]) {
+    for (key, source) in counters {
+        let c = &d["cmps"][key];
+        assert_eq!(c["device_class"], "energy", "{key} in {d}");
+        assert_eq!(c["state_class"], "total_increasing", "{key} in {d}");
+        assert_eq!(c["unit_of_measurement"], "Wh", "{key} in {d}");
+        assert_eq!(c["suggested_display_precision"], 0, "{key} in {d}");
+        assert_eq!(c["json_attributes_topic"], c["state_topic"], "{key} in {d}");
+        assert_eq!(state["energy_sources"][key], *source, "{key} in {state}");
+        let value = state[key].as_f64().unwrap_or(-1.0);
+        assert!(value >= 0.0 && value.fract() == 0.0, "{key} in {state}");
     }
 }
 
@@ -129,7 +147,7 @@ async fn a_home_assistant_user_sees_every_device_with_live_values() {
     // A device this gateway announced before and that has left the config since.
     let gone = discovery_topic("gone");
     let mut old = MqttPeer::connect(&broker, "old", &[], None).await;
-    let stale = json!({"dev": {"ids": [format!("s2gw_{BASE}_gone")], "name": "Gone"},
+    let stale = json!({"dev": {"ids": [oid("gone")], "name": "Gone"},
                        "o": {"name": "s2gw"}, "cmps": {}});
     old.publish(&gone, stale.to_string(), true).await;
     old.subscribe(&gone).await;
@@ -143,7 +161,9 @@ async fn a_home_assistant_user_sees_every_device_with_live_values() {
         ws_link(&cem),
         broker.mqtt_section(BASE).replace(
             "reconnect_min_ms",
-            "state_interval_ms = 2000\nreconnect_min_ms"
+            // The simulated meter wanders within its deadband: the heartbeat brings
+            // its next state.
+            "state_interval_ms = 2000\nstate_heartbeat_s = 3\nreconnect_min_ms"
         ),
         pv("pv", "test", ""),
         battery("test"),
@@ -203,10 +223,27 @@ async fn a_home_assistant_user_sees_every_device_with_live_values() {
         None,
     )
     .await;
-    for (device, name, extra) in [
-        ("pv", "Roof PV", vec!["energy_wh"]),
-        ("battery", "Home battery", vec!["soc"]),
-        ("meter", "meter", vec![]),
+    let mut discoveries = std::collections::BTreeMap::new();
+    for (device, name, extra, controllable) in [
+        (
+            "pv",
+            "Roof PV",
+            vec!["energy_wh", "production_w", "produced_wh"],
+            true,
+        ),
+        (
+            "battery",
+            "Home battery",
+            vec!["soc", "charged_wh", "discharged_wh"],
+            true,
+        ),
+        // No name of its own: the kind says what it is (not "meter Power").
+        (
+            "meter",
+            "Meter (meter)",
+            vec!["import_wh", "export_wh"],
+            false,
+        ),
     ] {
         let d = ha
             .messages
@@ -217,8 +254,9 @@ async fn a_home_assistant_user_sees_every_device_with_live_values() {
             )
             .await;
         assert!(d.retained, "discovery must be retained");
-        check_discovery(&d.json(), device, name, &extra);
+        check_discovery(&d.json(), device, name, &extra, controllable);
         check_cem_components(&d.json(), device);
+        discoveries.insert(device, d.json());
         let availability = ha
             .messages
             .wait_for(
@@ -236,6 +274,7 @@ async fn a_home_assistant_user_sees_every_device_with_live_values() {
         .await;
     assert!(bridge.retained);
     assert_eq!(bridge.json(), json!({"state": "online"}));
+    check_gateway_device(&mut ha).await;
 
     // State, field by field: live values, the CEM link, the switch.
     let pv = ha
@@ -244,6 +283,14 @@ async fn a_home_assistant_user_sees_every_device_with_live_values() {
         })
         .await;
     let v = pv.json();
+    check_counters(
+        &discoveries["pv"],
+        &v,
+        &[("produced_wh", "device register")],
+    );
+    // S2's sign in power_w, rounded; positive production for Home Assistant's cards.
+    assert_eq!(v["production_w"], -v["power_w"].as_f64().unwrap(), "{v}");
+    assert_eq!(v["power_w"].as_f64().unwrap().fract(), 0.0, "{v}");
     assert_eq!(v["name"], "Roof PV", "{v}");
     assert_eq!(v["kind"], "pv_inverter", "{v}");
     assert!(near(&v["power_w"], -6000.0, 300.0), "PV at noon: {v}");
@@ -272,7 +319,55 @@ async fn a_home_assistant_user_sees_every_device_with_live_values() {
         })
         .await;
     assert!(meter.json()["power_w"].as_f64().unwrap() > 0.0);
+    check_counters(
+        &discoveries["meter"],
+        &meter.json(),
+        &[
+            ("import_wh", "integrated from power"),
+            ("export_wh", "integrated from power"),
+        ],
+    );
     daemon.assert_running();
+}
+
+/// The gateway device every device hangs under, with the bridge's health and info.
+async fn check_gateway_device(ha: &mut MqttPeer) {
+    let g = ha
+        .messages
+        .wait_for(
+            "the gateway device's discovery",
+            |m| m.topic == "homeassistant/device/s2gw/config",
+            GUARD,
+        )
+        .await;
+    assert!(g.retained);
+    let g = g.json();
+    assert_eq!(g["dev"]["ids"], json!(["s2gw"]), "{g}");
+    assert_eq!(g["dev"]["name"], "s2gw-mqtt", "the gateway's name: {g}");
+    assert_eq!(g["dev"]["sw"], env!("CARGO_PKG_VERSION"), "{g}");
+    let c = &g["cmps"];
+    assert_eq!(c["mqtt"]["device_class"], "connectivity", "{g}");
+    assert_eq!(c["mqtt"]["state_topic"], topic("bridge/state"), "{g}");
+    assert_eq!(c["version"]["state_topic"], topic("bridge/info"), "{g}");
+    assert_eq!(c["version"]["entity_category"], "diagnostic", "{g}");
+    assert_eq!(c["cem_links"]["state_topic"], topic("bridge/health"), "{g}");
+    assert_eq!(c["started"]["device_class"], "timestamp", "{g}");
+    for (key, c) in c.as_object().unwrap() {
+        assert_eq!(c["qos"], 1, "{key} in {g}");
+    }
+    // What those entities read: the retained health, without a changing uptime.
+    let health = ha
+        .wait_json("the retained health", &topic("bridge/health"), |v| {
+            v["cem_links"]["connected"] == 1
+        })
+        .await;
+    let v = health.json();
+    assert_eq!(v["uptime_s"], Value::Null, "{v}");
+    assert_eq!(v["cem_links"]["total"], 1, "{v}");
+    assert!(
+        v["started"].as_str().is_some_and(|t| t.ends_with('Z')),
+        "{v}"
+    );
 }
 
 /// A simulated device of `model` with its built-in profile and a fixed resource id.
@@ -287,7 +382,7 @@ fn sim_device(id: &str, name: &str, model: &str, rid: &str) -> String {
 
 /// The control type and active instruction components of a discovery, field by field.
 fn check_cem_components(d: &Value, device: &str) {
-    let oid = format!("s2gw_{BASE}_{device}");
+    let oid = oid(device);
     for (key, name, absent) in [
         ("control_type", "S2 control type", "none"),
         ("active", "Active instruction", "autonomous"),
@@ -450,7 +545,7 @@ async fn home_assistant_sees_ppbc_and_ddbc_devices_under_cem_control() {
             .await;
         assert!(d.retained, "discovery must be retained");
         let d = d.json();
-        check_discovery(&d, device, name, &["energy_wh"]);
+        check_discovery(&d, device, name, &["energy_wh", "consumed_wh"], true);
         check_cem_components(&d, device);
         let energy = &d["cmps"]["energy_wh"];
         assert_eq!(energy["device_class"], "energy", "{d}");
@@ -857,6 +952,45 @@ async fn the_cem_control_switch_survives_a_restart() {
     daemon.assert_running();
 }
 
+/// A thousand malformed commands get five lines and a note that the rest are counted;
+/// the next good command still works (#11: a flood of bad input must not flood the log).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_malformed_commands_is_logged_five_times_then_counted() {
+    let broker = Broker::start().await;
+    let config = format!(
+        "{}[cem.test]\nurl = \"ws://127.0.0.1:9/s2/{{resource_id}}\"\n{}{}",
+        gateway(""),
+        broker.mqtt_section(BASE),
+        pv("pv", "test", "")
+    );
+    let mut ha = MqttPeer::connect(&broker, "ha", &[&topic("pv")], None).await;
+    let mut daemon = Daemon::start(&config);
+    ha.wait_json("the switch on", &topic("pv"), |v| v["cem_control"] == "ON")
+        .await;
+    for i in 0..1000 {
+        ha.publish(&topic("pv/set"), format!("not a command {i}"), false)
+            .await;
+    }
+    // One connection keeps the order: once OFF is applied, the flood has been handled.
+    ha.publish(&topic("pv/set"), r#"{"cem_control":"OFF"}"#, false)
+        .await;
+    ha.wait_json("the switch off after the flood", &topic("pv"), |v| {
+        v["cem_control"] == "OFF"
+    })
+    .await;
+    let logs = daemon.logs();
+    let individual = logs.iter().filter(|l| l.contains("command is not")).count();
+    assert_eq!(individual, 5, "{}", daemon.log_tail(40));
+    assert!(
+        logs.iter().any(
+            |l| l.contains("malformed command") && l.contains("counted, not logged one by one")
+        ),
+        "{}",
+        daemon.log_tail(40)
+    );
+    daemon.assert_running();
+}
+
 // ----------------------------------------------------------------------------------------
 // (g) MQTT appliances: a dishwasher (PPBC) and a hybrid heat pump (DDBC)
 // ----------------------------------------------------------------------------------------
@@ -1009,5 +1143,38 @@ async fn a_cem_schedules_an_mqtt_dishwasher_and_sets_an_mqtt_hybrid_heat_pump() 
     assert_eq!(command.text, "on;50");
     assert_emitted_valid("1.0.0", &hhp.raw_frames());
     assert_emitted_valid("1.0.0", &conns[&dw_rid].raw_frames());
+
+    // Home Assistant sees the MQTT devices with their profiles' manufacturer and model,
+    // and an energy register only where the profile maps one (the dishwasher's plug
+    // does; ebusd's heat pump does not, so its consumption is integrated from power).
+    let mut ha = MqttPeer::connect(
+        &broker,
+        "ha-appliances",
+        &["homeassistant/device/+/config"],
+        None,
+    )
+    .await;
+    for (device, manufacturer, model, energy) in [
+        ("dishwasher", "BSH", "Home Connect dishwasher", true),
+        ("hybrid", "Vaillant", "Hybrid system (eBUS)", false),
+    ] {
+        let d = ha
+            .messages
+            .wait_for(
+                &format!("{device}'s discovery"),
+                |m| m.topic == discovery_topic(device),
+                GUARD,
+            )
+            .await
+            .json();
+        assert_eq!(d["dev"]["mf"], manufacturer, "{d}");
+        assert_eq!(d["dev"]["mdl"], model, "{d}");
+        assert_eq!(d["dev"]["via_device"], "s2gw", "{d}");
+        assert_eq!(
+            d["cmps"]["consumed_wh"]["state_class"], "total_increasing",
+            "{d}"
+        );
+        assert_eq!(d["cmps"]["energy_wh"].is_object(), energy, "{d}");
+    }
     daemon.assert_running();
 }

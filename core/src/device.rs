@@ -30,6 +30,14 @@ pub struct DeviceInfo {
     pub control: Vec<ControlCapability>,
 }
 
+/// A state of charge as a device reported it, if it is one: a value outside 0–100 % (a
+/// garbled answer, an unimplemented point's filler under a wild scale factor) is no
+/// reading, because S2 would be told a fill level outside the range the RM announced.
+/// Found by the Modbus fuzz target (42,360 % from a SunSpec battery's ChaState).
+pub fn plausible_soc(soc: Option<f64>) -> Option<f64> {
+    soc.filter(|pct| (0.0..=100.0).contains(pct))
+}
+
 /// Kinds of devices, which pick the S2 role and the Home Assistant icons.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -426,4 +434,20 @@ pub trait Device: Send {
 
     /// Carry out a command; returns once the device confirmed it where it can.
     async fn apply(&mut self, command: &Command) -> Result<(), DeviceError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::plausible_soc;
+
+    #[test]
+    fn a_state_of_charge_outside_0_to_100_percent_is_no_reading() {
+        assert_eq!(plausible_soc(Some(42.5)), Some(42.5));
+        assert_eq!(plausible_soc(Some(0.0)), Some(0.0));
+        assert_eq!(plausible_soc(Some(100.0)), Some(100.0));
+        assert_eq!(plausible_soc(Some(42_360.0)), None);
+        assert_eq!(plausible_soc(Some(-0.1)), None);
+        assert_eq!(plausible_soc(Some(f64::NAN)), None);
+        assert_eq!(plausible_soc(None), None);
+    }
 }

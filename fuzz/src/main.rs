@@ -36,6 +36,12 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     if let Some(code) = into_private_network(&args) {
         return code;
     }

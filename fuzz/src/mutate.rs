@@ -324,10 +324,10 @@ fn apply(value: &mut Value, mutation: &JsonMutation, ids: &[String]) {
             }
         }
         JsonMutation::Repeat { at, times } => {
-            if let Some(Value::Array(items)) = node(value, *at, |v| v.is_array()) {
-                if let Some(first) = items.first().cloned() {
-                    items.extend(std::iter::repeat_n(first, usize::from(*times % 64)));
-                }
+            if let Some(Value::Array(items)) = node(value, *at, |v| v.is_array())
+                && let Some(first) = items.first().cloned()
+            {
+                items.extend(std::iter::repeat_n(first, usize::from(*times % 64)));
             }
         }
         JsonMutation::Nest { at, depth } => {
@@ -442,11 +442,11 @@ pub fn apply_text(bytes: &mut Vec<u8>, mutation: &TextMutation) {
         }
         TextMutation::DuplicateFirstMember => {
             let text = String::from_utf8_lossy(bytes).into_owned();
-            if let (Some(open), Some(comma)) = (text.find('{'), text.find(',')) {
-                if open < comma {
-                    let member = &text[open + 1..comma];
-                    *bytes = format!("{{{member},{}", &text[open + 1..]).into_bytes();
-                }
+            if let (Some(open), Some(comma)) = (text.find('{'), text.find(','))
+                && open < comma
+            {
+                let member = &text[open + 1..comma];
+                *bytes = format!("{{{member},{}", &text[open + 1..]).into_bytes();
             }
         }
         TextMutation::Garbage(garbage) => *bytes = garbage.clone(),

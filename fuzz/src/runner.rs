@@ -209,7 +209,7 @@ pub fn run<T: Target>(
             );
         }
         watch_memory(&mut report, index - first, warm, limits);
-        if (index - first + 1) % PROGRESS_EVERY == 0 {
+        if (index - first + 1).is_multiple_of(PROGRESS_EVERY) {
             // A long campaign stopped early still leaves its figures.
             report.elapsed = clock.elapsed();
             eprintln!("progress: {}", report.summary());
@@ -262,7 +262,7 @@ fn keep_failure<I: Debug>(
 
 fn watch_memory(report: &mut Report, done: u64, warm: u64, limits: Limits) {
     // Reading /proc costs more than a small input: sample.
-    if done % 256 != 0 && done + 1 != warm {
+    if !done.is_multiple_of(256) && done + 1 != warm {
         return;
     }
     let rss = rss_kb();

@@ -11,9 +11,23 @@ const COUNT: &str = "10000";
 const SEED: &str = "1";
 
 fn campaign(target: &str) {
+    run(target, "0", COUNT);
+}
+
+/// Runs `count` inputs of `target` from input `first` of the seed; fails on any finding.
+fn run(target: &str, first: &str, count: &str) {
     let crashes = tempfile::tempdir().unwrap();
     let output = Command::new(env!("CARGO_BIN_EXE_s2gw-fuzz"))
-        .args([target, "--count", COUNT, "--seed", SEED, "--crashes"])
+        .args([
+            target,
+            "--first",
+            first,
+            "--count",
+            count,
+            "--seed",
+            SEED,
+            "--crashes",
+        ])
         .arg(crashes.path())
         .output()
         .expect("the fuzz runner starts");
@@ -24,7 +38,7 @@ fn campaign(target: &str) {
         "{target}: the campaign found something:\n{stdout}\n{stderr}"
     );
     assert!(
-        stdout.contains(&format!("{COUNT} inputs"))
+        stdout.contains(&format!("{count} inputs"))
             && stdout.contains("0 panics, 0 hangs, 0 invariant violations"),
         "{target}: unexpected report:\n{stdout}\n{stderr}"
     );
@@ -60,3 +74,4 @@ fn bthome_adverts_and_gatt_values_never_panic_the_decoder_or_the_state() {
 fn fuzzed_configs_and_profiles_get_named_problems_or_start_and_stop_cleanly() {
     campaign("config");
 }
+

@@ -10,7 +10,7 @@ mod pairing;
 mod run;
 
 pub use cem::cem;
-pub use check::check;
+pub use check::{check, check_report, warnings};
 pub use demo::{demo, demo_config};
 pub use modbus::{RawReadRequest, SerialArgs, modbus_read, modbus_scan, modbus_target};
 pub use modbus_detect::{DetectRequest, modbus_detect};

@@ -92,14 +92,15 @@ pub fn render(findings: &[Finding], cem: &str) -> String {
                 unit,
                 base,
                 models,
+                manufacturer,
             } => {
                 let list: Vec<String> = models.iter().map(u16::to_string).collect();
                 let _ = writeln!(
                     out,
-                    "# {addr} unit {unit}: SunSpec at {base}, models {}",
+                    "# {addr} unit {unit}: SunSpec at {base}, models {} ({manufacturer:?})",
                     list.join(", ")
                 );
-                let profile = Finding::sunspec_profile(models);
+                let profile = Finding::sunspec_profile(models, manufacturer);
                 snippet(&mut out, addr, *unit, profile, cem);
                 if !models.iter().any(|m| [120, 121, 702].contains(m)) {
                     out.push_str(

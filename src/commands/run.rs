@@ -27,6 +27,7 @@ pub async fn run(path: &Path) -> anyhow::Result<ExitCode> {
         devices = config.devices.len(),
         natives = config.natives.len(),
         server = ?gateway.server_addr,
+        web = ?gateway.web_addr,
         "s2gw running"
     );
     systemd_notify(&[sd_notify::NotifyState::Ready]);

@@ -164,7 +164,12 @@ pub(crate) fn mqtt_device(whence: &Whence<'_>, errors: &mut Errors) -> Option<Mq
 
 /// The daemon's keys of `[mqtt]`, which are not `MqttConfig`'s: the password (read from
 /// a file or the environment) and the mirror's rate limit.
-pub(crate) const MQTT_DAEMON_KEYS: &[&str] = &["password", "password_file", "state_interval_ms"];
+pub(crate) const MQTT_DAEMON_KEYS: &[&str] = &[
+    "password",
+    "password_file",
+    "state_interval_ms",
+    "state_heartbeat_s",
+];
 
 /// Read `[mqtt]` (without the daemon's keys) as an `MqttConfig`; every problem, keys
 /// relative to `[mqtt]`.

@@ -180,6 +180,7 @@ struct TopToml {
     mqtt: Option<Table>,
     native: Option<Any>,
     server: Option<Table>,
+    web: Option<Table>,
 }
 
 /// Which optional sections the config has, for the keys that need them.
@@ -421,6 +422,7 @@ impl<'e> Cx<'e> {
         };
         let server = top.server.map(|t| self.server(&t.0));
         let mqtt = top.mqtt.map(|t| self.mqtt(&t.0));
+        let web = top.web.map(|t| self.web(&t.0));
         let cem = cem::links(&mut self, top.cem.map(|t| t.0), present);
         let devices = self.entries(&at, "device", top.device.map(|a| a.0));
         let natives = self.entries(&at, "native", top.native.map(|a| a.0));
@@ -465,6 +467,7 @@ impl<'e> Cx<'e> {
             devices: device_sections,
             natives: native_sections,
             mqtt: mqtt.map_or(Some(None), |m| m.map(Some))?,
+            web: web.map_or(Some(None), |w| w.map(Some))?,
             source: self.origin,
         })
     }

@@ -56,6 +56,7 @@ mod profile;
 mod secret;
 mod server;
 mod sim;
+mod web;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -72,13 +73,16 @@ pub use gateway::{DEFAULT_GATEWAY_NAME, DEFAULT_LOG_LEVEL, DEFAULT_STATE_DIR, Ga
 pub use load::{
     check, check_with_env, load, load_profile, load_str, load_str_with_env, load_with_env,
 };
-pub use mqtt::{DEFAULT_STATE_INTERVAL_MS, MqttSection, RESERVED_DEVICE_IDS};
+pub use mqtt::{
+    DEFAULT_STATE_HEARTBEAT_S, DEFAULT_STATE_INTERVAL_MS, MqttSection, RESERVED_DEVICE_IDS,
+};
 pub use native::{NativeSection, NativeTransport};
 pub use profile::{
     BUILTIN_PROFILES, Profile, ProfileSource, builtin_profile_text, control_type_name, kind_name,
     parse_control_type,
 };
 pub use server::{ServerSection, TlsFiles};
+pub use web::{DEFAULT_WEB_LISTEN, WebSection};
 
 /// The demo configuration `s2gw demo` runs, compiled in.
 pub const DEMO_TOML: &str = include_str!("../../config/demo.toml");
@@ -152,6 +156,8 @@ pub struct Config {
     /// `[mqtt]`, when the gateway connects to an MQTT broker (state mirror, Home
     /// Assistant discovery, bridge requests, S2 over MQTT, MQTT devices).
     pub mqtt: Option<MqttSection>,
+    /// `[web]`, when the daemon serves its status pages, `/metrics` and `/healthz`.
+    pub web: Option<WebSection>,
     /// The config file this came from (or the origin given to [`load_str`]).
     pub source: PathBuf,
 }

@@ -20,6 +20,10 @@ use super::profile::Profile;
 /// second (always the latest).
 pub const DEFAULT_STATE_INTERVAL_MS: u64 = 1000;
 
+/// Default `mqtt.state_heartbeat_s`: a device's state goes to the broker at least once a
+/// minute, changed beyond its deadbands or not.
+pub const DEFAULT_STATE_HEARTBEAT_S: u64 = 60;
+
 /// Device ids that cannot be mirrored: their topics would mix with the gateway's own
 /// `<base>/bridge/…` and `<base>/s2/…`.
 pub const RESERVED_DEVICE_IDS: &[&str] = &["bridge", "s2"];
@@ -32,6 +36,9 @@ pub struct MqttSection {
     /// `state_interval_ms`: the shortest time between two publishes of one device's
     /// state (default 1000 ms), so a chatty device does not flood the broker.
     pub state_interval: Duration,
+    /// `state_heartbeat_s`: the longest time between two publishes of one device's state
+    /// (default 60 s); in between, only changes beyond the deadbands are published.
+    pub state_heartbeat: Duration,
 }
 
 /// The daemon's keys of `[mqtt]` ([`MQTT_DAEMON_KEYS`]); the others are `MqttConfig`'s.
@@ -42,6 +49,7 @@ struct MqttDaemonToml {
     password: Option<SecretText>,
     password_file: Option<Text>,
     state_interval_ms: Option<Uint<3_600_000>>,
+    state_heartbeat_s: Option<Uint<3600>>,
 }
 
 impl Cx<'_> {
@@ -69,6 +77,19 @@ impl Cx<'_> {
                 format!("must be at least 100 ms, got {interval}"),
             );
         }
+        let heartbeat = raw
+            .state_heartbeat_s
+            .map_or(DEFAULT_STATE_HEARTBEAT_S, |u| u.0);
+        if heartbeat == 0 || heartbeat.saturating_mul(1000) < interval {
+            at.err(
+                self.errors,
+                "state_heartbeat_s",
+                format!(
+                    "must be at least 1 s and not shorter than state_interval_ms ({interval} ms), \
+                     got {heartbeat}"
+                ),
+            );
+        }
         // The other keys are MqttConfig's; serde reports unknown ones.
         let mut client = match adapters::mqtt_config(table) {
             Ok(client) => client,
@@ -88,6 +109,7 @@ impl Cx<'_> {
         self.clean_since(mark).then(|| MqttSection {
             client,
             state_interval: Duration::from_millis(interval),
+            state_heartbeat: Duration::from_secs(heartbeat),
         })
     }
 

@@ -68,8 +68,24 @@ pub const BUILTIN_PROFILES: &[(&str, &str)] = &[
         include_str!("../../config/profiles/modbus-fronius.toml"),
     ),
     (
+        "modbus-sma",
+        include_str!("../../config/profiles/modbus-sma.toml"),
+    ),
+    (
         "modbus-go-e",
         include_str!("../../config/profiles/modbus-go-e.toml"),
+    ),
+    (
+        "modbus-keba-p30",
+        include_str!("../../config/profiles/modbus-keba-p30.toml"),
+    ),
+    (
+        "modbus-heidelberg-ec",
+        include_str!("../../config/profiles/modbus-heidelberg-ec.toml"),
+    ),
+    (
+        "modbus-solaredge",
+        include_str!("../../config/profiles/modbus-solaredge.toml"),
     ),
     (
         "ble-bthome-meter",

@@ -71,6 +71,16 @@ pub(crate) fn reject_plaintext(file: &toml::Table, origin: &Path, errors: &mut E
              file and set password_file, or set the environment variable S2GW_MQTT__PASSWORD",
         );
     }
+    if let Some(toml::Value::Table(web)) = file.get("web")
+        && web.contains_key("password")
+    {
+        errors.push(
+            origin,
+            "web.password",
+            "plaintext secrets are not accepted in the config file: put the password in a \
+             file and set password_file, or set the environment variable S2GW_WEB__PASSWORD",
+        );
+    }
     if let Some(toml::Value::Table(server)) = file.get("server")
         && server.contains_key("token")
     {

@@ -2,9 +2,9 @@
 //! `health` and `resource` requests): snapshots of the virtual RMs' views and the bus
 //! counters, no I/O.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use s2gw_mqtt::{BridgeData, LinkStatus};
 use serde_json::{Value, json};
@@ -37,6 +37,8 @@ struct NativeEntry {
 pub struct DaemonBridge {
     gateway: String,
     started: Instant,
+    /// When the daemon started, for the gateway device's "Started" entity.
+    started_at: SystemTime,
     devices: Vec<DeviceEntry>,
     natives: Vec<NativeEntry>,
     /// CEM links: (name, transport).
@@ -87,6 +89,7 @@ impl DaemonBridge {
         Self {
             gateway: config.gateway.name.clone(),
             started: Instant::now(),
+            started_at: SystemTime::now(),
             devices,
             natives,
             links,
@@ -188,6 +191,8 @@ impl BridgeData for DaemonBridge {
     fn health(&self) -> Value {
         let mut unavailable = Vec::new();
         let (mut up, mut down) = (0u64, 0u64);
+        // A CEM link is connected when a session of one of its resources is.
+        let mut connected_links = BTreeSet::new();
         for d in &self.devices {
             let view = d.view.borrow();
             if !view.available {
@@ -195,7 +200,11 @@ impl BridgeData for DaemonBridge {
             }
             match view.link {
                 crate::rm::LinkState::Down => down += 1,
-                _ => up += 1,
+                crate::rm::LinkState::Connected(_) => {
+                    up += 1;
+                    connected_links.insert(d.cem.clone());
+                }
+                crate::rm::LinkState::Handshaking => up += 1,
             }
         }
         let counters = self.counters.snapshot();
@@ -206,6 +215,7 @@ impl BridgeData for DaemonBridge {
             "status": if degraded { "degraded" } else { "ok" },
             "version": env!("CARGO_PKG_VERSION"),
             "uptime_s": self.started.elapsed().as_secs(),
+            "started": s2gw_core::clock::rfc3339(self.started_at),
             "mqtt": { "connected": mqtt.connected, "connects": mqtt.connects },
             "devices": {
                 "total": self.devices.len(),
@@ -213,6 +223,11 @@ impl BridgeData for DaemonBridge {
                 "unavailable": unavailable,
             },
             "links": { "up": up, "down": down },
+            "cem_links": {
+                "total": self.links.len(),
+                "connected": connected_links.len(),
+                "connected_names": connected_links,
+            },
             "natives": self.natives.len(),
             "bus": {
                 "rm_to_cem": total(|c| c.rm_to_cem),

@@ -48,6 +48,27 @@ pub async fn build(
     })
 }
 
+/// Whether the device has an energy register at all, from its configuration alone (the
+/// mirror's discovery must not wait for a value): every simulated device counts energy,
+/// a Modbus device where its profile maps `energy` (or reads SunSpec, whose inverter
+/// models carry WH), an MQTT device where it maps `energy`, a BLE device where it reads
+/// `energy_wh` (BTHome meters send energy).
+pub fn reports_energy(device: &DeviceSection) -> bool {
+    match &device.connection {
+        Connection::Sim(_) => true,
+        Connection::Modbus(m) => m.profile.readings.energy.is_some() || m.profile.sunspec.is_some(),
+        Connection::Mqtt(config) => config.energy.is_some(),
+        Connection::Ble(ble) => match ble.profile.source {
+            s2gw_ble::BleSource::Bthome => true,
+            s2gw_ble::BleSource::Gatt => ble
+                .profile
+                .readings
+                .iter()
+                .any(|r| r.field == s2gw_ble::ReadingField::EnergyWh),
+        },
+    }
+}
+
 async fn build_mqtt(
     device: &DeviceSection,
     config: &s2gw_mqtt::MqttDeviceConfig,

@@ -10,10 +10,16 @@
 //! - `mod.rs`: the topology: routes, virtual RMs, links, taps;
 //! - `devices.rs`: a device section's adapter (sim, Modbus, MQTT, BLE);
 //! - `mqtt.rs`: the MQTT client, the state mirror and Home Assistant discovery;
-//! - `bridge.rs`: what the MQTT bridge requests answer.
+//! - `bridge.rs`: what the MQTT bridge requests answer;
+//! - `gate.rs`: each device's "CEM control allowed" switch (web UI and MQTT);
+//! - `metered.rs`: the device wrapper that times reads for `/metrics`.
+//!
+//! With `[web]`, the web UI ([`crate::web`]) gets the views, switches and statistics.
 
 pub mod bridge;
 pub mod devices;
+pub mod gate;
+pub mod metered;
 pub mod mqtt;
 
 #[cfg(feature = "ble")]
@@ -40,6 +46,8 @@ pub struct Gateway {
     pub counters: Arc<Counters>,
     /// Where the S2 server listens, when there is one.
     pub server_addr: Option<std::net::SocketAddr>,
+    /// Where the web UI listens, with `[web]`.
+    pub web_addr: Option<std::net::SocketAddr>,
     tasks: Vec<JoinHandle<()>>,
     shutdown: CancellationToken,
     /// Stopped last: MQTT devices and links need it for their goodbyes.
@@ -61,6 +69,11 @@ impl Gateway {
         let counters = Arc::new(Counters::default());
         let mut bus = Bus::new();
         bus.add_tap(counters.clone());
+        let traffic = Arc::new(crate::web::traffic::Traffic::default());
+        if config.web.is_some() {
+            bus.add_tap(traffic.clone());
+        }
+        let polls = metered::poll_durations();
         if let Some(path) = &config.gateway.traffic_log {
             let log = TrafficLog::open(path)
                 .with_context(|| format!("cannot open the traffic log {}", path.display()))?;
@@ -84,16 +97,26 @@ impl Gateway {
         let mut tasks = Vec::new();
         check_ble(config, &shutdown, &mut tasks);
         let mut views = Vec::new();
+        let mut handles = Vec::new();
         for device in &config.devices {
             let resource = Resource {
                 id: &device.id,
                 resource_id: device.resource_id.as_str(),
             };
             let (rm_side, cem_side) = bus.route(resource.resource_id);
-            let (task, view) =
-                start_device(device, rm_side, mqtt.as_mut(), shutdown.clone()).await?;
-            tasks.push(task);
-            views.push(view);
+            let started = start_device(device, rm_side, mqtt.as_mut(), &polls, &shutdown).await?;
+            tasks.extend(started.tasks);
+            views.push(started.view.clone());
+            handles.push(crate::web::state::DeviceHandle {
+                id: device.id.clone(),
+                resource_id: device.resource_id.as_str().to_string(),
+                profile: device.profile.name.clone(),
+                adapter: device.connection.adapter(),
+                cem: device.cem.clone(),
+                view: started.view,
+                gate: started.gate,
+                stats: started.stats,
+            });
             let link = link_for(config, &device.cem)?;
             let mut via = Transports {
                 server: server.as_mut(),
@@ -131,10 +154,18 @@ impl Gateway {
             );
             mqtt.start_bridge(Arc::new(data));
         }
+        let web_addr = match &config.web {
+            Some(section) => {
+                let data = web_data(config, handles, counters.clone(), traffic, mqtt.as_ref());
+                Some(crate::web::start(section, data, polls, shutdown.clone(), &mut tasks).await?)
+            }
+            None => None,
+        };
         Ok(Self {
             views,
             counters,
             server_addr,
+            web_addr,
             tasks,
             shutdown,
             mqtt,
@@ -212,14 +243,26 @@ fn check_ble(config: &Config, shutdown: &CancellationToken, tasks: &mut Vec<Join
 #[cfg(not(feature = "ble"))]
 fn check_ble(_config: &Config, _shutdown: &CancellationToken, _tasks: &mut Vec<JoinHandle<()>>) {}
 
-/// Start a device's virtual RM; with MQTT, gated by its switch and mirrored.
+/// A device's running virtual RM, with what the web UI needs of it.
+struct StartedDevice {
+    tasks: Vec<JoinHandle<()>>,
+    view: watch::Receiver<RmView>,
+    gate: gate::Gate,
+    stats: Arc<metered::DeviceStats>,
+}
+
+/// Start a device's virtual RM, gated by its CEM-control switch (which, with MQTT,
+/// follows the Home Assistant switch too, and is mirrored).
 async fn start_device(
     device: &DeviceSection,
     endpoint: Endpoint,
     mqtt: Option<&mut MqttRuntime>,
-    shutdown: CancellationToken,
-) -> anyhow::Result<(JoinHandle<()>, watch::Receiver<RmView>)> {
+    polls: &metered::PollDurations,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<StartedDevice> {
     let hardware = crate::gateway::devices::build(device, mqtt.as_ref().map(|m| &m.handle)).await?;
+    let stats = Arc::new(metered::DeviceStats::new(polls, &device.id));
+    let hardware = Box::new(metered::Metered::new(hardware, stats.clone()));
     let mut rm_config = VirtualRmConfig::new(device.resource_id.as_str(), device.name.clone());
     rm_config.control_types = device.control_types.clone();
     rm_config.poll_interval = device.poll_interval;
@@ -228,16 +271,64 @@ async fn start_device(
     rm_config.manufacturer = device.profile.manufacturer.clone();
     rm_config.model = device.profile.model.clone();
     let clock = Arc::new(rm::SystemClock);
-    let Some(mqtt) = mqtt else {
-        return Ok(rm::spawn_virtual_rm(
-            rm_config, hardware, endpoint, clock, shutdown,
-        ));
-    };
-    let gate = mqtt.control_allowed(&device.id);
-    let (task, view) =
-        rm::spawn_gated_virtual_rm(rm_config, hardware, endpoint, clock, gate, shutdown);
-    mqtt.mirror_device(device, view.clone());
-    Ok((task, view))
+    let gate = gate::Gate::open();
+    let mut tasks = Vec::new();
+    if let Some(mqtt) = mqtt.as_ref() {
+        tasks.push(gate.follow(mqtt.control_allowed(&device.id), shutdown.clone()));
+    }
+    let (task, view) = rm::spawn_gated_virtual_rm(
+        rm_config,
+        hardware,
+        endpoint,
+        clock,
+        gate.subscribe(),
+        shutdown.clone(),
+    );
+    tasks.push(task);
+    if let Some(mqtt) = mqtt {
+        mqtt.mirror_device(device, view.clone());
+    }
+    Ok(StartedDevice {
+        tasks,
+        view,
+        gate,
+        stats,
+    })
+}
+
+/// What the web UI reads of this gateway.
+fn web_data(
+    config: &Config,
+    devices: Vec<crate::web::state::DeviceHandle>,
+    counters: Arc<Counters>,
+    traffic: Arc<crate::web::traffic::Traffic>,
+    mqtt: Option<&MqttRuntime>,
+) -> crate::web::WebData {
+    crate::web::WebData {
+        gateway: config.gateway.name.clone(),
+        devices,
+        natives: config
+            .natives
+            .iter()
+            .map(|n| crate::web::state::NativeHandle {
+                id: n.id.clone(),
+                resource_id: n.resource_id.as_str().to_string(),
+                cem: n.cem.clone(),
+            })
+            .collect(),
+        links: config
+            .cem
+            .values()
+            .map(|l| (l.name.clone(), l.transport.name()))
+            .collect(),
+        counters,
+        traffic,
+        mqtt: mqtt.map(|m| m.handle.status()),
+        source: config.source.clone(),
+        summary: config.summary(),
+        started: std::time::Instant::now(),
+        history: crate::web::history::History::default(),
+    }
 }
 
 /// The RM side of a native resource: a slot on the server, or on MQTT.

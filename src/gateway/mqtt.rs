@@ -2,6 +2,11 @@
 //! the state mirror fed from every virtual RM's [`RmView`], the "CEM control allowed"
 //! switches handed to the virtual RMs, and the bridge.
 //!
+//! A device's state is published on a change beyond the deadbands
+//! ([`StatePacer`](s2gw_mqtt::StatePacer)), at most once per `state_interval_ms` and at
+//! least once per `state_heartbeat_s`; every change still reaches the mirror's energy
+//! counters.
+//!
 //! The "CEM control allowed" switches survive a restart: the mirror reads the retained
 //! states back before it publishes any, so the first state published says what the
 //! previous run said.
@@ -13,8 +18,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use s2gw_core::s2::ControlType;
 use s2gw_core::{CancellationToken, DeviceStatus};
-use s2gw_mqtt::{BridgeData, DeviceState, Mqtt, MqttHandle, StateMirror};
+use s2gw_mqtt::{BridgeData, DeviceState, Mqtt, MqttHandle, StateMirror, StatePacer};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -27,6 +33,7 @@ pub struct MqttRuntime {
     pub handle: MqttHandle,
     mirror: StateMirror,
     state_interval: Duration,
+    state_heartbeat: Duration,
     token: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -38,6 +45,8 @@ struct Identity {
     name: String,
     manufacturer: Option<String>,
     model: Option<String>,
+    reports_energy: bool,
+    controllable: bool,
 }
 
 impl MqttRuntime {
@@ -49,11 +58,12 @@ impl MqttRuntime {
         let (handle, client) = Mqtt::start(section.client.clone(), token.clone())
             .map_err(|e| anyhow::anyhow!("the MQTT client cannot start: {e}"))?;
         let ids: Vec<String> = config.devices.iter().map(|d| d.id.clone()).collect();
-        let (mirror, mirror_task) = StateMirror::start(handle.clone(), ids);
+        let (mirror, mirror_task) = StateMirror::start(handle.clone(), ids, &config.gateway.name);
         Ok(Self {
             handle,
             mirror,
             state_interval: section.state_interval,
+            state_heartbeat: section.state_heartbeat,
             token,
             tasks: vec![client, mirror_task],
         })
@@ -64,20 +74,30 @@ impl MqttRuntime {
         self.mirror.control_allowed(device_id)
     }
 
-    /// Mirror a device's view to the broker: at once, then on every change, at most once
-    /// per `state_interval` and always the latest.
+    /// Mirror a device's view to the broker: at once, then on every change beyond the
+    /// deadbands, at most once per `state_interval` (always the latest) and at least once
+    /// per `state_heartbeat`.
     pub fn mirror_device(&mut self, device: &DeviceSection, view: watch::Receiver<RmView>) {
         let identity = Identity {
             id: device.id.clone(),
             name: device.name.clone(),
             manufacturer: device.profile.manufacturer.clone(),
             model: device.profile.model.clone(),
+            reports_energy: crate::gateway::devices::reports_energy(device),
+            controllable: device
+                .control_types
+                .iter()
+                .any(|c| *c != ControlType::NotControllable),
+        };
+        let pacing = Pacing {
+            interval: self.state_interval,
+            heartbeat: self.state_heartbeat,
         };
         self.tasks.push(tokio::spawn(feed(
             self.mirror.clone(),
             identity,
             view,
-            self.state_interval,
+            pacing,
             self.token.clone(),
         )));
     }
@@ -104,27 +124,42 @@ impl MqttRuntime {
     }
 }
 
+/// How often a device's state may and must be published.
+#[derive(Debug, Clone, Copy)]
+struct Pacing {
+    interval: Duration,
+    heartbeat: Duration,
+}
+
 async fn feed(
     mirror: StateMirror,
     identity: Identity,
     mut view: watch::Receiver<RmView>,
-    interval: Duration,
+    pacing: Pacing,
     token: CancellationToken,
 ) {
+    let mut pacer = StatePacer::new(pacing.heartbeat);
     loop {
         let state = device_state(&identity, &view.borrow_and_update());
-        tokio::select! {
-            () = token.cancelled() => return,
-            () = mirror.publish_state(state) => {}
-        }
-        // The rate limit: changes during the pause are folded into the next publish.
-        tokio::select! {
-            () = token.cancelled() => return,
-            () = tokio::time::sleep(interval) => {}
+        let now = tokio::time::Instant::now();
+        if pacer.due(&state, now) {
+            tokio::select! {
+                () = token.cancelled() => return,
+                () = mirror.publish_state(state.clone()) => {}
+            }
+            pacer.published(state, now);
+            // The rate limit: changes during the pause are folded into the next publish.
+            tokio::select! {
+                () = token.cancelled() => return,
+                () = tokio::time::sleep(pacing.interval) => {}
+            }
+        } else {
+            mirror.observe(&state);
         }
         tokio::select! {
             () = token.cancelled() => return,
             changed = view.changed() => if changed.is_err() { return },
+            () = tokio::time::sleep_until(pacer.next_heartbeat()) => {}
         }
     }
 }
@@ -135,6 +170,8 @@ fn device_state(identity: &Identity, view: &RmView) -> DeviceState {
     let mut state = DeviceState::new(&identity.id, &identity.name, view.kind);
     state.manufacturer = identity.manufacturer.clone();
     state.model = identity.model.clone();
+    state.reports_energy = identity.reports_energy;
+    state.controllable = identity.controllable;
     let fresh = view
         .readings
         .as_ref()
@@ -200,6 +237,8 @@ mod tests {
             name: "Roof".into(),
             manufacturer: Some("M".into()),
             model: None,
+            reports_energy: true,
+            controllable: true,
         }
     }
 

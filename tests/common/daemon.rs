@@ -91,6 +91,23 @@ impl Daemon {
         tail(&self.all, n)
     }
 
+    /// The process id (for SIGSTOP, RSS and the like).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// How it exited, if it has (without waiting).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// Its resident set size in KiB, from /proc (None once it is gone).
+    pub fn rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    }
+
     /// Fail if the daemon has exited.
     pub fn assert_running(&mut self) {
         if let Ok(Some(status)) = self.child.try_wait() {

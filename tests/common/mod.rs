@@ -2,8 +2,11 @@
 //! `CemSession` over loopback WebSockets ([`cem`]) or MQTT ([`mqtt`], with the broker and
 //! a plain MQTT client), the API both share ([`session`]), the daemon as a child process
 //! ([`daemon`]), the official S2 JSON schemas ([`schemas`]) and the other oracles
-//! ([`oracle`]), Python peers ([`python_peer`]), the s2-python RM scenario run against
-//! either CEM ([`s2python`]), messages built from descriptions ([`messages`]), paths
+//! ([`oracle`]), a plain HTTP/1.1 client for the web UI ([`http`]), Python peers
+//! ([`python_peer`]), the pymodbus device simulator that can
+//! reboot ([`modbus_peer`]), the fault rigs of the soak and its short forms ([`faults`]),
+//! the s2-python RM scenario run against either CEM ([`s2python`]), messages built from
+//! descriptions ([`messages`]), simulated devices' config snippets ([`configs`]), paths
 //! ([`paths`]) and awaited queues ([`queue`]).
 //!
 //! Every wait is on a channel, bounded by a timeout that only turns a hang into a
@@ -18,8 +21,12 @@
 )]
 
 mod cem;
+mod configs;
 mod daemon;
+pub mod faults;
+mod http;
 mod messages;
+mod modbus_peer;
 mod mqtt;
 mod oracle;
 mod paths;
@@ -33,14 +40,17 @@ mod session;
 #[allow(unused_imports)]
 pub use self::{
     cem::{CemConn, Ended, TestCem},
+    configs::{battery, meter, pv},
     daemon::{Daemon, free_port, strip_ansi},
+    http::{HttpReply, http},
     messages::{
         ddbc_instruction, frbc_instruction, ids_in, is_uuid, ombc_instruction, pebc_instruction,
         ppbc_pause, ppbc_resume, ppbc_schedule, status_of, total_power,
     },
+    modbus_peer::{M123, M123_ENA, M123_PCT, M123_RVRT, ModbusPeer},
     mqtt::{Broker, MQTT_PASSWORD, MQTT_USER, MqttCem, MqttMsg, MqttPeer},
     oracle::assert_emitted_valid,
-    paths::{python, shared_dir, workspace},
+    paths::{ha_python, python, shared_dir, workspace},
     python_peer::PythonPeer,
     queue::{GUARD, Queue, within},
     s2python::{check_s2python, s2python_rm_scenario, spawn_s2python_rm},

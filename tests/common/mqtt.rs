@@ -41,6 +41,16 @@ fn mosquitto_binary() -> PathBuf {
 impl Broker {
     /// Start one; fails (never skips) without mosquitto.
     pub async fn start() -> Broker {
+        Self::start_with(false).await
+    }
+
+    /// Start one that keeps persistent sessions and their queued QoS 1 messages on disk
+    /// over a restart ([`Broker::stop`], [`Broker::start_again`]).
+    pub async fn start_persistent() -> Broker {
+        Self::start_with(true).await
+    }
+
+    async fn start_with(persistent: bool) -> Broker {
         let dir = tempfile::tempdir().unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -63,26 +73,49 @@ impl Broker {
         )
         .unwrap();
         let d = dir.path().display();
-        let conf = dir.path().join("mosquitto.conf");
+        let persistence = if persistent {
+            format!("persistence true\npersistence_location {d}/\n")
+        } else {
+            String::new()
+        };
         std::fs::write(
-            &conf,
+            dir.path().join("mosquitto.conf"),
             format!(
                 "user root\nallow_anonymous false\npassword_file {d}/passwd\n\
                  max_queued_messages 100000\nlog_dest file {d}/mosquitto.log\nlog_type all\n\
-                 set_tcp_nodelay true\nlistener {port} 127.0.0.1\n"
+                 set_tcp_nodelay true\n{persistence}listener {port} 127.0.0.1\n"
             ),
         )
         .unwrap();
-        let child = Command::new(mosquitto_binary())
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("mosquitto is missing: apt-get install mosquitto (.ci/run does)");
+        let child = spawn_mosquitto(dir.path());
         let broker = Broker { dir, port, child };
         broker.wait_ready().await;
         broker
+    }
+
+    /// SIGTERM, as `systemctl restart mosquitto` does, and wait until it exited (a
+    /// persistent broker saves its sessions on the way out).
+    pub async fn stop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = std::time::Instant::now() + GUARD;
+        // No async exit notification for a std child: polling its status is the wait.
+        while self.child.try_wait().unwrap().is_none() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "mosquitto did not stop"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Start it again on the same port with the same configuration (after
+    /// [`Broker::stop`]).
+    pub async fn start_again(&mut self) {
+        self.child = spawn_mosquitto(self.dir.path());
+        self.wait_ready().await;
     }
 
     /// Bounded connect attempts: the broker is up once one succeeds.
@@ -117,6 +150,16 @@ impl Broker {
             self.password_file().display()
         )
     }
+}
+
+fn spawn_mosquitto(dir: &std::path::Path) -> Child {
+    Command::new(mosquitto_binary())
+        .arg("-c")
+        .arg(dir.join("mosquitto.conf"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("mosquitto is missing: apt-get install mosquitto (.ci/run does)")
 }
 
 impl Drop for Broker {
@@ -162,9 +205,22 @@ impl MqttPeer {
         filters: &[&str],
         will: Option<(&str, &str)>,
     ) -> MqttPeer {
+        Self::connect_with(broker, id, filters, will, true).await
+    }
+
+    /// Like [`MqttPeer::connect`]; `clean: false` keeps a persistent session (its
+    /// subscriptions and queued QoS 1 messages survive a broker restart).
+    pub async fn connect_with(
+        broker: &Broker,
+        id: &str,
+        filters: &[&str],
+        will: Option<(&str, &str)>,
+        clean: bool,
+    ) -> MqttPeer {
         use rumqttc::{AsyncClient, LastWill, MqttOptions, QoS};
         let mut options = MqttOptions::new(id, "127.0.0.1", broker.port);
         options.set_credentials(MQTT_USER, MQTT_PASSWORD);
+        options.set_clean_session(clean);
         options.set_keep_alive(Duration::from_secs(5));
         options.set_max_packet_size(32 * 1024 * 1024, 32 * 1024 * 1024);
         if let Some((topic, payload)) = will {
@@ -280,13 +336,26 @@ pub struct MqttCem {
 impl MqttCem {
     /// Connect for resource `resource_id` under `base`, with presence and its LWT.
     pub async fn start(broker: &Broker, base: &str, resource_id: &str) -> MqttCem {
+        Self::start_with(broker, base, resource_id, true).await
+    }
+
+    /// Like [`MqttCem::start`], on a persistent MQTT session (`clean: false`) and
+    /// without an LWT: mosquitto publishes every client's will when it shuts down, so a
+    /// CEM with one ends its S2 session at every broker restart (peer offline); this one
+    /// shows what the persistent session itself carries over a restart.
+    pub async fn start_persistent(broker: &Broker, base: &str, resource_id: &str) -> MqttCem {
+        Self::start_with(broker, base, resource_id, false).await
+    }
+
+    async fn start_with(broker: &Broker, base: &str, resource_id: &str, clean: bool) -> MqttCem {
         let prefix = format!("{base}/s2/{resource_id}");
         let peer_topic = format!("{prefix}/peer");
-        let peer = MqttPeer::connect(
+        let peer = MqttPeer::connect_with(
             broker,
             &format!("cem-{resource_id}"),
             &[&format!("{prefix}/rm"), &format!("{prefix}/state")],
-            Some((&peer_topic, r#"{"state":"offline"}"#)),
+            clean.then_some((peer_topic.as_str(), r#"{"state":"offline"}"#)),
+            clean,
         )
         .await;
         let (side, cmd_rx, pipes) = CemSide::new(Carrier::Mqtt);

@@ -1,4 +1,4 @@
-//! Paths: the workspace, the Python peer's interpreter and the shared folder.
+//! Paths: the workspace, the Python peers' interpreters and the shared folder.
 
 use std::path::PathBuf;
 
@@ -18,6 +18,22 @@ pub fn python() -> PathBuf {
         "no Python for the s2-python peer at {}: run scripts/test.sh, or ./scripts/python-peers.sh \
          (or `python3 -m venv .venv && .venv/bin/pip install 's2-python[ws]==0.11.1'`), \
          or set S2GW_TEST_PYTHON",
+        path.display()
+    );
+    path
+}
+
+/// The Python of the Home Assistant venv (Home Assistant Core needs Python >= 3.13):
+/// `$S2GW_TEST_HA_PYTHON`, else the workspace's `.venv-ha`. Fails (never skips) when
+/// there is none.
+pub fn ha_python() -> PathBuf {
+    let path = std::env::var_os("S2GW_TEST_HA_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join(".venv-ha/bin/python"));
+    assert!(
+        path.exists(),
+        "no Home Assistant venv at {}: run scripts/test.sh or scripts/ha-peer.sh, or set \
+         S2GW_TEST_HA_PYTHON",
         path.display()
     );
     path

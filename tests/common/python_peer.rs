@@ -3,7 +3,9 @@
 
 use std::process::Stdio;
 
-use tokio::io::{AsyncBufReadExt, BufReader};
+use std::path::Path;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::mpsc;
 
@@ -22,8 +24,13 @@ impl PythonPeer {
     /// Start `tests/peers/<script>` with `args` under the venv's Python; `tag` prefixes
     /// its output in the test log.
     pub fn spawn(script: &str, args: &[&str], tag: &str) -> PythonPeer {
+        Self::spawn_with(&python(), script, args, tag)
+    }
+
+    /// [`spawn`](Self::spawn) under another interpreter (`interpreter`).
+    pub fn spawn_with(interpreter: &Path, script: &str, args: &[&str], tag: &str) -> PythonPeer {
         let path = workspace().join("tests/peers").join(script);
-        let mut child = Command::new(python())
+        let mut child = Command::new(interpreter)
             .arg(&path)
             .args(args)
             .stdin(Stdio::piped())
@@ -53,6 +60,16 @@ impl PythonPeer {
             _stdin: child.stdin.take(),
             child,
         }
+    }
+
+    /// Write one line to the peer's stdin.
+    pub async fn send(&mut self, line: &str) {
+        let stdin = self._stdin.as_mut().expect("the peer's stdin is open");
+        stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .unwrap();
+        stdin.flush().await.unwrap();
     }
 
     /// The peer's exit status, once it exited by itself.

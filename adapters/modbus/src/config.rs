@@ -45,7 +45,7 @@ pub struct ModbusConnection {
     /// Serial: 1 or 2 (default 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_bits: Option<u8>,
-    /// Unit (slave) id, 0..=247 (default 1).
+    /// Unit (slave) id, 0..=247, or 255 on Modbus TCP (default 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unit: Option<u8>,
     /// Per-request timeout of this device in ms (default 1000).
@@ -210,11 +210,15 @@ impl ModbusConnection {
         if self.stop_bits.is_some_and(|b| b != 1 && b != 2) {
             push(&mut problems, "stop_bits", "must be 1 or 2");
         }
-        if self.unit.is_some_and(|u| u > 247) {
+        // Modbus TCP devices addressed directly take 255 ("MODBUS Messaging on TCP/IP
+        // Implementation Guide" V1.0b, 4.4.1.1), e.g. KEBA's P30 insists on it. A
+        // profile names no bus, so only RTU framing rules it out.
+        let rtu = self.serial.is_some() || self.rtu_over_tcp.is_some();
+        if self.unit.is_some_and(|u| u > 247 && (u != 255 || rtu)) {
             push(
                 &mut problems,
                 "unit",
-                "must be 0..=247 (248..255 are reserved)",
+                "must be 0..=247 (248..255 are reserved; 255 only on Modbus TCP)",
             );
         }
         if self.timeout_ms.is_some_and(|t| !(10..=60_000).contains(&t)) {
@@ -376,6 +380,10 @@ pub enum Source {
     MinW,
     /// `-LimitPower.min_w`: a production limit as a positive number.
     ProductionLimitW,
+    /// The production limit as a percentage (0..=100) of the envelope's production
+    /// bound, `-envelope.min_w`: for inverters whose limit register takes a percentage
+    /// (e.g. SolarEdge's dynamic active power limit).
+    ProductionLimitPct,
 }
 
 /// One register write of a command (`{ register = "x", value = 1 }` or
@@ -964,6 +972,18 @@ impl ModbusProfile {
             && !(e.min_w.is_finite() && e.max_w.is_finite() && e.min_w <= e.max_w)
         {
             push(problems, "envelope", "needs finite min_w <= max_w");
+        }
+        let pct = [&self.commands.limit_power, &self.commands.release]
+            .into_iter()
+            .flatten()
+            .any(|w| w.from == Some(Source::ProductionLimitPct));
+        if pct && !self.envelope.is_some_and(|e| e.min_w < 0.0) {
+            push(
+                problems,
+                "envelope.min_w",
+                "`from = \"production_limit_pct\"` needs a production bound (min_w < 0): \
+                 the power 100 % stands for",
+            );
         }
         if self.refresh_s == Some(0) {
             push(problems, "refresh_s", "must be at least 1");

@@ -5,7 +5,10 @@
 //! connection of its own that is closed before the next port. First SunSpec (the `SunS`
 //! marker at 40000, 0 and 50000, then the model chain), then every map profile that has a
 //! signature (`[[modbus.detect]]`: registers whose values must lie in a range, equal a
-//! number or start with a text). A unit that times out is not asked anything else.
+//! number or start with a text). A unit that times out is not asked anything else. A
+//! SunSpec device that also shows a map profile's signature is that profile (SolarEdge:
+//! SunSpec readings, its power control outside SunSpec); one whose common model names
+//! a maker with a SunSpec profile of its own (SMA, Fronius) gets that profile.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,9 +16,10 @@ use std::time::Duration;
 use crate::bus::{Bus, BusSettings};
 use crate::config::{DetectCheck, ModbusProfile};
 use crate::error::ModbusError;
-use crate::point::{Coalescing, Poller, Unit};
+use crate::point::{Coalescing, Point, Poller, Unit};
 use crate::sunspec::{self, DEFAULT_BASES};
 use crate::target::Target;
+use crate::value::ValueType;
 
 /// A map profile that has a signature.
 #[derive(Debug, Clone)]
@@ -52,6 +56,8 @@ pub enum Finding {
         base: u16,
         /// Its model ids, in chain order.
         models: Vec<u16>,
+        /// The common model's manufacturer (Mn), empty if it could not be read.
+        manufacturer: String,
     },
     /// A device whose profile's signature matched.
     Profile {
@@ -81,9 +87,15 @@ pub enum Finding {
 }
 
 impl Finding {
-    /// The SunSpec profile a device with these models gets.
-    pub fn sunspec_profile(models: &[u16]) -> &'static str {
-        if models.contains(&124) {
+    /// The SunSpec profile a device with these models from this manufacturer gets: the
+    /// maker's own profile where one ships (it knows the maker's unit id, base and
+    /// quirks), else the generic one.
+    pub fn sunspec_profile(models: &[u16], manufacturer: &str) -> &'static str {
+        if manufacturer.starts_with("SMA") {
+            "modbus-sma"
+        } else if manufacturer.starts_with("Fronius") {
+            "modbus-fronius"
+        } else if models.contains(&124) {
             "modbus-sunspec-storage"
         } else {
             "modbus-sunspec-inverter"
@@ -119,11 +131,15 @@ async fn probe_port(addr: &str, probe: &Probe, candidates: &[Candidate]) -> Find
         };
         match sunspec::discover(&u, &DEFAULT_BASES).await {
             Ok(d) => {
+                if let Some(found) = refine(addr, &u, candidates).await {
+                    return found;
+                }
                 return Finding::SunSpec {
                     addr: addr.to_string(),
                     unit,
                     base: d.base,
                     models: d.models.iter().map(|m| m.id).collect(),
+                    manufacturer: manufacturer(&u, &d).await,
                 };
             }
             Err(e) if nothing_there(&e) && tried.is_empty() => {
@@ -160,6 +176,38 @@ async fn probe_port(addr: &str, probe: &Probe, candidates: &[Candidate]) -> Find
         addr: addr.to_string(),
         why: tried.join("; "),
     }
+}
+
+/// The common model's Mn (16 registers after its ID and L), or empty.
+async fn manufacturer(unit: &Unit, d: &sunspec::Discovery) -> String {
+    let Some(common) = d.models.iter().find(|m| m.id == 1) else {
+        return String::new();
+    };
+    let mut point = Point::holding("mn", common.address.saturating_add(2), ValueType::String);
+    point.length = 16;
+    let mut poller = Poller::new(unit.clone(), vec![point], Coalescing::default());
+    match poller.refresh(&["mn"]).await {
+        Ok(()) => poller.text("mn").unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
+/// The first map profile for `unit` whose signature a SunSpec device shows.
+async fn refine(addr: &str, unit: &Unit, candidates: &[Candidate]) -> Option<Finding> {
+    for c in candidates
+        .iter()
+        .filter(|c| c.unit.is_none_or(|u| u == unit.id))
+    {
+        if let Ok(seen) = matches(unit, c).await {
+            return Some(Finding::Profile {
+                addr: addr.to_string(),
+                unit: unit.id,
+                profile: c.profile.clone(),
+                seen,
+            });
+        }
+    }
+    None
 }
 
 /// Refused or unreachable: nothing to identify at that port.

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use s2gw_core::device::plausible_soc;
 use s2gw_core::device::{ControlCapability, DeviceInfo, DeviceKind, ModeSpec};
 use s2gw_core::{Command, Device, DeviceError, DeviceStatus, Readings};
 use tokio::time::Instant;
@@ -82,6 +83,8 @@ struct Params {
     watts: Option<f64>,
     min_w: Option<f64>,
     max_w: Option<f64>,
+    /// What 100 % of a production limit is, W (`-envelope.min_w`).
+    production_w: Option<f64>,
 }
 
 impl Params {
@@ -93,6 +96,10 @@ impl Params {
             Source::MaxW => self.max_w,
             Source::MinW => self.min_w,
             Source::ProductionLimitW => self.min_w.map(|w| (-w).max(0.0)),
+            Source::ProductionLimitPct => self
+                .min_w
+                .zip(self.production_w)
+                .map(|(w, full)| ((-w).max(0.0) / full * 100.0).clamp(0.0, 100.0)),
         }
     }
 
@@ -194,7 +201,7 @@ impl MapDevice {
             power_w,
             phase_power_w,
             energy_wh: num(&r.energy),
-            soc: num(&r.soc),
+            soc: plausible_soc(num(&r.soc)),
             status,
             active: self.active.clone(),
             ..Readings::default()
@@ -352,6 +359,7 @@ impl MapDevice {
                 Params {
                     min_w: *min_w,
                     max_w: *max_w,
+                    production_w: self.profile.envelope.map(|e| -e.min_w).filter(|w| *w > 0.0),
                     ..Params::default()
                 },
             )),

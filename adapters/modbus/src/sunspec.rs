@@ -7,6 +7,7 @@
 use std::fmt;
 
 use async_trait::async_trait;
+use s2gw_core::device::plausible_soc;
 use s2gw_core::device::{ControlCapability, DeviceInfo, DeviceKind};
 use s2gw_core::{Command, Device, DeviceError, DeviceStatus, Readings};
 use tokio::time::Instant;
@@ -250,6 +251,14 @@ impl LimitVia {
         }
     }
 
+    /// The limit's revert timer, s (0: the limit stays until someone clears it).
+    fn revert_tms(self) -> &'static str {
+        match self {
+            LimitVia::M704 => "704.WMaxLimPctRvrtTms",
+            LimitVia::M123 => "123.WMaxLimPct_RvrtTms",
+        }
+    }
+
     /// The settings a Release puts back, enable last.
     fn restorable(self) -> &'static [&'static str] {
         match self {
@@ -378,17 +387,29 @@ impl SunSpecDevice {
     /// curtails only when enabled *and* below 100 % (some inverters keep the enable flag
     /// at 1 at 100 %): only then is it reported and our limits capped to it; an enabled
     /// 100 % is still put back exactly on release (rule 3).
+    ///
+    /// One with a running revert timer is not an installer's standing setting: it is a
+    /// command the device drops by itself, most likely this gateway's own from before a
+    /// crash and restart. Keeping it as a cap would hold the device at the old CEM's
+    /// limit for as long as the gateway runs.
     fn capture_foreign(&mut self) {
         if let Some(via) = self.limit_via
             && self.poller.number(via.enable()) == Some(1.0)
         {
-            match self.poller.number(via.pct()).filter(|p| *p < 100.0) {
-                Some(pct) => tracing::warn!(device = %self.id, pct, %via,
-                    "an active power limit was set by someone else (installer?): left as it is, and restored on release"),
-                None => tracing::info!(device = %self.id, %via,
-                    "the power limit is enabled at 100 % (not curtailing): restored as it is on release"),
+            let pct = self.poller.number(via.pct()).unwrap_or(100.0);
+            if self.reverts_by_itself(via.revert_tms()) {
+                tracing::info!(device = %self.id, pct, %via,
+                    "an active power limit with a revert timer (this gateway's own before a restart?): temporary, not kept");
+            } else {
+                if pct < 100.0 {
+                    tracing::warn!(device = %self.id, pct, %via,
+                        "an active power limit was set by someone else (installer?): left as it is, and restored on release");
+                } else {
+                    tracing::info!(device = %self.id, %via,
+                        "the power limit is enabled at 100 % (not curtailing): restored as it is on release");
+                }
+                self.foreign_limit = self.snapshot(via.restorable());
             }
-            self.foreign_limit = self.snapshot(via.restorable());
         }
         if self.has(124)
             && self.opts.storage
@@ -397,9 +418,18 @@ impl SunSpecDevice {
                 .number("124.StorCtl_Mod")
                 .is_some_and(|m| m != 0.0)
         {
-            tracing::warn!(device = %self.id, "storage control is active and not ours: restored on release");
-            self.foreign_storage = self.snapshot(STORAGE_RESTORABLE);
+            if self.reverts_by_itself("124.InOutWRte_RvrtTms") {
+                tracing::info!(device = %self.id, "storage control with a revert timer (this gateway's own before a restart?): temporary, not kept");
+            } else {
+                tracing::warn!(device = %self.id, "storage control is active and not ours: restored on release");
+                self.foreign_storage = self.snapshot(STORAGE_RESTORABLE);
+            }
         }
+    }
+
+    /// Whether the revert timer `name` runs (non-zero seconds).
+    fn reverts_by_itself(&self, name: &str) -> bool {
+        self.poller.number(name).is_some_and(|s| s > 0.0)
     }
 
     fn snapshot(&self, names: &[&str]) -> Option<Snapshot> {
@@ -611,7 +641,7 @@ impl SunSpecDevice {
             power_w: power.unwrap_or(0.0),
             phase_power_w: phases,
             energy_wh: energy,
-            soc: num("124.ChaState"),
+            soc: plausible_soc(num("124.ChaState")),
             status,
             active: self.active.clone().or_else(|| self.foreign_command()),
             ..Readings::default()

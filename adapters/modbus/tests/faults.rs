@@ -246,3 +246,39 @@ async fn alfen_eve_floats_phases_and_heartbeat_rewrites() {
         s2gw_core::DeviceStatus::Fault(_)
     ));
 }
+
+/// Found by the fuzz campaign (#11): a SunSpec battery whose ChaState read 42,360 % under
+/// a wild scale factor was passed on as the state of charge, and so as an FRBC fill level
+/// outside the range the RM announces. Now it is no reading; power still is.
+#[tokio::test]
+async fn a_state_of_charge_beyond_100_percent_is_no_reading() {
+    let server = FaultServer::start().await;
+    let mut chain = vec![0x5375, 0x6e53];
+    for (id, len) in [(1u16, 66u16), (103, 50), (124, 24)] {
+        let start = chain.len();
+        chain.push(id);
+        chain.push(len);
+        chain.extend(std::iter::repeat_n(0, usize::from(len)));
+        if id == 103 {
+            chain[start + 14] = 1500; // W
+        }
+        if id == 124 {
+            chain[start + 8] = 4236; // ChaState
+            chain[start + 22] = 1; // ChaState_SF: ×10, so 42,360 %
+        }
+    }
+    chain.extend([0xFFFF, 0]);
+    server.set(Table::Holding, 40000, &chain);
+    let mut device = s2gw_modbus::build_on(
+        "battery",
+        unit(&server.addr, 1, 1000),
+        &profile("modbus-sunspec-storage"),
+    );
+    let readings = device.read().await.unwrap();
+    assert_eq!(readings.power_w, -1500.0, "produced: {readings:?}");
+    assert_eq!(readings.soc, None, "{readings:?}");
+    server.set(Table::Holding, 40002 + 68 + 52 + 22, &[0]); // ChaState_SF back to ×1
+    server.set(Table::Holding, 40002 + 68 + 52 + 8, &[42]); // and a real 42 %
+    let readings = device.read().await.unwrap();
+    assert_eq!(readings.soc, Some(42.0), "{readings:?}");
+}

@@ -18,6 +18,12 @@ fn shipped_profiles_validate() {
         "modbus-alfen-eve",
         "modbus-sg-ready",
         "modbus-sdm630",
+        "modbus-fronius",
+        "modbus-sma",
+        "modbus-go-e",
+        "modbus-keba-p30",
+        "modbus-heidelberg-ec",
+        "modbus-solaredge",
     ] {
         let p = common::profile(name);
         assert_eq!(p.validate(), Vec::<(String, String)>::new(), "{name}");
@@ -52,4 +58,24 @@ fn connection_and_profile_keys_are_split_and_checked() {
     ] {
         assert!(keys.iter().any(|x| x == k), "{k} not reported in {keys:?}");
     }
+}
+
+/// Unit 255 ("not significant" on Modbus TCP, which KEBA requires) is taken on TCP only.
+#[test]
+fn unit_255_is_accepted_on_modbus_tcp_only() {
+    let map = "address_base = 0\n[registers.p]\ntable = \"input\"\naddress = 1\n[readings]\npower = \"p\"";
+    let tcp = config(&format!("tcp = \"10.0.0.2:502\"\nunit = 255\n{map}")).unwrap();
+    assert!(tcp.validate().is_empty(), "{:?}", tcp.validate());
+    let rtu = config(&format!("serial = \"/dev/ttyUSB0\"\nunit = 255\n{map}")).unwrap();
+    let keys: Vec<String> = rtu.validate().into_iter().map(|(k, _)| k).collect();
+    assert_eq!(keys, ["unit"]);
+}
+
+/// A percentage limit needs the production bound it is a percentage of.
+#[test]
+fn a_percentage_limit_without_a_production_bound_is_reported() {
+    let mut p = common::profile("modbus-solaredge");
+    p.envelope = None;
+    let keys: Vec<String> = p.validate().into_iter().map(|(k, _)| k).collect();
+    assert_eq!(keys, ["envelope.min_w"]);
 }

@@ -9,7 +9,8 @@ mod common;
 
 use common::{PyPeer, Seen, profile, unit};
 use s2gw_core::{Command, Device, DeviceStatus};
-use s2gw_modbus::config::SunSpecOptions;
+use s2gw_modbus::config::{EnvelopeSpec, SunSpecOptions};
+use s2gw_modbus::map::MapDevice;
 use s2gw_modbus::sunspec::SunSpecDevice;
 
 fn device(peer: &PyPeer, base: Option<u16>) -> SunSpecDevice {
@@ -188,4 +189,105 @@ async fn fronius_float_map_measures_and_limits_through_123() {
     );
     dev.apply(&Command::Release).await.unwrap();
     assert_eq!(peer.writes().await, [fc16(40246, 0)]);
+}
+
+/// The `modbus-sma` profile against a simulator of a Sunny Tripower's SunSpec chain (17
+/// models, as OpenEMS reads them): discovery lands on 103 at 40185 and 123 at 40343
+/// behind the filler models; WMaxLim_Ena at 1 with 100 % (as SMA keeps it) is no limit;
+/// a limit of half of WMax is the revert timer, WMaxLimPct 500 (SF -1), enable; release
+/// puts 100 % back with the flag as found (1).
+#[tokio::test]
+async fn sma_sunspec_chain_is_discovered_and_its_enabled_100_percent_is_restored() {
+    let mut peer = PyPeer::start(&["sma"]).await;
+    let p = profile("modbus-sma");
+    let mut dev = SunSpecDevice::new(
+        "sma",
+        unit(&peer.addr(), 126, 1000),
+        p.sunspec.as_ref().unwrap(),
+        p.coalescing(),
+    );
+    let r = dev.read().await.unwrap();
+    assert_eq!(r.power_w, -1234.5);
+    assert_eq!(r.active, None, "enabled at 100 % limits nothing");
+    let d = dev.discovery().unwrap();
+    let ids: Vec<u16> = d.models.iter().map(|m| m.id).collect();
+    assert_eq!(
+        ids,
+        [
+            1, 11, 12, 103, 120, 121, 122, 123, 124, 126, 127, 128, 131, 132, 160, 129, 130
+        ]
+    );
+    let at = |id| d.models.iter().find(|m| m.id == id).unwrap().address;
+    assert_eq!(
+        (at(103), at(120), at(121), at(123), at(160)),
+        (40185, 40237, 40265, 40343, 40621)
+    );
+    assert_eq!(dev.info().manufacturer.as_deref(), Some("SMA"));
+    assert!(peer.writes().await.is_empty(), "reading never writes");
+
+    dev.apply(&Command::LimitPower {
+        min_w: Some(-2500.0),
+        max_w: None,
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        peer.writes().await,
+        [fc16(40350, 120), fc16(40348, 500), fc16(40352, 1)]
+    );
+    dev.apply(&Command::Release).await.unwrap();
+    let seen = peer.writes().await;
+    assert!(seen.contains(&fc16(40348, 1000)), "{seen:?}");
+    assert_eq!(seen.last(), Some(&fc16(40352, 1)), "{seen:?}");
+}
+
+/// A 32-bit SolarEdge power control value as the peer prints it: low word first.
+fn low_first(address: u16, words: u32) -> Seen {
+    Seen {
+        fc: 16,
+        address,
+        values: vec![i64::from(words & 0xFFFF), i64::from(words >> 16)],
+    }
+}
+
+/// The `modbus-solaredge` profile against a simulator of SolarEdge's SunSpec map and
+/// its Enhanced Dynamic Power Control registers: the SunSpec W with W_SF; a limit is
+/// the fallback (100 %), the command timeout (60 s), the enable, then the dynamic limit
+/// as a percentage of the envelope's production bound (the inverter's max active
+/// power), float32 low word first; release is 100 %.
+#[tokio::test]
+async fn solaredge_measures_sunspec_and_limits_through_its_dynamic_power_control() {
+    let mut peer = PyPeer::start(&["solaredge"]).await;
+    let mut p = profile("modbus-solaredge");
+    // What the device section says for an 8 kW inverter.
+    p.envelope = Some(EnvelopeSpec {
+        min_w: -8000.0,
+        max_w: 0.0,
+    });
+    assert_eq!(p.validate(), Vec::<(String, String)>::new());
+    let mut dev = MapDevice::new("se", unit(&peer.addr(), 1, 1000), &p);
+    let r = dev.read().await.unwrap();
+    assert_eq!(r.power_w, -1234.5);
+    assert_eq!(r.energy_wh, Some(123456.0));
+    assert_eq!(r.status, DeviceStatus::Ok);
+    assert!(peer.writes().await.is_empty(), "reading never writes");
+
+    // 2000 W of 8000 W: 25 %.
+    dev.apply(&Command::LimitPower {
+        min_w: Some(-2000.0),
+        max_w: Some(0.0),
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        peer.writes().await,
+        [
+            low_first(0xF312, 100f32.to_bits()),
+            low_first(0xF310, 60),
+            fc16(0xF300, 1),
+            low_first(0xF322, 25f32.to_bits()),
+        ]
+    );
+    dev.apply(&Command::Release).await.unwrap();
+    assert_eq!(peer.writes().await, [low_first(0xF322, 100f32.to_bits())]);
 }

@@ -1,4 +1,5 @@
-//! The bridge topics: `<base>/bridge/info` (retained) and request/response on
+//! The bridge topics: `<base>/bridge/info` and `<base>/bridge/health` (retained, for the
+//! gateway device's entities in Home Assistant) and request/response on
 //! `<base>/bridge/request/<cmd>` → `<base>/bridge/response/<cmd>`, answered from data the
 //! daemon provides through [`BridgeData`].
 
@@ -15,7 +16,8 @@ use crate::client::{Inbound, MqttHandle};
 /// Requests larger than this are refused unread: a request is a few parameters.
 const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
-/// How often `bridge/info` is rebuilt and re-published when it changed.
+/// How often `bridge/info` and `bridge/health` are rebuilt and re-published when they
+/// changed.
 const INFO_REFRESH: Duration = Duration::from_secs(10);
 
 /// What the daemon tells the bridge. Called from the bridge task; keep calls cheap
@@ -25,7 +27,10 @@ pub trait BridgeData: Send + Sync {
     fn info(&self) -> Value;
     /// The answer to `devices`: every device with its state.
     fn devices(&self) -> Value;
-    /// The answer to `health`: liveness of links, devices, the bus.
+    /// The answer to `health`: liveness of links, devices, the bus. Published retained
+    /// on `bridge/health` too, without `uptime_s` (which would make every refresh a
+    /// change) and `bus` (counters that change with every message): give `started`
+    /// instead.
     fn health(&self) -> Value;
     /// The answer to `resource` for a resource id (or device id), `None` when unknown.
     fn resource(&self, id: &str) -> Option<Value>;
@@ -46,6 +51,7 @@ async fn run(handle: MqttHandle, data: Arc<dyn BridgeData>) {
         return;
     };
     let mut last_info = Value::Null;
+    let mut last_health = Value::Null;
     let mut refresh = tokio::time::interval(INFO_REFRESH);
     let mut dropped = LogThrottle::default();
     loop {
@@ -64,9 +70,25 @@ async fn run(handle: MqttHandle, data: Arc<dyn BridgeData>) {
                     }
                     last_info = info;
                 }
+                let health = retained_health(data.health());
+                if health != last_health {
+                    if handle.publish_retained(handle.topic("bridge/health"), health.to_string()).await.is_err() {
+                        return;
+                    }
+                    last_health = health;
+                }
             }
         }
     }
+}
+
+/// The health document as retained: only what changes when something happens.
+fn retained_health(mut health: Value) -> Value {
+    if let Some(object) = health.as_object_mut() {
+        object.remove("uptime_s");
+        object.remove("bus");
+    }
+    health
 }
 
 /// Answer one request. Only a stopped client is an error; bad requests get error answers.

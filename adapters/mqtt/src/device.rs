@@ -543,6 +543,8 @@ async fn run_follow(
     shutdown: s2gw_core::CancellationToken,
 ) {
     let name = follow.name.as_str();
+    // A device that keeps publishing what the profile cannot read must not fill the log.
+    let mut dropped = s2gw_core::LogThrottle::default();
     loop {
         let message = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -560,11 +562,15 @@ async fn run_follow(
             Kind::Text => extract_text(&message.payload, &follow.path).map(Sample::Text),
             Kind::TaskState(map) => {
                 let Some(text) = extract_text(&message.payload, &follow.path) else {
-                    warn!(%device, reading = name, topic = %message.topic, "no state at the configured path: ignored");
+                    dropped.warn("no state at the path", at.into_std(), || {
+                        warn!(%device, reading = name, topic = %message.topic, "no state at the configured path: ignored");
+                    });
                     continue;
                 };
                 let Some(step) = map.get(&text) else {
-                    warn!(%device, state = %text, topic = %message.topic, "a task state the profile does not map: ignored");
+                    dropped.warn("unmapped task state", at.into_std(), || {
+                        warn!(%device, state = %text, topic = %message.topic, "a task state the profile does not map: ignored");
+                    });
                     continue;
                 };
                 lock(&latest).task.observe(*step, at, wall);
@@ -577,9 +583,9 @@ async fn run_follow(
                     .values
                     .insert(name.to_string(), Entry { sample, at, wall });
             }
-            None => {
-                warn!(%device, reading = name, topic = %message.topic, "no value of the configured kind at the path: ignored")
-            }
+            None => dropped.warn("no value at the path", at.into_std(), || {
+                warn!(%device, reading = name, topic = %message.topic, "no value of the configured kind at the path: ignored");
+            }),
         }
     }
 }

@@ -8,9 +8,11 @@
 //!   adapter's client link and server slots. The session protocol is in
 //!   `docs/s2-over-mqtt.md`.
 //! - [`StateMirror`]: retained per-device state, availability, Home Assistant device
-//!   discovery and the "CEM control allowed" switch.
-//! - [`spawn_bridge`]: `<base>/bridge/info` and `<base>/bridge/request/<cmd>` answered
-//!   from a [`BridgeData`] the daemon implements.
+//!   discovery (`discovery.rs`: each device under a gateway device), the Energy
+//!   dashboard's counters (`energy.rs`) and the "CEM control allowed" switch.
+//! - [`spawn_bridge`]: `<base>/bridge/info` and `<base>/bridge/health` (retained), and
+//!   `<base>/bridge/request/<cmd>` answered from a [`BridgeData`] the daemon implements.
+//! - [`StatePacer`]: when a device's state is worth publishing (deadbands, heartbeat).
 //! - [`MqttDevice`]: a [`Device`](s2gw_core::Device) whose readings and commands are MQTT
 //!   topics, mapped by a profile ([`MqttDeviceConfig`]).
 //!
@@ -25,7 +27,10 @@ mod bridge;
 mod client;
 mod config;
 mod device;
+mod discovery;
+mod energy;
 mod mirror;
+mod pace;
 mod s2link;
 mod time;
 mod tls;
@@ -41,6 +46,9 @@ pub use client::{Inbound, LinkStatus, Mqtt, MqttHandle, Subscription};
 pub use config::{MqttConfig, Protocol, TlsConfig};
 pub use device::{CommandMap, CurrentMap, ModeMap, MqttDevice, MqttDeviceConfig, ReadingMap};
 pub use mirror::{DeviceState, StateMirror};
+pub use pace::{
+    ENERGY_DEADBAND_WH, POWER_DEADBAND_RATIO, POWER_DEADBAND_W, SOC_DEADBAND, StatePacer,
+};
 pub use s2gw_core::Secret;
 pub use s2link::{add_native_rm, spawn_cem_link};
 pub use topic::matches as topic_matches;

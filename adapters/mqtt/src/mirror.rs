@@ -1,7 +1,9 @@
 //! The state mirror: per-device retained state and availability, Home Assistant
 //! device-based discovery, and the "CEM control allowed" switch.
 //!
-//! The daemon feeds it [`DeviceState`]s; it owns everything MQTT about them. Discovery of
+//! The daemon feeds it [`DeviceState`]s; it owns everything MQTT about them, including the
+//! Energy dashboard's counters (`energy.rs`), integrated from every state it is shown
+//! ([`StateMirror::observe`]) whether published or not. Discovery of
 //! devices that left the config is found again at every connect by reading the
 //! gateway's own retained discovery topics back (recognised by origin `s2gw` and the
 //! gateway's identifier prefix) and cleared, so nothing needs to be stored on disk.
@@ -11,6 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
+use s2gw_core::LogThrottle;
 use s2gw_core::device::DeviceKind;
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -19,6 +22,8 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use crate::client::{Inbound, MqttHandle, Subscription};
+use crate::discovery::{self, DiscoveryIds, GatewayTopics};
+use crate::energy::EnergyCounters;
 
 /// How long the read-back of retained discovery may take before it is cut short.
 const SWEEP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -52,6 +57,13 @@ pub struct DeviceState {
     pub available: bool,
     /// When anything in it last changed.
     pub updated: SystemTime,
+    /// Whether the device has an energy register (`energy_wh`) at all, from its
+    /// configuration: discovery offers the energy sensor by this, not by a live value.
+    pub reports_energy: bool,
+    /// Whether a CEM can control anything of it (a control type besides
+    /// NOT_CONTROLABLE), from its configuration: only then is there a "CEM control
+    /// allowed" switch.
+    pub controllable: bool,
 }
 
 impl DeviceState {
@@ -71,6 +83,8 @@ impl DeviceState {
             cem_link: "down".to_string(),
             available: false,
             updated: SystemTime::now(),
+            reports_energy: false,
+            controllable: false,
         }
     }
 }
@@ -82,6 +96,10 @@ struct Entry {
     commanded: bool,
     /// The discovery payload last published, to re-send only on change.
     discovery: Option<Bytes>,
+    /// The Energy dashboard's counters, made with the first state.
+    energy: Option<EnergyCounters>,
+    /// The previous run's retained state, to continue its counters from.
+    saved: Option<Value>,
 }
 
 impl Entry {
@@ -92,12 +110,37 @@ impl Entry {
             control,
             commanded: false,
             discovery: None,
+            energy: None,
+            saved: None,
+        }
+    }
+}
+
+impl Entry {
+    /// Add the state's power to the counters (made, and continued from the previous
+    /// run's, on first use).
+    fn observe(&mut self, state: &DeviceState) {
+        let fits = self
+            .energy
+            .as_ref()
+            .is_some_and(|e| e.fits(state.kind, state.reports_energy));
+        if !fits {
+            let mut counters = EnergyCounters::new(state.kind, state.reports_energy);
+            if let Some(saved) = self.saved.take() {
+                counters.restore(&saved);
+            }
+            self.energy = Some(counters);
+        }
+        if let Some(counters) = &mut self.energy {
+            counters.sample(state.power_w, tokio::time::Instant::now());
         }
     }
 }
 
 struct Inner {
     devices: BTreeMap<String, Entry>,
+    /// Commands dropped (malformed, retained, for no device): logged, then counted.
+    dropped: LogThrottle,
 }
 
 /// The state mirror; cheap to clone.
@@ -105,6 +148,8 @@ struct Inner {
 pub struct StateMirror {
     handle: MqttHandle,
     inner: Arc<Mutex<Inner>>,
+    /// The gateway device's name in Home Assistant.
+    gateway_name: Arc<str>,
     /// Set once the first read-back of the retained states is done. Until then no state
     /// is published: it would overwrite the switch positions the read-back restores.
     swept: Arc<watch::Sender<bool>>,
@@ -125,15 +170,24 @@ fn lock(inner: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
 impl StateMirror {
     /// Start the mirror for the devices in the config (`device_ids`): discovery of any
     /// other device this gateway published before is removed at the next connect.
-    /// The task ends with the client's shutdown.
-    pub fn start(handle: MqttHandle, device_ids: Vec<String>) -> (StateMirror, JoinHandle<()>) {
+    /// `gateway_name` names the gateway device every device hangs under in Home
+    /// Assistant. The task ends with the client's shutdown.
+    pub fn start(
+        handle: MqttHandle,
+        device_ids: Vec<String>,
+        gateway_name: &str,
+    ) -> (StateMirror, JoinHandle<()>) {
         let devices = device_ids
             .into_iter()
             .map(|id| (id, Entry::new()))
             .collect();
         let mirror = StateMirror {
             handle,
-            inner: Arc::new(Mutex::new(Inner { devices })),
+            inner: Arc::new(Mutex::new(Inner {
+                devices,
+                dropped: LogThrottle::default(),
+            })),
+            gateway_name: Arc::from(gateway_name),
             swept: Arc::new(watch::channel(false).0),
         };
         let task = tokio::spawn(mirror.clone().run());
@@ -151,8 +205,19 @@ impl StateMirror {
             .subscribe()
     }
 
+    /// Show the mirror a state it need not publish (within the deadbands): its power
+    /// still goes into the Energy dashboard's counters.
+    pub fn observe(&self, state: &DeviceState) {
+        lock(&self.inner)
+            .devices
+            .entry(state.device_id.clone())
+            .or_insert_with(Entry::new)
+            .observe(state);
+    }
+
     /// Publish a device's state (retained) and availability, and its discovery when new
-    /// or changed.
+    /// or changed. The state's power goes into the counters first, as with
+    /// [`observe`](Self::observe).
     ///
     /// Waits for the first read-back of the retained states after start, so the first
     /// state published carries the switch position of the previous run.
@@ -169,7 +234,8 @@ impl StateMirror {
                 .devices
                 .entry(state.device_id.clone())
                 .or_insert_with(Entry::new);
-            let payload = state_json(&state, *entry.control.borrow());
+            entry.observe(&state);
+            let payload = state_json(&state, *entry.control.borrow(), entry.energy.as_ref());
             let discovery = self.discovery_payload(&state);
             let fresh = discovery.filter(|d| entry.discovery.as_ref() != Some(d));
             if let Some(d) = &fresh {
@@ -204,9 +270,13 @@ impl StateMirror {
         }
     }
 
-    /// `s2gw_<base with / as _>`: what every identifier of this gateway starts with.
+    /// `s2gw_<base with / as _>`, or `s2gw` for the default base `s2gw` (not
+    /// `s2gw_s2gw`): the gateway device's identifier, which every other starts with.
     fn gateway_id(&self) -> String {
-        format!("s2gw_{}", self.handle.base().replace('/', "_"))
+        match self.handle.base() {
+            "s2gw" => "s2gw".to_string(),
+            base => format!("s2gw_{}", base.replace('/', "_")),
+        }
     }
 
     fn object_id(&self, device_id: &str) -> String {
@@ -230,8 +300,27 @@ impl StateMirror {
             object_id: self.object_id(&state.device_id),
             state_topic: self.handle.topic(&state.device_id),
             bridge_state: self.handle.topic("bridge/state"),
+            gateway_id: self.gateway_id(),
         };
-        Some(Bytes::from(discovery_json(&ids, state).to_string()))
+        Some(Bytes::from(discovery::device_json(&ids, state).to_string()))
+    }
+
+    /// Publish the gateway device's discovery (with discovery on).
+    async fn publish_gateway(&self) -> Result<(), crate::MqttError> {
+        if !self.handle.discovery_enabled() {
+            return Ok(());
+        }
+        let topics = GatewayTopics {
+            state: self.handle.topic("bridge/state"),
+            info: self.handle.topic("bridge/info"),
+            health: self.handle.topic("bridge/health"),
+        };
+        let id = self.gateway_id();
+        let payload = discovery::gateway_json(&id, &self.gateway_name, &topics);
+        let topic = format!("{}/device/{id}/config", self.handle.discovery_prefix());
+        self.handle
+            .publish_retained(topic, payload.to_string())
+            .await
     }
 
     async fn run(self) {
@@ -291,6 +380,9 @@ impl StateMirror {
             devices = topics.len(),
             "Home Assistant is online: re-sending discovery"
         );
+        if self.publish_gateway().await.is_err() {
+            return;
+        }
         for (topic, payload) in topics {
             if self.handle.publish_retained(topic, payload).await.is_err() {
                 return;
@@ -306,18 +398,27 @@ impl StateMirror {
         else {
             return;
         };
+        let now = std::time::Instant::now();
         let Some(allowed) = parse_control(&message.payload) else {
-            warn!(device = %device_id, bytes = message.payload.len(), "command is not {{\"cem_control\":\"ON\"|\"OFF\"}}: ignored");
+            let bytes = message.payload.len();
+            lock(&self.inner).dropped.warn("malformed command", now, || {
+                warn!(device = %device_id, bytes, "command is not {{\"cem_control\":\"ON\"|\"OFF\"}}: ignored");
+            });
             return;
         };
         if message.retained {
-            warn!(device = %device_id, "retained command ignored (commands must not be retained)");
+            lock(&self.inner).dropped.warn("retained command", now, || {
+                warn!(device = %device_id, "retained command ignored (commands must not be retained)");
+            });
             return;
         }
         let last = {
             let mut inner = lock(&self.inner);
-            let Some(entry) = inner.devices.get_mut(device_id) else {
-                warn!(device = %device_id, "command for an unknown device: ignored");
+            let Inner { devices, dropped } = &mut *inner;
+            let Some(entry) = devices.get_mut(device_id) else {
+                dropped.warn("command for an unknown device", now, || {
+                    warn!(device = %device_id, "command for an unknown device: ignored");
+                });
                 return;
             };
             entry.commanded = true;
@@ -334,6 +435,9 @@ impl StateMirror {
     /// devices no longer configured, restore the control switches.
     async fn sweep(&self) {
         self.read_back().await;
+        if self.publish_gateway().await.is_err() {
+            debug!("the client stopped: gateway discovery not published");
+        }
         self.swept.send_replace(true);
     }
 
@@ -372,6 +476,7 @@ impl StateMirror {
         self.clear_stale(&discovery).await;
     }
 
+    /// Restore the switches and keep the previous run's counters for the first state.
     fn restore_switches(&self, states: &[Inbound]) {
         let prefix = format!("{}/", self.handle.base());
         let mut inner = lock(&self.inner);
@@ -382,15 +487,20 @@ impl StateMirror {
             let Some(entry) = inner.devices.get_mut(id) else {
                 continue;
             };
-            let saved = serde_json::from_slice::<Value>(&message.payload)
-                .ok()
-                .and_then(|v| {
-                    v.get("cem_control")
-                        .and_then(Value::as_str)
-                        .map(|s| s == "ON")
-                });
+            let Ok(value) = serde_json::from_slice::<Value>(&message.payload) else {
+                continue;
+            };
+            let saved = value
+                .get("cem_control")
+                .and_then(Value::as_str)
+                .map(|s| s == "ON");
             if let (false, Some(allowed)) = (entry.commanded, saved) {
                 entry.control.send_replace(allowed);
+            }
+            // The counters continue from the previous run's, once: at a later reconnect
+            // the retained state is this run's own.
+            if entry.energy.is_none() {
+                entry.saved = Some(value);
             }
         }
     }
@@ -463,13 +573,23 @@ fn parse_control(payload: &[u8]) -> Option<bool> {
     }
 }
 
-fn state_json(state: &DeviceState, control_allowed: bool) -> Bytes {
-    let body = json!({
+/// Rounded to `decimals`: what a reading's resolution justifies, not float noise.
+fn round(value: Option<f64>, decimals: i32) -> Option<f64> {
+    let scale = 10f64.powi(decimals);
+    value.map(|v| (v * scale).round() / scale + 0.0)
+}
+
+fn state_json(
+    state: &DeviceState,
+    control_allowed: bool,
+    energy: Option<&EnergyCounters>,
+) -> Bytes {
+    let mut body = json!({
         "name": state.name,
         "kind": state.kind,
-        "power_w": state.power_w,
-        "energy_wh": state.energy_wh,
-        "soc": state.soc,
+        "power_w": round(state.power_w, 0),
+        "energy_wh": round(state.energy_wh, 0),
+        "soc": round(state.soc, 1),
         "control_type": state.control_type,
         "active": state.active,
         "cem_link": state.cem_link,
@@ -477,124 +597,18 @@ fn state_json(state: &DeviceState, control_allowed: bool) -> Bytes {
         "available": state.available,
         "updated": crate::time::rfc3339(state.updated),
     });
+    if state.kind == DeviceKind::PvInverter {
+        // Home Assistant's power cards want production positive.
+        body["production_w"] = json!(round(state.power_w.map(|p| (-p).max(0.0)), 0));
+    }
+    if let Some(counters) = energy {
+        let (values, sources) = counters.to_json(state.energy_wh);
+        for (key, value) in values {
+            body[key] = value;
+        }
+        body["energy_sources"] = sources;
+    }
     Bytes::from(body.to_string())
-}
-
-struct DiscoveryIds {
-    object_id: String,
-    state_topic: String,
-    bridge_state: String,
-}
-
-fn discovery_json(ids: &DiscoveryIds, state: &DeviceState) -> Value {
-    let oid = &ids.object_id;
-    let sensor = |key: &str, name: &str, class: &str, state_class: &str, unit: &str| {
-        json!({
-            "p": "sensor",
-            "unique_id": format!("{oid}_{key}"),
-            "name": name,
-            "device_class": class,
-            "state_class": state_class,
-            "unit_of_measurement": unit,
-            "state_topic": ids.state_topic,
-            "value_template": format!("{{{{ value_json.{key} }}}}"),
-        })
-    };
-    let mut cmps = serde_json::Map::new();
-    cmps.insert(
-        "power_w".into(),
-        sensor("power_w", "Power", "power", "measurement", "W"),
-    );
-    if state.energy_wh.is_some() {
-        cmps.insert(
-            "energy_wh".into(),
-            sensor("energy_wh", "Energy", "energy", "total_increasing", "Wh"),
-        );
-    }
-    if state.soc.is_some() || state.kind == DeviceKind::Battery {
-        cmps.insert(
-            "soc".into(),
-            sensor("soc", "State of charge", "battery", "measurement", "%"),
-        );
-    }
-    // What the CEM does with the device: which S2 control type it selected and the
-    // instruction in force. Text, so no device class; `none` and `autonomous` stand for
-    // the nulls of the state, which Home Assistant would show as the word "None".
-    let text = |key: &str, name: &str, icon: &str, absent: &str| {
-        json!({
-            "p": "sensor",
-            "unique_id": format!("{oid}_{key}"),
-            "name": name,
-            "icon": icon,
-            "state_topic": ids.state_topic,
-            "value_template": format!("{{{{ value_json.{key} or '{absent}' }}}}"),
-        })
-    };
-    cmps.insert(
-        "control_type".into(),
-        text(
-            "control_type",
-            "S2 control type",
-            "mdi:tune-variant",
-            "none",
-        ),
-    );
-    cmps.insert(
-        "active".into(),
-        text(
-            "active",
-            "Active instruction",
-            "mdi:playlist-check",
-            "autonomous",
-        ),
-    );
-    cmps.insert(
-        "cem_connected".into(),
-        json!({
-            "p": "binary_sensor",
-            "unique_id": format!("{oid}_cem_connected"),
-            "name": "CEM connected",
-            "device_class": "connectivity",
-            "entity_category": "diagnostic",
-            "state_topic": ids.state_topic,
-            "value_template": "{{ 'ON' if value_json.cem_link == 'connected' else 'OFF' }}",
-        }),
-    );
-    let command_topic = format!("{}/set", ids.state_topic);
-    cmps.insert(
-        "cem_control".into(),
-        json!({
-            "p": "switch",
-            "unique_id": format!("{oid}_cem_control"),
-            "name": "CEM control allowed",
-            "icon": "mdi:transmission-tower",
-            "state_topic": ids.state_topic,
-            "command_topic": command_topic,
-            "payload_on": r#"{"cem_control":"ON"}"#,
-            "payload_off": r#"{"cem_control":"OFF"}"#,
-            "value_template": "{{ value_json.cem_control }}",
-            "state_on": "ON",
-            "state_off": "OFF",
-        }),
-    );
-    let mut dev = json!({ "ids": [oid], "name": state.name });
-    if let Some(m) = &state.manufacturer {
-        dev["mf"] = json!(m);
-    }
-    if let Some(m) = &state.model {
-        dev["mdl"] = json!(m);
-    }
-    json!({
-        "dev": dev,
-        "o": { "name": "s2gw", "sw": env!("CARGO_PKG_VERSION") },
-        "cmps": cmps,
-        "availability": [
-            { "topic": ids.bridge_state, "value_template": "{{ value_json.state }}" },
-            { "topic": format!("{}/availability", ids.state_topic), "value_template": "{{ value_json.state }}" },
-        ],
-        "availability_mode": "all",
-        "qos": 1,
-    })
 }
 
 #[cfg(test)]
@@ -612,6 +626,26 @@ mod tests {
     }
 
     #[test]
+    fn values_are_rounded_to_their_resolution_and_production_is_positive() {
+        let mut state = DeviceState::new("pv", "PV", DeviceKind::PvInverter);
+        state.power_w = Some(-1267.3327783860568);
+        state.energy_wh = Some(12000.201000000001);
+        state.soc = Some(55.55);
+        let v: Value = serde_json::from_slice(&state_json(&state, true, None)).unwrap();
+        assert_eq!(v["power_w"], json!(-1267.0));
+        assert_eq!(v["production_w"], json!(1267.0));
+        assert_eq!(v["energy_wh"], json!(12000.0));
+        assert_eq!(v["soc"], json!(55.6));
+        state.power_w = Some(0.2);
+        let v: Value = serde_json::from_slice(&state_json(&state, true, None)).unwrap();
+        assert_eq!(
+            v["production_w"],
+            json!(0.0),
+            "consumption is no production"
+        );
+    }
+
+    #[test]
     fn own_discovery_is_recognised() {
         let mut state = DeviceState::new("pv", "PV", DeviceKind::PvInverter);
         state.energy_wh = Some(1.0);
@@ -619,8 +653,9 @@ mod tests {
             object_id: "s2gw_x_pv".into(),
             state_topic: "x/pv".into(),
             bridge_state: "x/bridge/state".into(),
+            gateway_id: "s2gw_x".into(),
         };
-        let payload = discovery_json(&ids, &state).to_string();
+        let payload = discovery::device_json(&ids, &state).to_string();
         assert!(is_own_discovery(payload.as_bytes(), "s2gw_x_pv"));
         assert!(!is_own_discovery(payload.as_bytes(), "s2gw_x_other"));
         assert!(!is_own_discovery(b"{}", "s2gw_x_pv"));

@@ -27,6 +27,7 @@ fn gateway(config: s2gw_mqtt::MqttConfig, devices: &[&str]) -> Gateway {
     let (mirror, _) = StateMirror::start(
         handle.clone(),
         devices.iter().map(|d| d.to_string()).collect(),
+        "test gateway",
     );
     Gateway {
         handle,
@@ -54,6 +55,8 @@ fn battery() -> DeviceState {
     s.active = Some("setpoint -1500 W".into());
     s.cem_link = "connected".into();
     s.available = true;
+    s.reports_energy = true;
+    s.controllable = true;
     s
 }
 
@@ -117,6 +120,38 @@ async fn retained_state_availability_and_discovery_field_by_field() {
     assert_eq!(c["cem_control"]["name"], "CEM control allowed");
     assert_eq!(c["cem_control"]["command_topic"], "home/bat/set");
     assert_eq!(c["cem_control"]["payload_off"], r#"{"cem_control":"OFF"}"#);
+    assert_eq!(c["cem_control"]["entity_category"], "config");
+    assert_eq!(d["dev"]["via_device"], "s2gw_home");
+    assert_eq!(d["dev"]["sw"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(c["power_w"]["suggested_display_precision"], 0);
+    assert_eq!(c["soc"]["suggested_display_precision"], 1);
+    for (key, name) in [
+        ("charged_wh", "Battery charged"),
+        ("discharged_wh", "Battery discharged"),
+    ] {
+        assert_eq!(c[key]["name"], name);
+        assert_eq!(c[key]["device_class"], "energy");
+        assert_eq!(c[key]["state_class"], "total_increasing");
+        assert_eq!(c[key]["unit_of_measurement"], "Wh");
+        assert_eq!(c[key]["json_attributes_topic"], "home/bat");
+        assert_eq!(state["energy_sources"][key], "integrated from power");
+        assert!(state[key].is_number(), "{state}");
+    }
+    assert_eq!(c["control_type"]["entity_category"], "diagnostic");
+    assert_eq!(c["active"]["json_attributes_topic"], "home/bat");
+    assert_eq!(c["cem_link"]["device_class"], "enum");
+    assert_eq!(c["updated"]["device_class"], "timestamp");
+    for (key, component) in c.as_object().unwrap() {
+        assert_eq!(component["qos"], 1, "{key}");
+    }
+    // The gateway device the battery hangs under.
+    let g = ha
+        .json_where("homeassistant/device/s2gw_home/config", |_| true)
+        .await;
+    assert_eq!(g["dev"]["ids"], json!(["s2gw_home"]));
+    assert_eq!(g["dev"]["name"], "test gateway");
+    assert_eq!(g["cmps"]["mqtt"]["state_topic"], "home/bridge/state");
+    assert_eq!(g["cmps"]["cem_links"]["state_topic"], "home/bridge/health");
     // Every unique_id is unique.
     let ids: std::collections::HashSet<_> = c
         .as_object()
@@ -382,5 +417,39 @@ async fn bridge_requests_and_bad_payloads_on_every_subscribed_topic() {
     assert_eq!(status.borrow().connects, connects);
     assert!(status.borrow().connected);
     assert!(*gw.mirror.control_allowed("bat").borrow());
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn integrated_counters_continue_after_a_restart() {
+    let broker = Broker::start().await;
+    let gw = gateway(broker.config("count"), &["m"]);
+    let mut ha = Peer::connect(&broker, "ha-count", &["count/m"]).await;
+    // 36 MW: every millisecond between two states is 10 Wh of import.
+    let mut importing = meter("m");
+    importing.power_w = Some(36_000_000.0);
+    gw.mirror.publish_state(importing.clone()).await;
+    ha.json_where("count/m", |v| v["power_w"] == 36_000_000.0)
+        .await;
+    gw.mirror.publish_state(importing).await;
+    let before = ha
+        .json_where("count/m", |v| v["import_wh"].as_f64() > Some(0.0))
+        .await;
+    assert_eq!(before["export_wh"], 0.0, "{before}");
+    assert_eq!(
+        before["energy_sources"]["import_wh"],
+        "integrated from power"
+    );
+    gw.stop().await;
+
+    let gw = gateway(broker.config("count"), &["m"]);
+    let mut idle = meter("m");
+    idle.power_w = Some(0.0);
+    gw.mirror.publish_state(idle).await;
+    let after = ha.json_where("count/m", |v| v["power_w"] == 0.0).await;
+    assert!(
+        after["import_wh"].as_f64() >= before["import_wh"].as_f64(),
+        "a restart must not reset the counter: {before} then {after}"
+    );
     gw.stop().await;
 }

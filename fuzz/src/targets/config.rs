@@ -150,10 +150,10 @@ impl Target for ConfigTarget {
             .and_then(|d| toml::to_string(&d).ok())
             .unwrap_or_else(|| original.clone())
             .into_bytes();
-        if u.ratio(1, 4).unwrap_or(false) {
-            if let Ok(m) = TextMutation::arbitrary(&mut u) {
-                crate::mutate::apply_text(&mut text, &m);
-            }
+        if u.ratio(1, 4).unwrap_or(false)
+            && let Ok(m) = TextMutation::arbitrary(&mut u)
+        {
+            crate::mutate::apply_text(&mut text, &m);
         }
         ConfigInput { pick, text }
     }
@@ -281,12 +281,11 @@ fn apply(doc: &mut toml::Table, mutation: &TomlMutation) {
             }
         }
         TomlMutation::Repeat { at, times } => {
-            if let Some((table, key)) = pick_key(doc, *at) {
-                if let Some(toml::Value::Array(items)) = table.get_mut(&key) {
-                    if let Some(first) = items.first().cloned() {
-                        items.extend(std::iter::repeat_n(first, usize::from(*times % 16)));
-                    }
-                }
+            if let Some((table, key)) = pick_key(doc, *at)
+                && let Some(toml::Value::Array(items)) = table.get_mut(&key)
+                && let Some(first) = items.first().cloned()
+            {
+                items.extend(std::iter::repeat_n(first, usize::from(*times % 16)));
             }
         }
     }

@@ -12,7 +12,7 @@
 //! Liveness: every 16th input ends with a bridge request the daemon must answer within
 //! 5 s; a panic in any of its tasks is counted by the runner's panic hook.
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
@@ -74,7 +74,21 @@ impl Drop for Broker {
 }
 
 impl Broker {
+    /// A mosquitto that owns its port. A port picked free and released can be taken by
+    /// another process before mosquitto binds it (the Modbus target opens a listener per
+    /// input), so a start counts only once mosquitto's own log says it listens and the
+    /// process is still there; else another port is tried.
     fn start() -> anyhow::Result<Self> {
+        for _ in 0..5 {
+            let mut broker = Self::spawn()?;
+            if broker.listening()? {
+                return Ok(broker);
+            }
+        }
+        anyhow::bail!("mosquitto did not start listening on any of five ports")
+    }
+
+    fn spawn() -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
@@ -86,7 +100,7 @@ impl Broker {
             format!(
                 "user root\nallow_anonymous true\nmax_queued_messages 100000\n\
                  log_dest file {d}/mosquitto.log\nlog_type subscribe\nlog_type error\n\
-                 log_type warning\nlistener {port} 127.0.0.1\n"
+                 log_type warning\nlog_type information\nlistener {port} 127.0.0.1\n"
             ),
         )?;
         let binary = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
@@ -105,6 +119,24 @@ impl Broker {
         Ok(Self { dir, child, port })
     }
 
+    /// Waits for mosquitto's "Opening ipv4 listen socket on port P" and "running" (it
+    /// bound the port) while it runs; `false` when it exited (the port was taken).
+    fn listening(&mut self) -> anyhow::Result<bool> {
+        let opened = format!("listen socket on port {}", self.port);
+        for _ in 0..500 {
+            if self.child.try_wait()?.is_some() {
+                return Ok(false);
+            }
+            let log = self.log();
+            if log.contains(&opened) && log.contains(" running") && !log.contains("Error") {
+                return Ok(true);
+            }
+            // mosquitto's log file is the only event there is to wait for.
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(false)
+    }
+
     fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default()
     }
@@ -117,17 +149,16 @@ impl Broker {
             let mut fields = line.split_whitespace().skip(1);
             if let (Some("s2gw-fz"), Some(_qos), Some(filter)) =
                 (fields.next(), fields.next(), fields.next())
+                && !topics.iter().any(|t| t == filter)
             {
-                if !topics.iter().any(|t| t == filter) {
-                    topics.push(filter.to_string());
-                }
+                topics.push(filter.to_string());
             }
         }
         topics
     }
 }
 
-fn config(port: u16, state: &PathBuf) -> String {
+fn config(port: u16, state: &Path) -> String {
     let rid = |n: u8| format!("3f2504e0-4f89-41d3-9a0c-0305e82c33{n:02}");
     let mut text = format!(
         "[gateway]\nstate_dir = \"{}\"\n[mqtt]\nhost = \"127.0.0.1\"\nport = {port}\n\
@@ -191,7 +222,6 @@ impl Mqtt {
         let loaded = s2gw::config::load_str(&text, &broker.dir.path().join("s2gw.toml"))
             .map_err(|e| anyhow::anyhow!("the MQTT target's config: {e}"))?;
         let (client, answers, seen, gateway) = runtime.block_on(async {
-            wait_for_port(broker.port).await?;
             let gateway = Gateway::start(&loaded, CancellationToken::new()).await?;
             let (client, answers, seen) = connect(broker.port).await?;
             anyhow::Ok((client, answers, seen, gateway))
@@ -249,32 +279,17 @@ impl Drop for Mqtt {
     }
 }
 
-async fn wait_for_port(port: u16) -> anyhow::Result<()> {
-    for _ in 0..500 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return Ok(());
-        }
-        // A port that is not open yet has no event to await.
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    anyhow::bail!("mosquitto did not start")
-}
-
 /// The fuzzer's client: bridge answers go to the channel; the first second of what the
 /// daemon publishes (retained state and discovery included) is kept as corpus.
 async fn connect(port: u16) -> anyhow::Result<(AsyncClient, mpsc::Receiver<()>, Vec<String>)> {
     let mut options = MqttOptions::new("fuzzer", "127.0.0.1", port);
-    options.set_max_packet_size(1 << 20, 1 << 20);
+    // As large as the daemon's own limit: a fuzzed payload must reach the broker, not
+    // break the fuzzer's connection.
+    options.set_max_packet_size(16 << 20, 16 << 20);
     let (client, mut events) = AsyncClient::new(options, 1024);
-    client
-        .subscribe(
-            format!("{BASE}/bridge/response/fuzzprobe"),
-            QoS::AtLeastOnce,
-        )
-        .await?;
+    let probe_answers = format!("{BASE}/bridge/response/fuzzprobe");
+    client.subscribe(&probe_answers, QoS::AtLeastOnce).await?;
+    let resubscriber = client.clone();
     client.subscribe("#", QoS::AtMostOnce).await?;
     let (answered, answers) = mpsc::channel(16);
     let (seen_tx, mut seen_rx) = mpsc::channel(4096);
@@ -288,9 +303,17 @@ async fn connect(port: u16) -> anyhow::Result<(AsyncClient, mpsc::Receiver<()>, 
                         let _ = seen_tx.try_send(String::from_utf8_lossy(&p.payload).into_owned());
                     }
                 }
+                // A clean session forgets the subscription: say it again on every
+                // reconnect, so a dropped connection cannot pass for a dead daemon.
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    let _ = resubscriber.try_subscribe(probe_answers.clone(), QoS::AtLeastOnce);
+                }
                 Ok(_) => {}
                 // The broker lives as long as the target; a reconnect is rumqttc's job.
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                Err(error) => {
+                    eprintln!("mqtt target: the fuzzer's own connection: {error}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
             }
         }
     });
@@ -366,7 +389,7 @@ impl Target for Mqtt {
         self.sent += 1;
         // A round trip per input would make the broker the bottleneck: one in
         // PROBE_EVERY, after the payloads before it (one connection keeps their order).
-        if self.sent % PROBE_EVERY == 0 {
+        if self.sent.is_multiple_of(PROBE_EVERY) {
             self.probe()?;
         }
         Ok(())

@@ -325,7 +325,7 @@ async fn drive_rm(
     let selected = rig.open_and_select(input.select).await?;
     // Three runs in four send what a CEM may send under the selected type; the fourth,
     // anything at all.
-    let corpus: Vec<String> = if input.frames_seed % 4 == 0 {
+    let corpus: Vec<String> = if input.frames_seed.is_multiple_of(4) {
         corpus.to_vec()
     } else {
         cem_corpus

@@ -1,16 +1,26 @@
 """Modbus TCP device simulators for the s2gw-modbus tests (pymodbus 3.16).
 
 Usage: modbus_peer.py PORT KIND [options]
-  KIND: sunspec | fronius | goe | abb | sdm630
+  KIND: sunspec | fronius | sma | goe | keba | heidelberg | solaredge | abb | sdm630
+  sma: a Sunny Tripower's SunSpec chain (17 models, 123 at 40343, its enable flag at 1)
   goe: the go-eCharger, which refuses FC6 (illegal function), as its table says
+  keba: the KEBA P30, which takes FC6 writes only and reads of at most one u32
+  heidelberg: the Heidelberg Energy Control (use --framer rtu, as on its RS-485 bus)
+  solaredge: SolarEdge's SunSpec map and its power control registers (0xF300...)
   sunspec: --base N --models 1,103,123 [--preset-limit PCT] [--fc6-only]
            [--fail-writes] [--ignore-writes] [--preset-storctl MODE]
+           [--revert-timer]
   any kind: [--framer rtu] (RTU frames over the TCP socket instead of MBAP)
             [--single-client] (like many inverters: a second client is disconnected at
             once, printed as {"refused_client": N})
 
 --preset-storctl MODE: model 124 as an installer left it: StorCtl_Mod = MODE,
 InWRte = 20 %, OutWRte = 30 %, InOutWRte_RvrtTms = 0 (storage control not ours).
+
+--revert-timer: the inverter's own revert timer (model 123 WMaxLimPct_RvrtTms, model 704
+WMaxLimPctRvrtTms): once a limit is enabled with a non-zero revert time and no write to
+the model's limit registers came for that long, the peer clears the enable itself and
+prints {"reverted": MODEL, "after_s": SECONDS}.
 
 Every write request is printed to stdout as one JSON line
 {"fc": 16, "address": 40247, "values": [600]} so the test can see exactly which
@@ -121,6 +131,25 @@ def fronius():
     return {"hr": [(40000, regs)]}
 
 
+def sma():
+    # SMA Sunny Tripower's SunSpec chain at the addresses OpenEMS reads (see
+    # config/profiles/modbus-sma.toml): models without values here are zeros of the
+    # right length, so discovery must walk past them. WMaxLim_Ena is 1 at 100 %, as
+    # SMA keeps it.
+    base = sunspec_models(None)
+    common = model(1, 66, {2: text("SMA", 16), 18: text("STP10.0-3AV-40", 16),
+                           42: text("3.10.10.R", 8), 50: text("3005000001", 16),
+                           66: [126]})
+    controls = model(123, 24, {5: [1000], 7: [0], 9: [1], 23: [s16(-1)]})
+    chain = [common, model(11, 13, {}), model(12, 98, {}), base[103], base[120],
+             base[121], model(122, 44, {}), controls]
+    chain += [model(mid, n, {}) for mid, n in ((124, 24), (126, 64), (127, 10),
+                                              (128, 14), (131, 64), (132, 64),
+                                              (160, 128), (129, 60), (130, 60))]
+    regs = [0x5375, 0x6E53] + [r for m in chain for r in m] + [0xFFFF, 0]
+    return {"hr": [(40000, regs)]}
+
+
 def goe():
     # go-eCharger API v2 Modbus table (modbus-en.md, wire addresses): charging at
     # 3.6 kW, 3 x 5.2 A, 1234.5 kWh charged in total; AMPERE_VOLATILE 16 A,
@@ -134,6 +163,54 @@ def goe():
     hr[299 - 200] = 16
     hr[337 - 200] = 0
     return {"ir": [(0, ir)], "hr": [(200, hr)]}
+
+
+def keba():
+    # KEBA P30 (Modbus TCP programmer's guide V1.04 via evcc's keba-modbus.go): u32
+    # holding registers, high word first; charging at 7.36 kW, 12345678.9 Wh in total.
+    # The write registers 5004, 5014, 5018 are kept here only so writes land.
+    regs = {1000: u32(3), 1004: u32(7), 1016: u32(351211), 1020: u32(7360000),
+            1036: u32(123456789), 1602: u32(0)}
+    return {"hr": [(a, v) for a, v in regs.items()] + [(5000, [0] * 24)]}
+
+
+def heidelberg():
+    # Heidelberg Energy Control (register layout 1.0.7 via evcc's heidelberg-ec.go):
+    # input registers 4..18 (C2 charging, 16.0/15.9/16.1 A, 11040 VA, 4321000 Wh since
+    # installation), holding 257..262 as shipped (watchdog 15 s, standby on, 16 A).
+    ir = [0] * 19
+    ir[4] = 0x0107
+    ir[5] = 7
+    ir[6:9] = [160, 159, 161]
+    ir[10:13] = [230, 230, 230]
+    ir[14] = 11040
+    ir[17:19] = u32(4321000)
+    hr = [15000, 0, 1, 0, 160, 0]
+    return {"ir": [(0, ir)], "hr": [(257, hr)]}
+
+
+def f32_low_first(v):
+    hi, lo = f32(v)
+    return [lo, hi]
+
+
+def solaredge():
+    # SolarEdge: SunSpec common model (L = 65, "SolarEdge") and inverter model 103 at
+    # 40069 (W 1234.5 with W_SF -1, WH 123456 Wh, St 4 MPPT); Enhanced Dynamic Power
+    # Control registers with 32-bit values low word first, max active power 5000 W.
+    common = model(1, 65, {2: text("SolarEdge", 16), 18: text("SE5K-RW0TEBEN4", 16),
+                           42: text("0004.0020.0036", 8), 50: text("7E1234AB", 16),
+                           66: [1]})
+    inverter = model(103, 50, {14: [12345], 15: [s16(-1)], 24: u32(123456), 26: [0],
+                               38: [4]})
+    sunspec_map = [0x5375, 0x6E53] + common + inverter + [0xFFFF, 0]
+    control = [0] * 0x40
+    control[0x00:0x01] = [0]
+    control[0x04:0x06] = f32_low_first(5000.0)
+    control[0x10:0x12] = [60, 0]
+    control[0x12:0x14] = f32_low_first(100.0)
+    control[0x22:0x24] = f32_low_first(100.0)
+    return {"hr": [(40000, sunspec_map), (0xF300, control)]}
 
 
 def abb():
@@ -168,13 +245,73 @@ def blocks(spec):
     return (bits, list(bits), hr, ir)
 
 
-def make_action(args):
-    async def action(fc, start, address, count, registers, values):
+# Per limit model: (enable, revert time, revert time is u32) offsets, and the first and
+# last offset whose write restarts the timer.
+REVERT_POINTS = {123: (9, 7, False, 5, 9), 704: (14, 18, True, 14, 19)}
+
+
+def model_starts(base, ids):
+    lengths = {mid: len(regs) for mid, regs in sunspec_models(None).items()}
+    starts, address = {}, base + 2
+    for mid in ids:
+        starts[mid] = address
+        address += lengths[mid]
+    return starts
+
+
+class RevertTimer:
+    """The inverter's revert timer over the simulator's live holding registers."""
+
+    def __init__(self, starts):
+        self.models = {m: a for m, a in starts.items() if m in REVERT_POINTS}
+        self.regs = None  # (start address, the live register list), from the first access
+        self.written = {m: None for m in self.models}
+
+    def seen(self, start, registers, address, count, values):
+        self.regs = (start, registers)
         if values is None:
+            return
+        for mid, at in self.models.items():
+            first, last = at + REVERT_POINTS[mid][3], at + REVERT_POINTS[mid][4]
+            if address <= last and address + count > first:
+                self.written[mid] = asyncio.get_running_loop().time()
+
+    def expire(self):
+        if self.regs is None:
+            return
+        start, regs = self.regs
+        now = asyncio.get_running_loop().time()
+        for mid, at in self.models.items():
+            ena, rvrt, wide, _, _ = REVERT_POINTS[mid]
+            e, r = at + ena - start, at + rvrt - start
+            secs = (regs[r] << 16 | regs[r + 1]) if wide else regs[r]
+            since = self.written[mid]
+            if regs[e] == 1 and secs > 0 and since is not None and now - since >= secs:
+                regs[e] = 0
+                self.written[mid] = None
+                print(json.dumps({"reverted": mid, "after_s": round(now - since, 3)}),
+                      flush=True)
+
+    async def run(self):
+        while True:
+            await asyncio.sleep(0.05)
+            self.expire()
+
+
+def make_action(args, timer=None):
+    async def action(fc, start, address, count, registers, values):
+        if timer is not None and fc in (3, 6, 16, 22, 23):
+            timer.seen(start, registers, address, count, values)
+        if values is None:
+            # The KEBA reads one register pair per request, never across pairs.
+            if args.kind == "keba" and count > 2:
+                return ExcCodes.ILLEGAL_ADDRESS
             return None
         print(json.dumps({"fc": fc, "address": address,
                           "values": [int(v) for v in values]}), flush=True)
         if args.kind == "goe" and fc == 6:
+            return ExcCodes.ILLEGAL_FUNCTION
+        if args.kind == "keba" and fc == 16:
             return ExcCodes.ILLEGAL_FUNCTION
         if args.fail_writes:
             return ExcCodes.DEVICE_FAILURE
@@ -209,7 +346,8 @@ class SingleClientServer(ModbusTcpServer):
 async def main():
     p = argparse.ArgumentParser()
     p.add_argument("port", type=int)
-    p.add_argument("kind", choices=["sunspec", "fronius", "goe", "abb", "sdm630"])
+    p.add_argument("kind", choices=["sunspec", "fronius", "sma", "goe", "keba", "heidelberg",
+                                     "solaredge", "abb", "sdm630"])
     p.add_argument("--base", type=int, default=40000)
     p.add_argument("--models", default="1,103,123")
     p.add_argument("--preset-limit", type=int)
@@ -219,17 +357,25 @@ async def main():
     p.add_argument("--preset-storctl", type=int)
     p.add_argument("--framer", choices=["socket", "rtu"], default="socket")
     p.add_argument("--single-client", action="store_true")
+    p.add_argument("--revert-timer", action="store_true")
     args = p.parse_args()
+    timer = None
     if args.kind == "sunspec":
         ids = [int(m) for m in args.models.split(",")]
         spec = sunspec(args.base, ids, args.preset_limit, args.preset_storctl)
+        if args.revert_timer:
+            timer = RevertTimer(model_starts(args.base, ids))
     elif args.kind == "fronius":
         spec = fronius()
+    elif args.kind == "sma":
+        spec = sma()
     elif args.kind == "goe":
         spec = goe()
+    elif args.kind in ("keba", "heidelberg", "solaredge"):
+        spec = {"keba": keba, "heidelberg": heidelberg, "solaredge": solaredge}[args.kind]()
     else:
         spec = abb() if args.kind == "abb" else sdm630()
-    device = SimDevice(0, simdata=blocks(spec), action=make_action(args))
+    device = SimDevice(0, simdata=blocks(spec), action=make_action(args, timer))
     framer = FramerType.RTU if args.framer == "rtu" else FramerType.SOCKET
     kind = SingleClientServer if args.single_client else ModbusTcpServer
     server = kind(device, framer=framer, address=("127.0.0.1", args.port))
@@ -238,6 +384,8 @@ async def main():
     # so it never races another test for a port or talks to another test's peer.
     port = server.transport.sockets[0].getsockname()[1]
     print(json.dumps({"listening": port}), flush=True)
+    if timer is not None:
+        asyncio.get_running_loop().create_task(timer.run())
     await server.serving
 
 

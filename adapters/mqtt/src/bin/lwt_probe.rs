@@ -32,7 +32,8 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(1);
         }
     };
-    let (mirror, _mirror_task) = StateMirror::start(handle.clone(), vec!["probe".to_string()]);
+    let (mirror, _mirror_task) =
+        StateMirror::start(handle.clone(), vec!["probe".to_string()], "probe");
     let mut state = DeviceState::new("probe", "Probe", DeviceKind::Meter);
     state.available = true;
     state.power_w = Some(1.0);
