@@ -53,6 +53,63 @@ enum Command {
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8765")]
         listen: SocketAddr,
     },
+    /// Pair a device (or every device on an `s2connect` CEM link) with a CEM that runs
+    /// the S2 Connect pairing server, using the pairing code the CEM's UI shows. Works
+    /// while the daemon runs: it reads pairings from `gateway.state_dir` before every
+    /// session.
+    Pair {
+        /// The configuration file.
+        #[arg(
+            short,
+            long,
+            value_name = "FILE",
+            default_value = "/etc/s2gw/s2gw.toml"
+        )]
+        config: PathBuf,
+        /// The device (or native RM) id to pair.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        device: Option<String>,
+        /// Pair every device on an s2connect CEM link.
+        #[arg(long)]
+        all: bool,
+        /// The CEM's pairing URL, e.g. https://cem.local:8443/v1/.
+        #[arg(long, value_name = "URL")]
+        cem: String,
+        /// The pairing code the CEM shows ([alias-]token).
+        #[arg(long, value_name = "CODE")]
+        code: String,
+        /// The CEM is on the internet (its certificate is checked against the public
+        /// roots) rather than in the LAN (self-signed, pinned during pairing).
+        #[arg(long)]
+        wan: bool,
+    },
+    /// List the S2 Connect pairings of every device on an s2connect link (no secrets).
+    Pairings {
+        /// The configuration file.
+        #[arg(
+            short,
+            long,
+            value_name = "FILE",
+            default_value = "/etc/s2gw/s2gw.toml"
+        )]
+        config: PathBuf,
+    },
+    /// Unpair a device from its CEM (or one CEM, by node id), on both sides.
+    Unpair {
+        /// The configuration file.
+        #[arg(
+            short,
+            long,
+            value_name = "FILE",
+            default_value = "/etc/s2gw/s2gw.toml"
+        )]
+        config: PathBuf,
+        /// The device (or native RM) id.
+        device: String,
+        /// Only the pairing with this CEM node id.
+        #[arg(long, value_name = "ID")]
+        cem: Option<String>,
+    },
     /// Installer tools for Modbus devices: detect devices, find SunSpec models, read raw
     /// registers.
     /// Errors (refused connection, timeout, Modbus exception) exit 1.
@@ -297,6 +354,28 @@ fn main() -> ExitCode {
                 s2gw::commands::demo(duration.map(Duration::from_secs), plain).await
             }
             Command::Cem { listen } => s2gw::commands::cem(listen).await,
+            Command::Pair {
+                config,
+                device,
+                all: _,
+                cem,
+                code,
+                wan,
+            } => {
+                let request = s2gw::commands::PairRequest {
+                    device,
+                    cem_url: cem,
+                    code,
+                    wan,
+                };
+                s2gw::commands::pair(&config, &request).await
+            }
+            Command::Pairings { config } => s2gw::commands::pairings(&config),
+            Command::Unpair {
+                config,
+                device,
+                cem,
+            } => s2gw::commands::unpair(&config, &device, cem.as_deref()).await,
             Command::Modbus(tool) => modbus(tool).await,
             Command::GenerateDocs { dir } => generate_docs(&dir),
         }

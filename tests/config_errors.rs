@@ -230,6 +230,12 @@ bad_configs! {
     /// unknown transport
     unknown_transport: "[cem.away]\ntransport = \"carrier-pigeon\"\n"
         => "cem.away.transport", "unknown transport `carrier-pigeon`";
+    /// a url on an s2connect link
+    url_on_s2connect: "[cem.away]\ntransport = \"s2connect\"\nurl = \"wss://h/s2\"\n"
+        => "cem.away.url", "url does not apply to transport \"s2connect\": the URL, token and certificate come from pairing";
+    /// a pin on an s2connect link
+    pin_on_s2connect: "[cem.away]\ntransport = \"s2connect\"\npin_sha256 = \"ab:cd\"\n"
+        => "cem.away.pin_sha256", "pin_sha256 does not apply to transport \"s2connect\"";
     /// bad cem link name
     bad_cem_link_name: "[cem.Home-Lan]\nurl = \"ws://h/s2\"\n"
         => "cem.Home-Lan", "a CEM link name must be 1 to 32 of [a-z0-9_]";

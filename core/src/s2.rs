@@ -24,6 +24,25 @@ pub use s2_kit::types::{Duration, Id, ProtocolVersion, Timestamp, WireProfile};
 pub use s2_kit::types::{ddbc, frbc, ombc, pebc, ppbc};
 pub use s2_kit::{decode, encode};
 
+/// S2 Connect 1.0: pairing and session initiation (feature `connect`).
+///
+/// s2-kit's state machines and HTTPS drivers, re-exported so the s2connect adapter reaches
+/// them through this door like everything else S2.
+#[cfg(feature = "connect")]
+pub mod connect {
+    pub use s2_kit::connect::client::{Error as ClientError, Paired, Pairing, Session, Status};
+    pub use s2_kit::connect::proto::{
+        AccessToken, CommunicationToken, ConnectError, ConnectionDetails, Deployment,
+        EndpointDescription, NodeDescription, NodeId, NodeIdAlias, PairingCode, PairingToken, Role,
+        SessionCredentials, TokenKind, TokenStore,
+    };
+    pub use s2_kit::connect::server;
+    pub use s2_kit::connect::tls::{
+        CapturedIdentity, Fingerprint, SelfSignedEndpoint, TlsClient, TlsPolicy,
+    };
+    pub use s2_kit::types::Timestamp;
+}
+
 /// The largest frame accepted from a transport unless configured otherwise: 1 MiB.
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 1024 * 1024;
 

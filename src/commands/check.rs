@@ -21,6 +21,9 @@ pub fn check(path: &Path) -> anyhow::Result<ExitCode> {
             for warning in warnings(&config) {
                 eprintln!("warning: {warning}");
             }
+            for warning in super::pairing::unpaired_warnings(&config) {
+                eprintln!("warning: {warning}");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Err(errors) => {

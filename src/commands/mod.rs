@@ -6,6 +6,7 @@ mod check;
 mod demo;
 mod modbus;
 mod modbus_detect;
+mod pairing;
 mod run;
 
 pub use cem::cem;
@@ -13,6 +14,7 @@ pub use check::{check, check_report, warnings};
 pub use demo::{demo, demo_config};
 pub use modbus::{RawReadRequest, SerialArgs, modbus_read, modbus_scan, modbus_target};
 pub use modbus_detect::{DetectRequest, modbus_detect};
+pub use pairing::{PairRequest, pair, pairings, unpair};
 pub use run::run;
 
 use std::time::Duration;

@@ -51,6 +51,10 @@ pub enum CemTransport {
     /// `transport = "mqtt"`: the CEM lives on MQTT (`<base>/s2/<resource_id>/…` on the
     /// `[mqtt]` broker, as docs/s2-over-mqtt.md describes); the gateway plays the RM side.
     Mqtt,
+    /// `transport = "s2connect"`: S2 Connect 1.0. No URL or token: before each session
+    /// the gateway initiates one with the CEM the resource is paired with (`s2gw pair`;
+    /// pairings live in `gateway.state_dir`) and dials the WebSocket URL it is given.
+    S2Connect,
 }
 
 impl CemTransport {
@@ -60,6 +64,7 @@ impl CemTransport {
             CemTransport::WsClient { .. } => "ws-client",
             CemTransport::WsServer => "ws-server",
             CemTransport::Mqtt => "mqtt",
+            CemTransport::S2Connect => "s2connect",
         }
     }
 }
@@ -254,13 +259,34 @@ impl Cx<'_> {
                 }
                 Some(CemTransport::Mqtt)
             }
+            "s2connect" => {
+                let pairing_decides = [
+                    (url.is_some(), "url"),
+                    (ca_file.is_some(), "ca_file"),
+                    (pin.is_some(), "pin_sha256"),
+                    (token.as_ref().is_some_and(Option::is_some), "token_file"),
+                ];
+                for (given, k) in pairing_decides {
+                    if given {
+                        at.err(
+                            self.errors,
+                            k,
+                            format!(
+                                "{k} does not apply to transport \"s2connect\": the URL, token \
+                                 and certificate come from pairing (`s2gw pair`)"
+                            ),
+                        );
+                    }
+                }
+                Some(CemTransport::S2Connect)
+            }
             other => {
                 at.err(
                     self.errors,
                     "transport",
                     format!(
-                        "unknown transport `{other}` (expected \"ws-client\", \"ws-server\" or \
-                         \"mqtt\")"
+                        "unknown transport `{other}` (expected \"ws-client\", \"ws-server\", \
+                         \"mqtt\" or \"s2connect\")"
                     ),
                 );
                 None

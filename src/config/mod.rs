@@ -190,6 +190,7 @@ impl Config {
                 CemTransport::WsClient { url, .. } => format!("dials {url}"),
                 CemTransport::WsServer => "CEM dials in".to_string(),
                 CemTransport::Mqtt => "CEM on MQTT".to_string(),
+                CemTransport::S2Connect => "S2 Connect (paired CEM)".to_string(),
             };
             out.push_str(&format!("\n  cem {}: {how}", link.name));
         }

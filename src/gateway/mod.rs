@@ -413,6 +413,25 @@ fn attach_cem(
                 None => server.add_cem_slot(resource_id, endpoint),
             }
         }
+        CemTransport::S2Connect => {
+            // The device's config id names its state files: stable, and what `s2gw pair`
+            // takes.
+            let initiator = s2gw_s2connect::Initiator::new(&config.gateway.state_dir, resource.id);
+            let client = s2gw_ws::ClientConfig {
+                source: Some(std::sync::Arc::new(initiator)),
+                ping_interval: link.ping_interval,
+                dead_after: link.dead_after,
+                max_frame_bytes: config.gateway.max_frame_bytes,
+                max_frames_per_s: Some(config.gateway.max_frames_per_s),
+                ..s2gw_ws::ClientConfig::default()
+            };
+            tasks.push(s2gw_ws::spawn_client(
+                client,
+                resource.resource_id.to_string(),
+                endpoint,
+                shutdown.clone(),
+            ));
+        }
         CemTransport::Mqtt => {
             let Some(mqtt) = via.mqtt.as_deref() else {
                 anyhow::bail!("an mqtt CEM link needs an [mqtt] section");

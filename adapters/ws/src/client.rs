@@ -78,7 +78,10 @@ enum Idle {
 
 impl Link {
     async fn run(mut self) {
-        info!(label = %self.state.label(), url = %self.url, "client link started");
+        match &self.config.source {
+            Some(_) => info!(label = %self.state.label(), "client link started (URL per session)"),
+            None => info!(label = %self.state.label(), url = %self.url, "client link started"),
+        }
         // How long to wait before the next dial; `None` dials at once.
         let mut pause: Option<Duration> = None;
         loop {
@@ -191,13 +194,25 @@ impl Link {
 
     /// Dial, while minding the bus: the RM side can go away, and shutdown can come.
     async fn dial_watching(&mut self) -> Dialled {
-        let tls = match self.tls_if_needed() {
-            Ok(tls) => tls,
-            Err(reason) => return Dialled::Failed(reason),
+        let source = self.config.source.clone();
+        let tls = match source {
+            Some(_) => None,
+            None => match self.tls_if_needed() {
+                Ok(tls) => tls,
+                Err(reason) => return Dialled::Failed(reason),
+            },
         };
         // Owned copies: the dial runs while `self` handles bus events.
         let (url, config) = (self.url.clone(), self.config.clone());
-        let dial = dial(&url, &config, tls);
+        let dial = async move {
+            match source {
+                Some(source) => {
+                    let target = source.next_dial().await?;
+                    dial(&target.url, Some(&target.bearer), &config, target.tls).await
+                }
+                None => dial(&url, config.bearer.as_ref(), &config, tls).await,
+            }
+        };
         tokio::pin!(dial);
         loop {
             tokio::select! {
@@ -239,13 +254,14 @@ enum Dialled {
 
 async fn dial(
     url: &str,
+    bearer: Option<&s2gw_core::Secret>,
     config: &ClientConfig,
     tls: Option<Arc<rustls::ClientConfig>>,
 ) -> Result<Socket, String> {
     let mut request = url
         .into_client_request()
         .map_err(|e| format!("bad URL {url:?}: {e}"))?;
-    if let Some(token) = &config.bearer {
+    if let Some(token) = bearer {
         let mut value = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
             .map_err(|_| "the bearer token is not a valid header value".to_string())?;
         // Keeps the value out of any debug dump of the request.

@@ -28,6 +28,7 @@ mod tls;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::num::NonZeroU32;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use client::spawn_client;
@@ -106,6 +107,32 @@ pub struct ClientConfig {
     /// Frames per second the CEM may send in a session; beyond, each is answered
     /// TEMPORARY_ERROR and not processed (`FrameRate`). `None`: no limit.
     pub max_frames_per_s: Option<NonZeroU32>,
+    /// When set, asked before every dial for where to connect and with which bearer
+    /// (S2 Connect's session initiation); `url`, `bearer`, `ca_file` and `pin_sha256` are
+    /// then unused. `None`: the fixed URL and bearer above.
+    pub source: Option<Arc<dyn DialSource>>,
+}
+
+/// Where a client link's next connection goes, when that is decided per connection.
+///
+/// S2 Connect hands out a single-use token (valid at most 30 s) for every session, so the
+/// link asks again before each dial, reconnects included. An `Err` counts as a failed dial:
+/// logged and retried after the link's back-off.
+#[async_trait::async_trait]
+pub trait DialSource: Send + Sync + std::fmt::Debug {
+    /// The URL, bearer and TLS configuration of the next connection.
+    async fn next_dial(&self) -> Result<DialTarget, String>;
+}
+
+/// One connection's worth of [`DialSource`] answer.
+#[derive(Debug, Clone)]
+pub struct DialTarget {
+    /// `ws://` or `wss://` URL to dial.
+    pub url: String,
+    /// Sent as `Authorization: Bearer <token>`.
+    pub bearer: Secret,
+    /// The TLS configuration for a `wss://` URL (`None`: the platform's roots).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Default for ClientConfig {
@@ -120,6 +147,7 @@ impl Default for ClientConfig {
             max_frame_bytes: s2gw_core::s2::DEFAULT_MAX_FRAME_BYTES,
             backoff: (Duration::from_secs(1), Duration::from_secs(60)),
             max_frames_per_s: Some(DEFAULT_MAX_FRAMES_PER_S),
+            source: None,
         }
     }
 }

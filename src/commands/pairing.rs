@@ -1,0 +1,216 @@
+//! `s2gw pair`, `s2gw pairings`, `s2gw unpair`: S2 Connect pairings of the resources.
+//!
+//! They work while the daemon runs because the daemon keeps no pairing in memory: it
+//! reads `gateway.state_dir` before every session initiation, so a pairing made here is
+//! used at the link's next dial and an unpaired one is refused there.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use s2gw_s2connect::{NodeSpec, NodeStore, PairTarget, PairingFile};
+
+use crate::config::{self, CemTransport, Config};
+
+use super::init_tracing;
+
+/// What `s2gw pair` was asked.
+#[derive(Debug, Clone)]
+pub struct PairRequest {
+    /// One device (or native RM) id; `None`: every resource on an s2connect link.
+    pub device: Option<String>,
+    /// The CEM's pairing URL (`https://host:port/v1/`).
+    pub cem_url: String,
+    /// The pairing code the CEM shows, `[alias-]token`.
+    pub code: String,
+    /// The CEM is on the WAN (public certificate) rather than the LAN.
+    pub wan: bool,
+}
+
+/// One resource S2 Connect can pair: a device or a native RM on an `s2connect` link.
+struct Node {
+    spec: NodeSpec,
+    link: String,
+    s2connect: bool,
+}
+
+fn nodes(config: &Config) -> Vec<Node> {
+    let on_s2connect = |cem: &str| {
+        config
+            .cem
+            .get(cem)
+            .is_some_and(|l| l.transport == CemTransport::S2Connect)
+    };
+    let devices = config.devices.iter().map(|d| Node {
+        spec: NodeSpec {
+            device: d.id.clone(),
+            name: d.name.clone(),
+            brand: d
+                .profile
+                .manufacturer
+                .clone()
+                .unwrap_or_else(|| "s2gw".into()),
+            model: d
+                .profile
+                .model
+                .clone()
+                .unwrap_or_else(|| d.profile.name.clone()),
+            kind: config::kind_name(d.profile.kind).to_string(),
+        },
+        link: d.cem.clone(),
+        s2connect: on_s2connect(&d.cem),
+    });
+    let natives = config.natives.iter().map(|n| Node {
+        spec: NodeSpec {
+            device: n.id.clone(),
+            name: n.id.clone(),
+            brand: "s2gw".into(),
+            model: "bridged native RM".into(),
+            kind: "native".into(),
+        },
+        link: n.cem.clone(),
+        s2connect: on_s2connect(&n.cem),
+    });
+    devices.chain(natives).collect()
+}
+
+fn load(path: &Path) -> Option<Config> {
+    match config::load(path) {
+        Ok(config) => Some(config),
+        Err(errors) => {
+            eprintln!("{errors}");
+            None
+        }
+    }
+}
+
+/// `s2gw pair [DEVICE | --all] --cem URL --code CODE -c FILE`.
+pub async fn pair(path: &Path, request: &PairRequest) -> anyhow::Result<ExitCode> {
+    let Some(config) = load(path) else {
+        return Ok(ExitCode::FAILURE);
+    };
+    init_tracing(&config.gateway.log_level, false);
+    let all = nodes(&config);
+    let chosen: Vec<&Node> = match &request.device {
+        Some(id) => match all.iter().find(|n| &n.spec.device == id) {
+            Some(node) if node.s2connect => vec![node],
+            Some(node) => anyhow::bail!(
+                "{id} is on CEM link `{}`, which is not transport \"s2connect\"",
+                node.link
+            ),
+            None => anyhow::bail!("no device or native RM `{id}` in {}", path.display()),
+        },
+        None => all.iter().filter(|n| n.s2connect).collect(),
+    };
+    if chosen.is_empty() {
+        anyhow::bail!(
+            "no device in {} is on an s2connect CEM link",
+            path.display()
+        );
+    }
+    let target = PairTarget {
+        url: request.cem_url.clone(),
+        deployment: if request.wan {
+            s2gw_core::s2::connect::Deployment::Wan
+        } else {
+            s2gw_core::s2::connect::Deployment::Lan
+        },
+    };
+    let mut failed = 0;
+    for node in chosen {
+        let state = &config.gateway.state_dir;
+        match s2gw_s2connect::pair(state, &node.spec, &target, &request.code).await {
+            Ok(paired) => println!(
+                "{}: paired with {} {} ({})",
+                node.spec.device, paired.cem.brand, paired.cem.model_name, paired.cem.id
+            ),
+            Err(error) => {
+                failed += 1;
+                eprintln!("{}: not paired: {error}", node.spec.device);
+            }
+        }
+    }
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// `s2gw pairings -c FILE`: who is paired with what. No token is ever printed.
+pub fn pairings(path: &Path) -> anyhow::Result<ExitCode> {
+    let Some(config) = load(path) else {
+        return Ok(ExitCode::FAILURE);
+    };
+    let state = &config.gateway.state_dir;
+    let mut broken = false;
+    for node in nodes(&config).iter().filter(|n| n.s2connect) {
+        let device = &node.spec.device;
+        let node_id = match NodeStore::new(state).node_id(device) {
+            Ok(id) => id.to_string(),
+            Err(error) => {
+                broken = true;
+                eprintln!("{device}: {error}");
+                continue;
+            }
+        };
+        match PairingFile::new(state, device).summaries() {
+            Ok(list) if list.is_empty() => println!("{device} (node {node_id}): not paired"),
+            Ok(list) => {
+                for p in list {
+                    println!(
+                        "{device} (node {node_id}): paired with {} ({}) at {}, {}, since {}",
+                        p.cem, p.cem_id, p.initiate_session_url, p.trust, p.paired_at
+                    );
+                }
+            }
+            Err(error) => {
+                broken = true;
+                eprintln!("{device}: {error}");
+            }
+        }
+    }
+    Ok(if broken {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// `s2gw unpair DEVICE [--cem ID] -c FILE`: unpair on both sides.
+pub async fn unpair(path: &Path, device: &str, cem: Option<&str>) -> anyhow::Result<ExitCode> {
+    let Some(config) = load(path) else {
+        return Ok(ExitCode::FAILURE);
+    };
+    init_tracing(&config.gateway.log_level, false);
+    match s2gw_s2connect::unpair(&config.gateway.state_dir, device, cem).await {
+        Ok(cems) => {
+            for cem in cems {
+                println!("{device}: unpaired from {cem}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(error) => {
+            eprintln!("{device}: {error}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// For `s2gw check`: every resource on an s2connect link that has no pairing yet (or an
+/// unreadable pairing file). Warnings, not errors: pairing comes after the config.
+pub fn unpaired_warnings(config: &Config) -> Vec<String> {
+    let state = &config.gateway.state_dir;
+    nodes(config)
+        .iter()
+        .filter(|n| n.s2connect)
+        .filter_map(|n| match PairingFile::new(state, &n.spec.device).load() {
+            Ok(list) if list.is_empty() => Some(format!(
+                "{} is on s2connect link `{}` but not paired yet: run `s2gw pair {} --cem <url> \
+                 --code <code>`",
+                n.spec.device, n.link, n.spec.device
+            )),
+            Ok(_) => None,
+            Err(error) => Some(format!("{}: {error}", n.spec.device)),
+        })
+        .collect()
+}

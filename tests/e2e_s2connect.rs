@@ -1,0 +1,255 @@
+//! End to end: the s2gw daemon and its `pair` / `pairings` / `unpair` commands as
+//! processes, against a LAN CEM built on s2-kit's S2 Connect server (pairing and session
+//! initiation over TLS with a self-signed CA, S2 over wss admitting only the single-use
+//! tokens its session service issued, and a `CemSession` on every socket).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::Daemon;
+use s2_kit::connect::proto::{
+    AccessToken, ConnectionDetails, Deployment, EndpointDescription, NodeDescription, NodeId,
+    NodeIdAlias, PairingToken, Role, TokenKind,
+};
+use s2_kit::connect::server::{
+    Endpoint, LocalSubnets, Memory, PairingService, SessionService, lan_router, serve,
+    websocket_router,
+};
+use s2_kit::connect::tls::SelfSignedEndpoint;
+use s2_kit::io::Driver;
+use s2_kit::session::{CemConfig, CemEvent, CemSession};
+use s2_kit::types::Timestamp;
+use tokio::sync::{Notify, mpsc};
+
+const CODE: &str = "hub7-A1b2C3d4";
+const SOON: Duration = Duration::from_secs(20);
+
+/// The CEM: which node each accepted socket belongs to and which resources described
+/// themselves; `kick` drops every open socket.
+struct Cem {
+    id: NodeId,
+    base: String,
+    access_token: String,
+    described: mpsc::UnboundedReceiver<(NodeId, String)>,
+    kick: Arc<Notify>,
+}
+
+async fn cem() -> Cem {
+    let identity = SelfSignedEndpoint::generate(["localhost".into()]).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let base = format!("https://localhost:{port}/v1/");
+    let store = Memory::new();
+    let node = NodeDescription {
+        id: NodeId::generate(),
+        brand: "Acme".into(),
+        logo_url: None,
+        kind: "CEM".into(),
+        model_name: "Home hub".into(),
+        user_defined_name: None,
+        role: Role::Cem,
+    };
+    let id = node.id;
+    store.add_node(node, Some(NodeIdAlias::parse("hub7").unwrap()));
+    let access = AccessToken::from_entropy(&[7u8; 32]).unwrap();
+    let access_token = access.as_str().to_string();
+    let lan = EndpointDescription {
+        name: Some("Acme hub".into()),
+        logo_url: None,
+        deployment: Some(Deployment::Lan),
+    };
+    let pairing = Arc::new(
+        PairingService::lan(store.clone(), lan, identity.leaf).with_connection_details(
+            ConnectionDetails {
+                initiate_session_url: base.clone(),
+                access_token: access,
+                certificate_fingerprint: [("SHA256".into(), identity.leaf.to_hex())]
+                    .into_iter()
+                    .collect(),
+            },
+        ),
+    );
+    let sessions = Arc::new(SessionService::new(
+        store.clone(),
+        format!("wss://localhost:{port}/s2"),
+    ));
+    let endpoint = Endpoint::new(pairing, sessions);
+    let (tx, described) = mpsc::unbounded_channel();
+    let kick = Arc::new(Notify::new());
+    let kicked = kick.clone();
+    let app = lan_router(endpoint.clone(), LocalSubnets::detect().unwrap()).merge(
+        websocket_router(endpoint, "/s2", move |node, socket| {
+            let (tx, kicked) = (tx.clone(), kicked.clone());
+            async move {
+                let mut cem = CemSession::new(CemConfig::default());
+                cem.open(Timestamp::now());
+                let mut driver = Driver::new(socket);
+                let run = driver.run(&mut cem, |event, _| {
+                    if let CemEvent::ResourceDescribed(details) = event {
+                        let _ = tx.send((node, details.resource_id.to_string()));
+                    }
+                });
+                tokio::select! {
+                    _ = run => {}
+                    () = kicked.notified() => {}
+                }
+            }
+        }),
+    );
+    let config = identity.server_config().unwrap();
+    tokio::spawn(async move {
+        let _ = serve(listener, config, app, std::future::pending()).await;
+    });
+    store.open_for_pairing(
+        id,
+        PairingToken::parse("A1b2C3d4", TokenKind::Static).unwrap(),
+    );
+    Cem {
+        id,
+        base,
+        access_token,
+        described,
+        kick,
+    }
+}
+
+impl Cem {
+    async fn next_described(&mut self) -> (NodeId, String) {
+        tokio::time::timeout(SOON, self.described.recv())
+            .await
+            .expect("no resource described itself to the CEM")
+            .unwrap()
+    }
+}
+
+fn config(state: &Path) -> String {
+    format!(
+        "[gateway]\nname = \"s2gw-e2e\"\nstate_dir = \"{}\"\nlog_level = \"info\"\n\n\
+         [cem.hub]\ntransport = \"s2connect\"\n\n\
+         [[device]]\nid = \"battery\"\ncem = \"hub\"\npoll_interval_s = 1\n\
+         measurement_interval_s = 1\nprofile = \"sim-battery\"\n[device.sim]\n\
+         model = \"battery\"\ninitial_soc = 50\n",
+        state.display()
+    )
+}
+
+fn s2gw(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_s2gw"))
+        .args(args)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap()
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pair_initiate_restart_unpair_then_initiation_is_refused_and_the_link_stays_down() {
+    tokio::time::timeout(Duration::from_secs(150), whole_path())
+        .await
+        .expect("the S2 Connect path took too long");
+}
+
+async fn whole_path() {
+    let mut cem = cem().await;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let file = dir.path().join("s2gw.toml");
+    let config = config(&state);
+    std::fs::write(&file, &config).unwrap();
+    let file = file.to_str().unwrap();
+
+    // Before pairing: check passes and warns.
+    let check = s2gw(&["check", "-c", file]);
+    assert!(check.status.success(), "{}", text(&check));
+    assert!(text(&check).contains("not paired yet"), "{}", text(&check));
+
+    // Pair as the installer would, with the code the CEM shows.
+    let paired = s2gw(&[
+        "pair", "battery", "--cem", &cem.base, "--code", CODE, "-c", file,
+    ]);
+    assert!(paired.status.success(), "{}", text(&paired));
+    assert!(
+        text(&paired).contains("paired with Acme Home hub"),
+        "{}",
+        text(&paired)
+    );
+    assert!(!text(&paired).contains(&cem.access_token));
+    let listed = s2gw(&["pairings", "-c", file]);
+    assert!(listed.status.success(), "{}", text(&listed));
+    assert!(
+        text(&listed).contains(&cem.id.to_string()),
+        "{}",
+        text(&listed)
+    );
+    assert!(
+        !text(&listed).contains(&cem.access_token),
+        "{}",
+        text(&listed)
+    );
+    let node_id = std::fs::read_to_string(state.join("s2connect/battery.node-id")).unwrap();
+    let node_id = NodeId::parse(node_id.trim()).unwrap();
+
+    // The daemon initiates a session and the CEM meets the battery over wss.
+    let mut daemon = Daemon::start(&config);
+    let (node, resource) = cem.next_described().await;
+    assert_eq!(node, node_id);
+    daemon
+        .wait_log(
+            "the session initiation",
+            |l| l.contains("session initiated"),
+            SOON,
+        )
+        .await;
+
+    // Killed and restarted: initiated again from the stored pairing, same node.
+    daemon.kill();
+    drop(daemon);
+    let mut daemon = Daemon::start(&config);
+    let (node, again) = cem.next_described().await;
+    assert_eq!((node, again.as_str()), (node_id, resource.as_str()));
+
+    // Unpaired while the daemon runs; the CEM drops the session: the link is lost (the
+    // event on which the RM runs its fail-safe release, rule 1: see e2e_daemon's
+    // cem_restart_releases_and_reconnects), and the next initiation is refused.
+    let unpaired = s2gw(&["unpair", "battery", "-c", file]);
+    assert!(unpaired.status.success(), "{}", text(&unpaired));
+    assert!(
+        text(&unpaired).contains("unpaired from"),
+        "{}",
+        text(&unpaired)
+    );
+    cem.kick.notify_waiters();
+    daemon
+        .wait_log(
+            "the CEM link lost",
+            |l| l.contains("CEM link lost") && l.contains(&resource),
+            SOON,
+        )
+        .await;
+    daemon
+        .wait_log(
+            "the refused initiation",
+            |l| l.contains("dial failed") && l.contains("not paired"),
+            SOON,
+        )
+        .await;
+    let listed = s2gw(&["pairings", "-c", file]);
+    assert!(text(&listed).contains("not paired"), "{}", text(&listed));
+    assert!(
+        !daemon.logs().iter().any(|l| l.contains(&cem.access_token)),
+        "no access token in the log"
+    );
+    daemon.assert_running();
+}
