@@ -205,6 +205,28 @@ pub fn link_name(link: &LinkState) -> &'static str {
     }
 }
 
+/// The web UI's address for Home Assistant's "visit" links, where `[web]` is configured:
+/// the listen address, or this host's name when it listens on every address. None for
+/// port 0 (tests: the port is known only once bound).
+fn web_ui_url(config: &Config) -> Option<String> {
+    let listen = config.web.as_ref()?.listen;
+    if listen.port() == 0 {
+        return None;
+    }
+    let host = if listen.ip().is_unspecified() {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .ok()
+            .filter(|h| !h.is_empty())?
+    } else {
+        match listen.ip() {
+            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+            ip => ip.to_string(),
+        }
+    };
+    Some(format!("http://{host}:{}/", listen.port()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -274,26 +296,4 @@ mod tests {
         assert_eq!(state.control_type, None);
         assert!(!state.available);
     }
-}
-
-/// The web UI's address for Home Assistant's "visit" links, where `[web]` is configured:
-/// the listen address, or this host's name when it listens on every address. None for
-/// port 0 (tests: the port is known only once bound).
-fn web_ui_url(config: &Config) -> Option<String> {
-    let listen = config.web.as_ref()?.listen;
-    if listen.port() == 0 {
-        return None;
-    }
-    let host = if listen.ip().is_unspecified() {
-        std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_string())
-            .ok()
-            .filter(|h| !h.is_empty())?
-    } else {
-        match listen.ip() {
-            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
-            ip => ip.to_string(),
-        }
-    };
-    Some(format!("http://{host}:{}/", listen.port()))
 }

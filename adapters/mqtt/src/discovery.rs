@@ -366,6 +366,7 @@ mod tests {
             state_topic: "s2gw/pv".into(),
             bridge_state: "s2gw/bridge/state".into(),
             gateway_id: "s2gw".into(),
+            configuration_url: None,
         }
     }
 
