@@ -392,6 +392,31 @@ impl<'e> Cx<'e> {
         located::read(table, &self.origin, path, self.errors)
     }
 
+    /// A listen address at `name`: an IP address and port (host names are not resolved);
+    /// `None` when reported. `example_port` makes the error's examples fit the section.
+    pub(crate) fn socket_addr(
+        &mut self,
+        at: &At,
+        name: &str,
+        text: &str,
+        example_port: u16,
+    ) -> Option<std::net::SocketAddr> {
+        match text.parse() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                at.err(
+                    self.errors,
+                    name,
+                    format!(
+                        "`{text}` is not an IP address and port such as 127.0.0.1:{example_port} or \
+                         [::]:{example_port} (host names are not resolved)"
+                    ),
+                );
+                None
+            }
+        }
+    }
+
     /// An optional path at `name` that must name an existing file, resolved; `None` when
     /// not given or reported.
     pub(crate) fn existing_file(

@@ -63,20 +63,7 @@ impl Cx<'_> {
         let (raw, at) = self.read::<ServerToml>(table, "server")?;
         let listen = at
             .required(self.errors, "listen", raw.listen)
-            .and_then(|Text(l)| match l.parse::<SocketAddr>() {
-                Ok(addr) => Some(addr),
-                Err(_) => {
-                    at.err(
-                        self.errors,
-                        "listen",
-                        format!(
-                            "`{l}` is not an IP address and port such as 127.0.0.1:8080 or \
-                             [::]:8080 (host names are not resolved)"
-                        ),
-                    );
-                    None
-                }
-            });
+            .and_then(|Text(l)| self.socket_addr(&at, "listen", &l, 8080));
         let token = self.secret(
             &at,
             ("token", raw.token.map(|t| t.0)),

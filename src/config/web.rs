@@ -40,20 +40,7 @@ impl Cx<'_> {
         let text = raw
             .listen
             .map_or_else(|| DEFAULT_WEB_LISTEN.to_string(), |t| t.0);
-        let listen = match text.parse::<SocketAddr>() {
-            Ok(addr) => Some(addr),
-            Err(_) => {
-                at.err(
-                    self.errors,
-                    "listen",
-                    format!(
-                        "`{text}` is not an IP address and port such as 127.0.0.1:8088 or \
-                         [::]:8088 (host names are not resolved)"
-                    ),
-                );
-                None
-            }
-        };
+        let listen = self.socket_addr(&at, "listen", &text, 8088);
         let password = self.secret(
             &at,
             ("password", raw.password.map(|t| t.0)),
