@@ -957,7 +957,7 @@ async fn server_limits() {
     let port = free_port();
     let text = format!(
         "{}[server]\nlisten = \"127.0.0.1:{port}\"\nmax_connections = 7\n\
-         handshake_timeout_s = 3\nmax_failed_auth_per_min = 2\n",
+         handshake_timeout_s = 12\nmax_failed_auth_per_min = 2\n",
         config(&cem, &["pv"])
     );
     let mut daemon = Daemon::start_with_env(&text, &[("S2GW_SERVER__TOKEN", "s3cret")]);
@@ -970,7 +970,7 @@ async fn server_limits() {
         .await;
     for setting in [
         "max_connections=7",
-        "handshake_timeout=3s",
+        "handshake_timeout=12s",
         "max_failed_auth_per_min=2",
     ] {
         assert!(listening.contains(setting), "{setting} in {listening}");
