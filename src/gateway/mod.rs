@@ -390,18 +390,9 @@ fn attach_cem(
                 bearer: link.token.clone(),
                 ca_file: ca_file.clone(),
                 pin_sha256: pin_sha256.map(|pin| s2gw_core::hex::encode(&pin)),
-                ping_interval: link.ping_interval,
-                dead_after: link.dead_after,
-                max_frame_bytes: config.gateway.max_frame_bytes,
-                max_frames_per_s: Some(config.gateway.max_frames_per_s),
-                ..s2gw_ws::ClientConfig::default()
+                ..link_timing(config, link)
             };
-            tasks.push(s2gw_ws::spawn_client(
-                client,
-                resource.resource_id.to_string(),
-                endpoint,
-                shutdown.clone(),
-            ));
+            tasks.push(spawn_ws_client(client, resource, endpoint, shutdown));
         }
         CemTransport::WsServer => {
             let Some(server) = via.server.as_deref_mut() else {
@@ -419,18 +410,9 @@ fn attach_cem(
             let initiator = s2gw_s2connect::Initiator::new(&config.gateway.state_dir, resource.id);
             let client = s2gw_ws::ClientConfig {
                 source: Some(std::sync::Arc::new(initiator)),
-                ping_interval: link.ping_interval,
-                dead_after: link.dead_after,
-                max_frame_bytes: config.gateway.max_frame_bytes,
-                max_frames_per_s: Some(config.gateway.max_frames_per_s),
-                ..s2gw_ws::ClientConfig::default()
+                ..link_timing(config, link)
             };
-            tasks.push(s2gw_ws::spawn_client(
-                client,
-                resource.resource_id.to_string(),
-                endpoint,
-                shutdown.clone(),
-            ));
+            tasks.push(spawn_ws_client(client, resource, endpoint, shutdown));
         }
         CemTransport::Mqtt => {
             let Some(mqtt) = via.mqtt.as_deref() else {
@@ -445,6 +427,32 @@ fn attach_cem(
         }
     }
     Ok(())
+}
+
+/// What every WebSocket client link takes from its `[cem.NAME]` and `[gateway]`: pings,
+/// dead-peer detection and the frame limits. Where it dials comes on top.
+fn link_timing(config: &Config, link: &CemLink) -> s2gw_ws::ClientConfig {
+    s2gw_ws::ClientConfig {
+        ping_interval: link.ping_interval,
+        dead_after: link.dead_after,
+        max_frame_bytes: config.gateway.max_frame_bytes,
+        max_frames_per_s: Some(config.gateway.max_frames_per_s),
+        ..s2gw_ws::ClientConfig::default()
+    }
+}
+
+fn spawn_ws_client(
+    client: s2gw_ws::ClientConfig,
+    resource: Resource<'_>,
+    endpoint: Endpoint,
+    shutdown: &CancellationToken,
+) -> JoinHandle<()> {
+    s2gw_ws::spawn_client(
+        client,
+        resource.resource_id.to_string(),
+        endpoint,
+        shutdown.clone(),
+    )
 }
 
 fn server_config(config: &Config, section: &crate::config::ServerSection) -> s2gw_ws::ServerConfig {
