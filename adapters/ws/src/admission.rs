@@ -9,8 +9,11 @@
 //! A slowloris peer (many sockets, each sending its handshake a byte at a time) is held
 //! off twice: the handshake timeout takes each socket back, and one address may hold at
 //! most a quarter of the places while in handshake, so established sessions and other
-//! peers keep the rest. Once upgraded, a socket no longer counts against its address:
-//! one CEM host with many resources may hold as many sessions as it has slots.
+//! peers keep the rest. Once its request has been read, a socket no longer counts
+//! against its address: whatever the answer (an upgrade or a refusal), the peer is past
+//! the slow part, and one CEM host with many resources may hold as many sessions as it
+//! has slots. The share is given back before the answer is written, so a peer that has
+//! read its answer and dials again always finds its share free.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -108,8 +111,8 @@ pub(crate) struct Ticket {
 }
 
 impl Ticket {
-    /// The handshake is done: the socket no longer counts against its address's share.
-    pub(crate) fn upgraded(&mut self) {
+    /// The request is read: the socket no longer counts against its address's share.
+    pub(crate) fn request_read(&mut self) {
         if std::mem::take(&mut self.in_handshake) {
             self.admission.lock().handshake_over(self.peer);
         }
@@ -153,10 +156,10 @@ mod tests {
         let _second = admission.admit(ip(1)).unwrap();
         assert_eq!(admission.admit(ip(1)).unwrap_err(), Turned::PeerBusy);
         assert!(admission.admit(ip(2)).is_ok(), "other peers still get in");
-        first.upgraded();
+        first.request_read();
         let _third = admission
             .admit(ip(1))
-            .expect("an upgraded socket frees its share");
+            .expect("a socket whose request was read frees its share");
         assert_eq!(admission.held(), 3, "the dropped ip(2) ticket is gone");
     }
 
@@ -171,12 +174,12 @@ mod tests {
     }
 
     #[test]
-    fn upgraded_sessions_do_not_count_against_their_address() {
+    fn sessions_past_their_request_do_not_count_against_their_address() {
         let admission = Admission::new(8);
         let sessions: Vec<Ticket> = (0..6)
             .map(|_| {
                 let mut ticket = admission.admit(ip(1)).unwrap();
-                ticket.upgraded();
+                ticket.request_read();
                 ticket
             })
             .collect();

@@ -335,6 +335,9 @@ impl Shared {
         let mut claimed: Option<(Claim, mpsc::Sender<Handoff>)> = None;
         #[allow(clippy::result_large_err)] // tungstenite's callback signature
         let callback = |request: &Request, response: Response| {
+            // Before the answer goes out: a peer that reads a refusal and dials again
+            // at once must find its address's share free.
+            ticket.request_read();
             self.check(request, response, peer, &mut claimed)
         };
         let upgrade = tokio_tungstenite::accept_hdr_async_with_config(
@@ -353,7 +356,6 @@ impl Shared {
                 return;
             }
         };
-        ticket.upgraded();
         if let Some((claim, handoff)) = claimed
             && handoff.send((ws, claim, ticket, peer)).await.is_err()
         {

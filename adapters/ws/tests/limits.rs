@@ -203,6 +203,39 @@ async fn after_max_failed_bearer_checks_a_host_gets_429_without_its_token_compar
     running.stop().await;
 }
 
+/// With a share of one socket in handshake per address, a peer that has read its
+/// refusal's status line and dials again at once must be answered, not closed unread:
+/// the share is given back before the answer goes out. (Before that, a redial could
+/// race the server's task still finishing the refused socket, and was closed at once.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_has_read_its_refusal_may_dial_again_at_once() {
+    let running = serve(ServerConfig {
+        bearer: Some(Secret::new("s3cret")),
+        max_connections: 4,
+        max_failed_auth_per_min: 100_000,
+        ..ServerConfig::default()
+    })
+    .await;
+    let addr = addr_of(&running);
+    for attempt in 0..500 {
+        let mut tcp = tcp_from(SLOW, addr).await;
+        let request = format!(
+            "GET /s2/cem/r1 HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Sec-WebSocket-Version: 13\r\nAuthorization: Bearer guess\r\n\r\n"
+        );
+        tcp.write_all(request.as_bytes()).await.unwrap();
+        let mut status = [0u8; 12];
+        let read = guard("the refusal", tcp.read_exact(&mut status)).await;
+        assert!(
+            read.is_ok(),
+            "attempt {attempt}: closed unanswered ({read:?})"
+        );
+        assert_eq!(&status, b"HTTP/1.1 401", "attempt {attempt}");
+    }
+    running.stop().await;
+}
+
 #[tokio::test]
 async fn frames_beyond_the_rate_get_temporary_error_naming_them_and_the_session_goes_on() {
     let mut running = serve(ServerConfig {
