@@ -645,18 +645,21 @@ fn low_first(address: u16, bits: u32) -> Seen {
 }
 
 /// The SolarEdge profile through the daemon: the SunSpec W (W_SF -1) as -1234.5 W; a
-/// 2000 W production limit on an inverter of 8000 W (the device section's envelope) is
-/// fallback 100 %, command timeout 60 s, enable, then a dynamic limit of 25 % (float32,
-/// low word first), SUCCEEDED; a lost CEM writes the dynamic limit back to 100 %.
+/// 2000 W production limit on an inverter of 8000 W (the device section's envelope)
+/// writes only what the inverter does not hold already of the non-volatile settings
+/// (the 120 s command timeout becomes 60 s; the fallback is 100 % already), enables
+/// dynamic power control, then writes a dynamic limit of 25 % (float32, low word first),
+/// SUCCEEDED; the heartbeat (`refresh_s = 2` here) re-writes the dynamic limit alone,
+/// never the settings its maker says not to rewrite; a lost CEM writes 100 % back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn solaredge_measures_limits_through_dynamic_power_control_and_releases_on_a_lost_cem() {
     within_test(async {
         let mut peer = Peer::start(&["solaredge"]).await;
         let mut cem = TestCem::start(&[ProtocolVersion::V0_0_2_BETA]).await;
-        let envelope = "envelope = { min_w = -8000, max_w = 0 }";
+        let extra = "envelope = { min_w = -8000, max_w = 0 }\nrefresh_s = 2";
         let mut daemon = Daemon::start(&config(
             &cem,
-            &[device("pv", "modbus-solaredge", &peer, envelope)],
+            &[device("pv", "modbus-solaredge", &peer, extra)],
         ));
         let mut conn = connect(&mut cem, 1).await.remove("pv").unwrap();
         let constraints = conn.select_pebc(SOON).await;
@@ -669,11 +672,11 @@ async fn solaredge_measures_limits_through_dynamic_power_control_and_releases_on
         );
 
         let id = limit(&mut conn, &constraints, 2000.0).await;
+        let quarter = low_first(0xF322, 25f32.to_bits());
         for want in [
-            low_first(0xF312, 100f32.to_bits()),
             low_first(0xF310, 60),
             seen(16, 0xF300, &[1]),
-            low_first(0xF322, 25f32.to_bits()),
+            quarter.clone(),
         ] {
             peer.wait_write(want).await;
         }
@@ -684,6 +687,19 @@ async fn solaredge_measures_limits_through_dynamic_power_control_and_releases_on
             peer.holding(0xF322, 2).await,
             [(f322 & 0xFFFF) as u16, (f322 >> 16) as u16]
         );
+        assert_eq!(peer.holding(0xF310, 2).await, [60, 0]);
+
+        // The heartbeat: the dynamic limit again, and nothing else of the limit's writes
+        // (the fallback limit never: the inverter held 100 % from the start).
+        peer.wait_write(quarter.clone()).await;
+        let mut others = Vec::new();
+        while let Some(w) = peer.writes.try_next() {
+            // A later heartbeat of a slow run writes the same again: not a settings write.
+            if w != quarter {
+                others.push(w);
+            }
+        }
+        assert_eq!(others, [], "written besides the dynamic limit");
 
         cem.kill().await;
         peer.wait_write(low_first(0xF322, 100f32.to_bits())).await;

@@ -413,6 +413,12 @@ pub struct WriteSpec {
     /// takes 6 A at least, next to an on/off register.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub skip_when_off: bool,
+    /// Read first, and written only when the device holds another value (the
+    /// heartbeat's re-writes included): for settings a device keeps in non-volatile
+    /// memory, which its maker says not to rewrite (SolarEdge's command timeout and
+    /// fallback limit).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub when_different: bool,
 }
 
 /// The writes each [`s2gw_core::Command`] becomes (`[modbus.commands]`).

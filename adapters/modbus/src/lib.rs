@@ -100,7 +100,9 @@
 //! `production_limit_w`) or a charger's on/off register `{ register = "x", on = 0, off =
 //! 1 }` (by whether the current is above 0 A; `skip_when_off = true` leaves a register out
 //! at 0 A), written with the register's function code, scaled back to raw, and read
-//! back.
+//! back. `when_different = true` reads the register first and writes it only when it
+//! holds another value, also on the `refresh_s` re-writes: for settings kept in
+//! non-volatile memory, which wears out when rewritten every few seconds.
 //!
 //! | command | writes |
 //! |---|---|

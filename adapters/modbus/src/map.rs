@@ -119,6 +119,8 @@ struct Pending {
     words: Vec<u16>,
     fc: WriteFc,
     verify: bool,
+    /// Skipped when the device already holds `words` (`when_different`).
+    when_different: bool,
 }
 
 /// A register-map device (see the crate docs for the profile schema).
@@ -460,6 +462,7 @@ impl MapDevice {
                     words: self.poller.encode(&w.register, value)?,
                     fc: spec.and_then(|s| s.write).unwrap_or_default(),
                     verify: spec.and_then(|s| s.verify).unwrap_or(true),
+                    when_different: w.when_different,
                 })
             })
             .collect()
@@ -467,11 +470,24 @@ impl MapDevice {
 
     async fn send(&mut self, writes: &[Pending]) -> Result<(), ModbusError> {
         for w in writes {
+            if w.when_different && self.holds(w).await? {
+                continue;
+            }
             self.poller
                 .write_raw(&w.register, &w.words, w.fc, w.verify)
                 .await?;
         }
         Ok(())
+    }
+
+    /// Whether the device holds `w`'s value already, read now.
+    async fn holds(&mut self, w: &Pending) -> Result<bool, ModbusError> {
+        self.poller.refresh(&[w.register.as_str()]).await?;
+        let holds = self.poller.raw(&w.register).as_deref() == Some(w.words.as_slice());
+        if holds {
+            tracing::debug!(device = %self.id, register = %w.register, "holds the value already; not rewritten");
+        }
+        Ok(holds)
     }
 
     /// Scale-factor registers must be known before a scaled value can be encoded.

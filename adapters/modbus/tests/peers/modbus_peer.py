@@ -195,9 +195,12 @@ def f32_low_first(v):
 
 
 def solaredge():
-    # SolarEdge: SunSpec common model (L = 65, "SolarEdge") and inverter model 103 at
-    # 40069 (W 1234.5 with W_SF -1, WH 123456 Wh, St 4 MPPT); Enhanced Dynamic Power
-    # Control registers with 32-bit values low word first, max active power 5000 W.
+    # SolarEdge (config/profiles/modbus-solaredge.toml): SunSpec common model (L = 65,
+    # "SolarEdge") and inverter model 103 at 40069 (W 1234.5 with W_SF -1, WH 123456 Wh,
+    # St 4 MPPT); Enhanced Dynamic Power Control registers with 32-bit values low word
+    # first: enable 0 (the default), max active power 5000 W, the fallback limit at its
+    # default 100 %, but a command timeout of 120 s as an earlier controller left it
+    # (dbus-fronius writes 120), so a gateway asking for 60 s has one setting to change.
     common = model(1, 65, {2: text("SolarEdge", 16), 18: text("SE5K-RW0TEBEN4", 16),
                            42: text("0004.0020.0036", 8), 50: text("7E1234AB", 16),
                            66: [1]})
@@ -207,7 +210,7 @@ def solaredge():
     control = [0] * 0x40
     control[0x00:0x01] = [0]
     control[0x04:0x06] = f32_low_first(5000.0)
-    control[0x10:0x12] = [60, 0]
+    control[0x10:0x12] = [120, 0]
     control[0x12:0x14] = f32_low_first(100.0)
     control[0x22:0x24] = f32_low_first(100.0)
     return {"hr": [(40000, sunspec_map), (0xF300, control)]}
