@@ -549,8 +549,9 @@ async fn keba_p30_measures_follows_a_step_and_releases_on_a_lost_cem() {
 
 /// The Heidelberg Energy Control profile through the daemon over RTU framing: 11040 W
 /// measured from the input registers; the 6 A step disables standby, arms the watchdog
-/// (60 s) with a 16 A failsafe current, then writes 60 (0.1 A) to 261; a lost CEM
-/// writes 160; the box holds it, read back over RTU.
+/// (60 s) with a 16 A failsafe current, then writes 60 (0.1 A) to 261, all with FC6 (the
+/// table lists no FC16; the simulator refuses it); a lost CEM writes 160; the box holds
+/// it, read back over RTU.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heidelberg_ec_over_rtu_arms_its_watchdog_follows_a_step_and_releases_on_a_lost_cem() {
     within_test(async {
@@ -562,16 +563,16 @@ async fn heidelberg_ec_over_rtu_arms_its_watchdog_follows_a_step_and_releases_on
             peer.addr()
         );
         let armed = [
-            seen(16, 258, &[4]),
-            seen(16, 257, &[60000]),
-            seen(16, 262, &[160]),
+            seen(6, 258, &[4]),
+            seen(6, 257, &[60000]),
+            seen(6, 262, &[160]),
         ];
         charger_step_and_release(
             &mut peer,
             section,
             11040.0,
-            &[&armed[..], &[seen(16, 261, &[60])]].concat(),
-            &[&armed[..], &[seen(16, 261, &[160])]].concat(),
+            &[&armed[..], &[seen(6, 261, &[60])]].concat(),
+            &[&armed[..], &[seen(6, 261, &[160])]].concat(),
         )
         .await;
         let held = s2gw_modbus::read_raw(

@@ -117,10 +117,11 @@ async fn keba_p30_reads_one_pair_at_a_time_and_writes_fc6_with_its_failsafe_time
     );
 }
 
-/// Heidelberg Energy Control (register layout 1.0.7 as evcc implements it) over RTU
-/// framing: input registers for state, phase currents (0.1 A), power and energy; a
-/// command disables standby, arms the watchdog (60 s) with a 16 A failsafe current and
-/// writes the current in 0.1 A, all with FC16 and read back; 0 A is 261 = 0.
+/// Heidelberg Energy Control (register table, layout 1.0.7) over RTU framing: input
+/// registers for state, phase currents (0.1 A), power and energy; a command disables
+/// standby, arms the watchdog (60 s) with a 16 A failsafe current and writes the current
+/// in 0.1 A, all with FC6, the write the table lists (the simulator refuses FC16), and
+/// read back; 0 A is 261 = 0.
 #[tokio::test]
 async fn heidelberg_ec_over_rtu_arms_its_watchdog_and_sets_the_current() {
     let mut peer = PyPeer::start(&["heidelberg", "--framer", "rtu"]).await;
@@ -139,17 +140,11 @@ async fn heidelberg_ec_over_rtu_arms_its_watchdog_and_sets_the_current() {
     assert_eq!(r.status, DeviceStatus::Ok, "state 7: C2, charging");
     assert!(peer.writes().await.is_empty(), "reading never writes");
 
-    let armed = [fc16(258, 4), fc16(257, 60000), fc16(262, 160)];
+    let armed = [fc6(258, 4), fc6(257, 60000), fc6(262, 160)];
     dev.apply(&current(10.0)).await.unwrap();
-    assert_eq!(
-        peer.writes().await,
-        [&armed[..], &[fc16(261, 100)]].concat()
-    );
+    assert_eq!(peer.writes().await, [&armed[..], &[fc6(261, 100)]].concat());
     dev.apply(&current(0.0)).await.unwrap();
-    assert_eq!(peer.writes().await, [&armed[..], &[fc16(261, 0)]].concat());
+    assert_eq!(peer.writes().await, [&armed[..], &[fc6(261, 0)]].concat());
     dev.apply(&Command::Release).await.unwrap();
-    assert_eq!(
-        peer.writes().await,
-        [&armed[..], &[fc16(261, 160)]].concat()
-    );
+    assert_eq!(peer.writes().await, [&armed[..], &[fc6(261, 160)]].concat());
 }

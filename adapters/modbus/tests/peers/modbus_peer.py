@@ -4,8 +4,10 @@ Usage: modbus_peer.py PORT KIND [options]
   KIND: sunspec | fronius | sma | goe | keba | heidelberg | solaredge | abb | sdm630
   sma: a Sunny Tripower's SunSpec chain (17 models, 123 at 40343, its enable flag at 1)
   goe: the go-eCharger, which refuses FC6 (illegal function), as its table says
-  keba: the KEBA P30, which takes FC6 writes only and reads of at most one u32
-  heidelberg: the Heidelberg Energy Control (use --framer rtu, as on its RS-485 bus)
+  keba: the KEBA P30, which takes FC6 writes only and reads of at most one u32 (its
+        guide V1.02, p. 8)
+  heidelberg: the Heidelberg Energy Control, which takes the FC6 writes its table lists
+              and no FC16 (use --framer rtu, as on its RS-485 bus)
   solaredge: SolarEdge's SunSpec map and its power control registers (0xF300...)
   sunspec: --base N --models 1,103,123 [--preset-limit PCT] [--fc6-only]
            [--fail-writes] [--ignore-writes] [--preset-storctl MODE]
@@ -175,9 +177,11 @@ def keba():
 
 
 def heidelberg():
-    # Heidelberg Energy Control (register layout 1.0.7 via evcc's heidelberg-ec.go):
-    # input registers 4..18 (C2 charging, 16.0/15.9/16.1 A, 11040 VA, 4321000 Wh since
-    # installation), holding 257..262 as shipped (watchdog 15 s, standby on, 16 A).
+    # Heidelberg Energy Control, from its register table (layout 1.0.7, 22 February 2021;
+    # see config/profiles/modbus-heidelberg-ec.toml): input registers 4..18 (layout
+    # 1.0.7, C2 charging, 16.0/15.9/16.1 A, 230 V, 11040 VA, 4321000 VAh since
+    # installation), holding 257..262 (watchdog 15 s, standby enabled, unlocked, 16 A,
+    # failsafe 0 A).
     ir = [0] * 19
     ir[4] = 0x0107
     ir[5] = 7
@@ -314,7 +318,7 @@ def make_action(args, timer=None):
                           "values": [int(v) for v in values]}), flush=True)
         if args.kind == "goe" and fc == 6:
             return ExcCodes.ILLEGAL_FUNCTION
-        if args.kind == "keba" and fc == 16:
+        if args.kind in ("keba", "heidelberg") and fc == 16:
             return ExcCodes.ILLEGAL_FUNCTION
         if args.fail_writes:
             return ExcCodes.DEVICE_FAILURE
