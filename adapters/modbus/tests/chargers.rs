@@ -83,11 +83,12 @@ async fn go_e_readings_current_steps_off_and_release() {
     assert_eq!(peer.writes().await, [fc16(337, 0), fc16(299, 16)]);
 }
 
-/// KEBA P30 (programmer's guide V1.04 as evcc implements it): unit 255, one u32 per
-/// read (the simulator refuses longer reads, as the charger does), power in mW and
-/// energy in 0.1 Wh; every command writes the failsafe timeout first, then the current
-/// in mA and the enable register, all with FC6 (the simulator refuses FC16); off is
-/// the enable register alone; release enables at 16 A.
+/// KEBA P30 (Modbus TCP programmers guide V1.02; the failsafe registers and the 0.1 Wh
+/// energy unit as evcc found them): unit 255, one u32 per read (the simulator refuses
+/// longer reads, as the guide says the charger does), power in mW and energy in 0.1 Wh;
+/// every command writes the failsafe timeout first, then the current in mA and the
+/// enable register, all with FC6 (the simulator refuses FC16); off is the enable
+/// register alone; release enables at 16 A.
 #[tokio::test]
 async fn keba_p30_reads_one_pair_at_a_time_and_writes_fc6_with_its_failsafe_timeout() {
     let mut peer = PyPeer::start(&["keba"]).await;

@@ -168,10 +168,13 @@ def goe():
 
 
 def keba():
-    # KEBA P30 (Modbus TCP programmer's guide V1.04 via evcc's keba-modbus.go): u32
-    # holding registers, high word first; charging at 7.36 kW, 12345678.9 Wh in total.
-    # The write registers 5004, 5014, 5018 are kept here only so writes land.
-    regs = {1000: u32(3), 1004: u32(7), 1016: u32(351211), 1020: u32(7360000),
+    # KEBA P30 (Modbus TCP programmers guide V1.02, see
+    # config/profiles/modbus-keba-p30.toml): u32 holding registers, high word first;
+    # charging (1000 = 3) at 7.36 kW (1020 in mW), 12345678.9 Wh in total (1036 in
+    # 0.1 Wh, as P30s report it), product 312110 (1016: P30, cable, 16 A, c-series,
+    # standard meter, no RFID), failsafe timeout 0 (1602, off; not in V1.02). The write
+    # registers 5004, 5014, 5018 are kept here only so writes land.
+    regs = {1000: u32(3), 1004: u32(7), 1016: u32(312110), 1020: u32(7360000),
             1036: u32(123456789), 1602: u32(0)}
     return {"hr": [(a, v) for a, v in regs.items()] + [(5000, [0] * 24)]}
 
