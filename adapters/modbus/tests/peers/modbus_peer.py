@@ -134,10 +134,12 @@ def fronius():
 
 
 def sma():
-    # SMA Sunny Tripower's SunSpec chain at the addresses OpenEMS reads (see
+    # SMA Sunny Tripower's SunSpec chain at the addresses OpenEMS reads, which SMA's
+    # STP60-SunSpec_Modbus-TI-en-12 tables print too (see
     # config/profiles/modbus-sma.toml): models without values here are zeros of the
-    # right length, so discovery must walk past them. WMaxLim_Ena is 1 at 100 %, as
-    # SMA keeps it.
+    # right length, so discovery must walk past them. In 123: WMaxLimPct 100.0 % with
+    # WMaxLimPct_SF -1, WMaxLim_Ena 1 at 100 %, as SMA keeps it; the revert timer
+    # writable, as the profile needs it (TI-en-12 shows it read-only on the STP60).
     base = sunspec_models(None)
     common = model(1, 66, {2: text("SMA", 16), 18: text("STP10.0-3AV-40", 16),
                            42: text("3.10.10.R", 8), 50: text("3005000001", 16),
