@@ -251,10 +251,12 @@ fn low_first(address: u16, words: u32) -> Seen {
 }
 
 /// The `modbus-solaredge` profile against a simulator of SolarEdge's SunSpec map and
-/// its Enhanced Dynamic Power Control registers: the SunSpec W with W_SF; a limit is
-/// the fallback (100 %), the command timeout (60 s), the enable, then the dynamic limit
-/// as a percentage of the envelope's production bound (the inverter's max active
-/// power), float32 low word first; release is 100 %.
+/// its Enhanced Dynamic Power Control registers: the SunSpec W with W_SF; a limit makes
+/// sure of the fallback (100 %, held already: not written) and the command timeout
+/// (120 s held: 60 s written), then the enable and the dynamic limit as a percentage of
+/// the envelope's production bound (the inverter's max active power), float32 low word
+/// first; the next limit writes the dynamic limit alone, as the settings stay in the
+/// inverter's non-volatile memory; release is 100 %.
 #[tokio::test]
 async fn solaredge_measures_sunspec_and_limits_through_its_dynamic_power_control() {
     let mut peer = PyPeer::start(&["solaredge"]).await;
@@ -282,12 +284,19 @@ async fn solaredge_measures_sunspec_and_limits_through_its_dynamic_power_control
     assert_eq!(
         peer.writes().await,
         [
-            low_first(0xF312, 100f32.to_bits()),
             low_first(0xF310, 60),
             fc16(0xF300, 1),
             low_first(0xF322, 25f32.to_bits()),
         ]
     );
+    // 4000 W: 50 %, and nothing else rewritten.
+    dev.apply(&Command::LimitPower {
+        min_w: Some(-4000.0),
+        max_w: Some(0.0),
+    })
+    .await
+    .unwrap();
+    assert_eq!(peer.writes().await, [low_first(0xF322, 50f32.to_bits())]);
     dev.apply(&Command::Release).await.unwrap();
     assert_eq!(peer.writes().await, [low_first(0xF322, 100f32.to_bits())]);
 }
