@@ -12,7 +12,7 @@ use s2gw_fuzz::{Limits, TARGETS, run_named};
 /// Fuzz one of s2gw's input surfaces.
 #[derive(Parser)]
 struct Args {
-    /// The target: s2-edge, s2-rm, modbus, ble, config, or `all`.
+    /// The target: s2-edge, s2-rm, modbus, mqtt, ble, config, or `all`.
     target: String,
     /// Inputs to run.
     #[arg(long, default_value_t = 10_000)]
