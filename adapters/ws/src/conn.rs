@@ -30,6 +30,14 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// The most a misbehaving peer can make us read and discard after an over-cap frame.
 const DRAIN_BUDGET_BYTES: usize = 64 * 1024 * 1024;
 
+/// Bytes a connection reads into at a time, and so the read buffer it keeps.
+///
+/// tungstenite's default (128 KiB) is allocated up front for every connection and its
+/// pages are touched as reads sweep through it: with a session per device that was most
+/// of a device's memory. S2 messages are mostly far below 8 KiB; a larger one grows the
+/// buffer while it is read, so this bounds the steady state, not the message size.
+const READ_BUFFER_BYTES: usize = 8 * 1024;
+
 /// The tungstenite configuration for a frame limit: a hard cap of four times the limit.
 ///
 /// Frames between the limit and the cap are read and refused with INVALID_DATA by the
@@ -39,6 +47,7 @@ const DRAIN_BUDGET_BYTES: usize = 64 * 1024 * 1024;
 pub(crate) fn ws_config(limit: usize) -> WebSocketConfig {
     let cap = hard_cap(limit);
     WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER_BYTES)
         .max_message_size(Some(cap))
         .max_frame_size(Some(cap))
 }
