@@ -28,6 +28,16 @@ impl Daemon {
     /// Like [`Daemon::start`], with extra environment variables for the daemon (such as
     /// `DBUS_SYSTEM_BUS_ADDRESS` pointing at a mocked BlueZ).
     pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Daemon {
+        Self::spawn(config, env, true)
+    }
+
+    /// Like [`Daemon::start`], without echoing its log to the test's output (a bench's
+    /// thousand devices would bury its figures).
+    pub fn start_quiet(config: &str) -> Daemon {
+        Self::spawn(config, &[], false)
+    }
+
+    fn spawn(config: &str, env: &[(&str, &str)], echo: bool) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().join("state");
         std::fs::create_dir_all(&state).unwrap();
@@ -48,8 +58,13 @@ impl Daemon {
             .expect("cannot start the s2gw binary");
         let (tx, rx) = mpsc::unbounded_channel();
         let all: Arc<Mutex<Vec<String>>> = Arc::default();
-        spawn_reader(child.stdout.take().unwrap(), tx.clone(), Arc::clone(&all));
-        spawn_reader(child.stderr.take().unwrap(), tx, Arc::clone(&all));
+        spawn_reader(
+            child.stdout.take().unwrap(),
+            tx.clone(),
+            Arc::clone(&all),
+            echo,
+        );
+        spawn_reader(child.stderr.take().unwrap(), tx, Arc::clone(&all), echo);
         Daemon {
             child,
             dir,
@@ -128,12 +143,15 @@ fn spawn_reader(
     stream: impl std::io::Read + Send + 'static,
     tx: mpsc::UnboundedSender<String>,
     all: Arc<Mutex<Vec<String>>>,
+    echo: bool,
 ) {
     std::thread::spawn(move || {
         for line in BufReader::new(stream).lines() {
             let Ok(line) = line else { break };
             let line = strip_ansi(&line);
-            eprintln!("[s2gw] {line}");
+            if echo {
+                eprintln!("[s2gw] {line}");
+            }
             all.lock().unwrap().push(line.clone());
             let _ = tx.send(line);
         }

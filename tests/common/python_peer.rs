@@ -72,6 +72,11 @@ impl PythonPeer {
         stdin.flush().await.unwrap();
     }
 
+    /// The process id (for its RSS and the like).
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("the peer is running")
+    }
+
     /// The peer's exit status, once it exited by itself.
     pub async fn wait(&mut self) -> std::process::ExitStatus {
         self.child.wait().await.expect("cannot wait for the peer")

@@ -1,0 +1,210 @@
+//! `cargo bench --bench scale`: the gateway's footprint with N simulated devices.
+//!
+//! For N = 1, 10, 100 and 1,000 it starts the demo CEM (`s2gw cem`) and the daemon
+//! (`s2gw run`) as processes, N sim devices of every kind (1 s polling, one S2 session
+//! each), and prints the daemon's resident memory, CPU (share of one core over a
+//! window, the demo CEM instructing as usual), threads, and the time from start until
+//! every session is up. In the same run it measures one s2-python 0.11.1 RM process
+//! (`tests/peers/s2python_rm.py`, against the same demo CEM) for comparison.
+//!
+//! Under `cargo test` (no `--bench` argument) it runs N = 1 and 5 with a short window,
+//! so the suite proves the bench still works.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Daemon, spawn_s2python_rm};
+
+/// The sim models the devices rotate through: every control type is at work.
+const MODELS: [&str; 5] = ["pv", "ev", "battery", "heat_pump", "meter"];
+
+fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    let (sizes, window): (&[usize], _) = if full {
+        (&[1, 10, 100, 1000], Duration::from_secs(30))
+    } else {
+        (&[1, 5], Duration::from_secs(2))
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    println!(
+        "s2gw scale (release build: {}; CPU over {} s, share of one core)",
+        !cfg!(debug_assertions),
+        window.as_secs()
+    );
+    println!(
+        "{:>6} {:>10} {:>10} {:>10} {:>9} {:>8} {:>8} {:>13}",
+        "N", "RSS", "anon", "file", "per dev", "CPU", "threads", "all up after"
+    );
+    for &n in sizes {
+        let figures = runtime.block_on(measure(n, window));
+        println!(
+            "{n:>6} {:>7.1} MB {:>7.1} MB {:>7.1} MB {:>6.1} KB {:>7.2}% {:>8} {:>10.3} s",
+            mib(figures.rss_kib),
+            mib(figures.anon_kib),
+            mib(figures.file_kib),
+            figures.rss_kib as f64 / n as f64,
+            figures.cpu_percent,
+            figures.threads,
+            figures.all_up.as_secs_f64()
+        );
+    }
+    let python = runtime.block_on(s2python_rm_rss());
+    println!(
+        "one s2-python 0.11.1 RM process (same demo CEM): {:.1} MB",
+        mib(python)
+    );
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+/// What one run measured.
+struct Figures {
+    /// Resident memory: `anon` (heap, stacks) plus `file` (the binary's touched pages,
+    /// shared with every other process mapping it).
+    rss_kib: u64,
+    anon_kib: u64,
+    file_kib: u64,
+    cpu_percent: f64,
+    threads: u64,
+    all_up: Duration,
+}
+
+async fn measure(n: usize, window: Duration) -> Figures {
+    let cem = DemoCem::start();
+    let started = Instant::now();
+    let mut daemon = Daemon::start_quiet(&config(n, &cem.addr));
+    let mut up = 0;
+    while up < n {
+        daemon
+            .wait_log(
+                "every S2 session to be up",
+                |l| l.contains("CEM link up: S2 session opened"),
+                Duration::from_secs(120),
+            )
+            .await;
+        up += 1;
+    }
+    let all_up = started.elapsed();
+    // Start-up work (profiles, the first selections) is over once every session is
+    // up; the window then sees only the steady state.
+    let before = cpu_ticks(daemon.pid());
+    let t0 = Instant::now();
+    tokio::time::sleep(window).await;
+    let ticks = cpu_ticks(daemon.pid()) - before;
+    let cpu_percent = ticks as f64 / USER_HZ / t0.elapsed().as_secs_f64() * 100.0;
+    let figures = Figures {
+        rss_kib: status_field(daemon.pid(), "VmRSS:"),
+        anon_kib: status_field(daemon.pid(), "RssAnon:"),
+        file_kib: status_field(daemon.pid(), "RssFile:"),
+        cpu_percent,
+        threads: status_field(daemon.pid(), "Threads:"),
+        all_up,
+    };
+    daemon.assert_running();
+    assert!(daemon.stop(), "the daemon stops cleanly");
+    figures
+}
+
+/// The daemon's config: `n` sim devices on one CEM link to the demo CEM.
+fn config(n: usize, cem: &str) -> String {
+    let mut text = format!(
+        "[gateway]\nname = \"scale\"\nstate_dir = \"@STATE_DIR@\"\n\n\
+         [cem.demo]\ntransport = \"ws-client\"\nurl = \"ws://{cem}/s2/{{resource_id}}\"\n"
+    );
+    for i in 0..n {
+        let model = MODELS[i % MODELS.len()];
+        text.push_str(&format!(
+            "\n[[device]]\nid = \"{model}-{i}\"\nprofile = \"sim-{}\"\ncem = \"demo\"\n\
+             [device.sim]\nmodel = \"{model}\"\n",
+            model.replace('_', "-")
+        ));
+    }
+    text
+}
+
+/// One s2-python RM's resident memory once the demo CEM has selected its control type.
+async fn s2python_rm_rss() -> u64 {
+    let cem = DemoCem::start();
+    let url = format!("ws://{}/s2/python", cem.addr);
+    let mut rm = spawn_s2python_rm(&url, "9f2b3c3e-1d7a-4c59-9a51-0c8f3f2a7b10", 60);
+    rm.lines
+        .wait_for(
+            "the s2-python RM to be selected",
+            |l| l.starts_with("SAW selected"),
+            Duration::from_secs(60),
+        )
+        .await;
+    status_field(rm.pid(), "VmRSS:")
+}
+
+/// `s2gw cem` on a port of its own choosing, killed when dropped.
+struct DemoCem {
+    child: Child,
+    addr: String,
+}
+
+impl DemoCem {
+    fn start() -> DemoCem {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_s2gw"))
+            .args(["cem", "--listen", "127.0.0.1:0"])
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("cannot start s2gw cem");
+        // Its log (where it says its address) goes to stderr.
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let addr = lines
+            .by_ref()
+            .map_while(Result::ok)
+            .find_map(|l| {
+                let rest = l.split("addr=").nth(1)?;
+                Some(rest.split_whitespace().next()?.to_string())
+            })
+            .expect("the demo CEM says where it listens");
+        // Keep reading so the CEM never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        DemoCem { child, addr }
+    }
+}
+
+impl Drop for DemoCem {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// User plus system CPU time of `pid`, in clock ticks (/proc/PID/stat fields 14 and 15).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // The command name (field 2) may hold spaces: count fields after its ')'.
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// Clock ticks per second in /proc: Linux's USER_HZ, 100 on every architecture.
+const USER_HZ: f64 = 100.0;
+
+/// A numeric field of /proc/PID/status (`VmRSS:` in KiB, `Threads:`).
+fn status_field(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"));
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
