@@ -14,10 +14,9 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::faults::DemoCem;
 use common::{Daemon, spawn_s2python_rm};
 
 /// The sim models the devices rotate through: every control type is at work.
@@ -81,9 +80,9 @@ struct Figures {
 }
 
 async fn measure(n: usize, window: Duration) -> Figures {
-    let cem = DemoCem::start();
+    let cem = DemoCem::start().await;
     let started = Instant::now();
-    let mut daemon = Daemon::start_quiet(&config(n, &cem.addr));
+    let mut daemon = Daemon::start_quiet(&config(n, &cem.url()));
     let mut up = 0;
     while up < n {
         daemon
@@ -116,11 +115,11 @@ async fn measure(n: usize, window: Duration) -> Figures {
     figures
 }
 
-/// The daemon's config: `n` sim devices on one CEM link to the demo CEM.
+/// The daemon's config: `n` sim devices on one CEM link (`cem`: its URL) to the demo CEM.
 fn config(n: usize, cem: &str) -> String {
     let mut text = format!(
         "[gateway]\nname = \"scale\"\nstate_dir = \"@STATE_DIR@\"\n\n\
-         [cem.demo]\ntransport = \"ws-client\"\nurl = \"ws://{cem}/s2/{{resource_id}}\"\n"
+         [cem.demo]\ntransport = \"ws-client\"\nurl = \"{cem}\"\n"
     );
     for i in 0..n {
         let model = MODELS[i % MODELS.len()];
@@ -135,8 +134,8 @@ fn config(n: usize, cem: &str) -> String {
 
 /// One s2-python RM's resident memory once the demo CEM has selected its control type.
 async fn s2python_rm_rss() -> u64 {
-    let cem = DemoCem::start();
-    let url = format!("ws://{}/s2/python", cem.addr);
+    let cem = DemoCem::start().await;
+    let url = format!("ws://127.0.0.1:{}/s2/python", cem.port);
     let mut rm = spawn_s2python_rm(&url, "9f2b3c3e-1d7a-4c59-9a51-0c8f3f2a7b10", 60);
     rm.lines
         .wait_for(
@@ -146,45 +145,6 @@ async fn s2python_rm_rss() -> u64 {
         )
         .await;
     status_field(rm.pid(), "VmRSS:")
-}
-
-/// `s2gw cem` on a port of its own choosing, killed when dropped.
-struct DemoCem {
-    child: Child,
-    addr: String,
-}
-
-impl DemoCem {
-    fn start() -> DemoCem {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_s2gw"))
-            .args(["cem", "--listen", "127.0.0.1:0"])
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("cannot start s2gw cem");
-        // Its log (where it says its address) goes to stderr.
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let addr = lines
-            .by_ref()
-            .map_while(Result::ok)
-            .find_map(|l| {
-                let rest = l.split("addr=").nth(1)?;
-                Some(rest.split_whitespace().next()?.to_string())
-            })
-            .expect("the demo CEM says where it listens");
-        // Keep reading so the CEM never blocks on a full pipe.
-        std::thread::spawn(move || lines.for_each(drop));
-        DemoCem { child, addr }
-    }
-}
-
-impl Drop for DemoCem {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// User plus system CPU time of `pid`, in clock ticks (/proc/PID/stat fields 14 and 15).
