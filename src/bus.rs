@@ -150,12 +150,12 @@ mod tests {
 
         rm.tx.send(BusEvent::Up).await.unwrap();
         rm.tx
-            .send(BusEvent::Rejected(Rejection {
+            .send(BusEvent::Rejected(Box::new(Rejection {
                 kind: None,
                 status: ReceptionStatusValues::InvalidData,
                 subject: Id::NIL,
                 diagnostic: "not JSON".into(),
-            }))
+            })))
             .await
             .unwrap();
         rm.tx.send(BusEvent::Frame(handshake())).await.unwrap();

@@ -52,7 +52,10 @@ pub enum BusEvent {
     },
     /// An inbound frame was refused at this side's edge and answered there. Seen by the
     /// taps only; never delivered to the other side.
-    Rejected(Rejection),
+    ///
+    /// Boxed: a rejection is three times the size of any other event, and every slot of
+    /// every bus channel (four per resource) is as large as the largest variant.
+    Rejected(Box<Rejection>),
 }
 
 /// The adapter's half of its connection to the bus.

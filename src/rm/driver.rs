@@ -49,8 +49,21 @@ impl Driver {
     }
 
     /// Serve until `shutdown`, then release the device and return.
-    pub(crate) async fn run(
+    ///
+    /// An `async move` block rather than an `async fn`: an `async fn` keeps its by-value
+    /// arguments twice in its future (rust-lang/rust#62958), here the whole core, in a
+    /// future that lives as long as the device.
+    pub(crate) fn run(
         mut self,
+        rx: mpsc::Receiver<BusEvent>,
+        gate: watch::Receiver<bool>,
+        shutdown: CancellationToken,
+    ) -> impl std::future::Future<Output = ()> + Send {
+        async move { self.serve(rx, gate, shutdown).await }
+    }
+
+    async fn serve(
+        &mut self,
         mut rx: mpsc::Receiver<BusEvent>,
         mut gate: watch::Receiver<bool>,
         shutdown: CancellationToken,

@@ -6,19 +6,19 @@
 //! which a CEM resumes with the plan it had. Each id is a UUID v5 of the engine's name for
 //! the thing, in a namespace of the resource's own.
 
-use std::collections::HashMap;
-
 use s2gw_core::s2::Id;
 
 /// The namespace every resource's namespace is derived from (a random v4, fixed forever).
 const ENGINE_NAMESPACE: uuid::Uuid =
     uuid::Uuid::from_u128(0x6f1e_2a43_9b7c_4d0e_8a55_3c2d_1b0f_9e87);
 
-/// Ids by the engine's own name for the thing, derived once and cached.
+/// Ids by the engine's own name for the thing.
+///
+/// Derived on every call, not cached: a v5 UUID is one SHA-1 of a short name, asked for
+/// only when a description is built, and a cache cost about 2 KB per resource for good.
 #[derive(Debug)]
 pub(crate) struct IdBook {
     namespace: uuid::Uuid,
-    ids: HashMap<String, Id>,
 }
 
 impl Default for IdBook {
@@ -32,17 +32,12 @@ impl IdBook {
     pub(crate) fn for_resource(resource_id: &str) -> Self {
         Self {
             namespace: uuid::Uuid::new_v5(&ENGINE_NAMESPACE, resource_id.as_bytes()),
-            ids: HashMap::new(),
         }
     }
 
     /// The id for `name`.
-    pub(crate) fn get(&mut self, name: &str) -> Id {
-        let namespace = self.namespace;
-        *self
-            .ids
-            .entry(name.to_string())
-            .or_insert_with(|| Id::from_uuid(uuid::Uuid::new_v5(&namespace, name.as_bytes())))
+    pub(crate) fn get(&self, name: &str) -> Id {
+        Id::from_uuid(uuid::Uuid::new_v5(&self.namespace, name.as_bytes()))
     }
 }
 
@@ -52,7 +47,7 @@ mod tests {
 
     #[test]
     fn ids_are_uuids_and_stable() {
-        let mut book = IdBook::default();
+        let book = IdBook::default();
         let a = book.get("frbc.actuator");
         assert!(a.as_uuid().is_some());
         assert_eq!(book.get("frbc.actuator"), a);

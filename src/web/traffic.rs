@@ -353,7 +353,7 @@ mod tests {
             subject: Id::NIL,
             diagnostic: "S2-MSG-001: not JSON".into(),
         };
-        traffic.observe("r", Side::Cem, &BusEvent::Rejected(rejection));
+        traffic.observe("r", Side::Cem, &BusEvent::Rejected(Box::new(rejection)));
         let kept = traffic.messages("r", 0);
         assert_eq!(kept.len(), 1);
         assert!(kept[0].refused);

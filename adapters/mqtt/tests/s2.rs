@@ -688,7 +688,7 @@ async fn link_core_native_rm_drops_stale_frames_and_refuses_bad_ones() {
     // and the slot handles an event before it looks at anything else (the RM's next
     // Handshake included): the stale frame meets a slot without a session.
     let filler = s2gw_core::Rejection::unreadable("test filler".to_string());
-    to_adapter(&bus, BusEvent::Rejected(filler)).await;
+    to_adapter(&bus, BusEvent::Rejected(Box::new(filler))).await;
 
     let rm_hello = rm_handshake();
     rm.publish(&rm_topic, rm_hello.text(), false).await;

@@ -77,7 +77,14 @@ enum Idle {
 }
 
 impl Link {
-    async fn run(mut self) {
+    /// The task: an `async move` block rather than an `async fn`, because an `async fn`
+    /// keeps its by-value arguments twice in its future (rust-lang/rust#62958), and this
+    /// future lives as long as the resource.
+    fn run(mut self) -> impl std::future::Future<Output = ()> + Send {
+        async move { self.serve_forever().await }
+    }
+
+    async fn serve_forever(&mut self) {
         match &self.config.source {
             Some(_) => info!(label = %self.state.label(), "client link started (URL per session)"),
             None => info!(label = %self.state.label(), url = %self.url, "client link started"),
@@ -204,7 +211,9 @@ impl Link {
         };
         // Owned copies: the dial runs while `self` handles bus events.
         let (url, config) = (self.url.clone(), self.config.clone());
-        let dial = async move {
+        // Boxed: the TCP, TLS and upgrade state is about 11 KB, and held inline it would
+        // size this task's future for the whole connection, every resource, for good.
+        let mut dial = Box::pin(async move {
             match source {
                 Some(source) => {
                     let target = source.next_dial().await?;
@@ -212,8 +221,7 @@ impl Link {
                 }
                 None => dial(&url, config.bearer.as_ref(), &config, tls).await,
             }
-        };
-        tokio::pin!(dial);
+        });
         loop {
             tokio::select! {
                 result = &mut dial => return match result {

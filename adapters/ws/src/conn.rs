@@ -34,9 +34,10 @@ const DRAIN_BUDGET_BYTES: usize = 64 * 1024 * 1024;
 ///
 /// tungstenite's default (128 KiB) is allocated up front for every connection and its
 /// pages are touched as reads sweep through it: with a session per device that was most
-/// of a device's memory. S2 messages are mostly far below 8 KiB; a larger one grows the
-/// buffer while it is read, so this bounds the steady state, not the message size.
-const READ_BUFFER_BYTES: usize = 8 * 1024;
+/// of a device's memory. What a CEM sends (instructions, ReceptionStatus) is far below
+/// 4 KiB; a larger message grows the buffer to hold it (and the buffer keeps that size),
+/// so this sets the floor of a connection's read buffer, never the message size.
+const READ_BUFFER_BYTES: usize = 4 * 1024;
 
 /// The tungstenite configuration for a frame limit: a hard cap of four times the limit.
 ///

@@ -379,7 +379,7 @@ async fn link_core_native_rm_slot_drops_stale_frames_and_refuses_bad_ones() {
     // and the slot handles an event before it looks at anything else (a new connection
     // included): the stale frame meets a slot without a connection.
     let filler = s2gw_core::Rejection::unreadable("test filler".to_string());
-    to_adapter(&bus, BusEvent::Rejected(filler)).await;
+    to_adapter(&bus, BusEvent::Rejected(Box::new(filler))).await;
 
     let mut rm = dial(&url).await.unwrap();
     expect_up(&mut bus).await;

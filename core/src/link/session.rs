@@ -152,7 +152,7 @@ impl Refusals {
         self.tick(now);
         Refusal {
             reply: rejection.reply(),
-            tap: BusEvent::Rejected(rejection),
+            tap: BusEvent::Rejected(Box::new(rejection)),
         }
     }
 
@@ -303,13 +303,7 @@ mod tests {
         };
         assert!(!matches!(
             session.inbound(&measurement(7), later),
-            Verdict::Refuse(Refusal {
-                tap: BusEvent::Rejected(Rejection {
-                    status: ReceptionStatusValues::TemporaryError,
-                    ..
-                }),
-                ..
-            })
+            Verdict::Refuse(Refusal { tap: BusEvent::Rejected(ref rejection), .. }) if rejection.status == ReceptionStatusValues::TemporaryError
         ));
     }
 
@@ -325,13 +319,7 @@ mod tests {
             assert!(
                 !matches!(
                     session.inbound(&measurement(n), now),
-                    Verdict::Refuse(Refusal {
-                        tap: BusEvent::Rejected(Rejection {
-                            status: ReceptionStatusValues::TemporaryError,
-                            ..
-                        }),
-                        ..
-                    })
+                    Verdict::Refuse(Refusal { tap: BusEvent::Rejected(ref rejection), .. }) if rejection.status == ReceptionStatusValues::TemporaryError
                 ),
                 "frame {n}"
             );

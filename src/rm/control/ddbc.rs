@@ -105,7 +105,7 @@ impl Ddbc {
     /// An ActuatorStatus for every actuator whose mode changed since it was reported.
     fn actuator_statuses(
         &mut self,
-        ids: &mut IdBook,
+        ids: &IdBook,
         state: &DemandState,
         now: Timestamp,
     ) -> Vec<Message> {
@@ -153,7 +153,7 @@ impl Ddbc {
     /// The actuator and mode an id names.
     fn find(
         &self,
-        ids: &mut IdBook,
+        ids: &IdBook,
         actuator: Id,
         mode: Id,
     ) -> Option<(&ActuatorSpec, &SupplyModeSpec)> {
@@ -297,19 +297,19 @@ impl ControlModule for Ddbc {
     }
 }
 
-fn actuator_id(ids: &mut IdBook, actuator: &str) -> Id {
+fn actuator_id(ids: &IdBook, actuator: &str) -> Id {
     ids.get(&format!("ddbc.actuator.{actuator}"))
 }
 
-fn mode_id(ids: &mut IdBook, actuator: &str, mode: &str) -> Id {
+fn mode_id(ids: &IdBook, actuator: &str, mode: &str) -> Id {
     ids.get(&format!("ddbc.mode.{actuator}.{mode}"))
 }
 
-fn min_on_id(ids: &mut IdBook, actuator: &str) -> Id {
+fn min_on_id(ids: &IdBook, actuator: &str) -> Id {
     ids.get(&format!("ddbc.timer.{actuator}.min_on"))
 }
 
-fn timer_status(ids: &mut IdBook, actuator: &str, finished_at: Timestamp) -> ddbc::TimerStatus {
+fn timer_status(ids: &IdBook, actuator: &str, finished_at: Timestamp) -> ddbc::TimerStatus {
     ddbc::TimerStatus {
         message_id: mint_id(),
         timer_id: min_on_id(ids, actuator),
@@ -320,7 +320,7 @@ fn timer_status(ids: &mut IdBook, actuator: &str, finished_at: Timestamp) -> ddb
 
 /// DDBC.SystemDescription; `present_demand` only for 0.0.2-beta, where it belongs.
 fn system_description(
-    ids: &mut IdBook,
+    ids: &IdBook,
     actuators: &[ActuatorSpec],
     present_demand: Option<f64>,
     now: Timestamp,
@@ -334,7 +334,7 @@ fn system_description(
     }
 }
 
-fn actuator(ids: &mut IdBook, spec: &ActuatorSpec) -> ddbc::ActuatorDescription {
+fn actuator(ids: &IdBook, spec: &ActuatorSpec) -> ddbc::ActuatorDescription {
     let (commodity, quantity, per_w) = match spec.fuel {
         Fuel::Electricity => (Commodity::Electricity, QUANTITY, 1.0),
         Fuel::Gas => (

@@ -144,17 +144,17 @@ impl Storage {
     }
 }
 
-fn actuator_id(ids: &mut IdBook) -> Id {
+fn actuator_id(ids: &IdBook) -> Id {
     ids.get("frbc.actuator")
 }
 
-fn mode_id(ids: &mut IdBook, mode: &str) -> Id {
+fn mode_id(ids: &IdBook, mode: &str) -> Id {
     ids.get(&format!("frbc.mode.{mode}"))
 }
 
 /// FRBC.SystemDescription: one actuator, three modes, every transition allowed.
 pub(crate) fn system_description(
-    ids: &mut IdBook,
+    ids: &IdBook,
     storage: Storage,
     now: Timestamp,
 ) -> frbc::SystemDescription {
@@ -194,7 +194,7 @@ pub(crate) fn system_description(
     }
 }
 
-fn operation_mode(ids: &mut IdBook, storage: Storage, mode: &str) -> frbc::OperationMode {
+fn operation_mode(ids: &IdBook, storage: Storage, mode: &str) -> frbc::OperationMode {
     let power = storage.power_range(mode);
     frbc::OperationMode {
         id: mode_id(ids, mode),
@@ -219,7 +219,7 @@ fn operation_mode(ids: &mut IdBook, storage: Storage, mode: &str) -> frbc::Opera
 }
 
 /// The mode and factor the battery is in, read back from its power.
-pub(crate) fn current_mode(ids: &mut IdBook, storage: Storage, readings: &Readings) -> (Id, f64) {
+pub(crate) fn current_mode(ids: &IdBook, storage: Storage, readings: &Readings) -> (Id, f64) {
     let power = readings.power_w;
     let mode = if power > IDLE_BAND_W {
         "charge"
@@ -239,7 +239,7 @@ pub(crate) fn current_mode(ids: &mut IdBook, storage: Storage, readings: &Readin
 /// FRBC.ActuatorStatus. `previous` is the mode last reported in this session (none for
 /// the first status, as S2 requires).
 pub(crate) fn actuator_status(
-    ids: &mut IdBook,
+    ids: &IdBook,
     mode: Id,
     factor: f64,
     previous: Option<Id>,
@@ -267,7 +267,7 @@ pub(crate) fn storage_status(soc: f64) -> frbc::StorageStatus {
 /// factor, or the mode's range interpolated by the factor.
 pub(crate) fn plan(
     instructed: &Instructed,
-    ids: &mut IdBook,
+    ids: &IdBook,
     storage: Storage,
 ) -> Result<Planned, String> {
     let Message::FrbcInstruction(instruction) = &instructed.message else {
@@ -322,8 +322,8 @@ mod tests {
     /// test keeps the order.
     #[test]
     fn every_range_of_the_description_ascends() {
-        let mut ids = IdBook::default();
-        let system = system_description(&mut ids, BATTERY, Timestamp::UNIX_EPOCH);
+        let ids = IdBook::default();
+        let system = system_description(&ids, BATTERY, Timestamp::UNIX_EPOCH);
         let mut ranges = vec![system.storage.fill_level_range];
         for mode in &system.actuators[0].operation_modes {
             for element in &mode.elements {
@@ -344,31 +344,31 @@ mod tests {
 
     #[test]
     fn discharging_at_full_power_is_factor_zero_both_ways() {
-        let mut ids = IdBook::default();
-        let discharge = mode_id(&mut ids, "discharge");
+        let ids = IdBook::default();
+        let discharge = mode_id(&ids, "discharge");
         assert_eq!(
-            current_mode(&mut ids, BATTERY, &readings(-4000.0)),
+            current_mode(&ids, BATTERY, &readings(-4000.0)),
             (discharge, 0.0)
         );
         assert_eq!(
-            current_mode(&mut ids, BATTERY, &readings(-1000.0)),
+            current_mode(&ids, BATTERY, &readings(-1000.0)),
             (discharge, 0.75)
         );
         assert_eq!(BATTERY.power_range("discharge").at_factor(0.0), -4000.0);
         assert_eq!(BATTERY.power_range("discharge").at_factor(0.75), -1000.0);
-        let charge = mode_id(&mut ids, "charge");
+        let charge = mode_id(&ids, "charge");
         assert_eq!(
-            current_mode(&mut ids, BATTERY, &readings(1250.0)),
+            current_mode(&ids, BATTERY, &readings(1250.0)),
             (charge, 0.25)
         );
-        let idle = mode_id(&mut ids, "idle");
-        assert_eq!(current_mode(&mut ids, BATTERY, &readings(3.0)), (idle, 0.0));
+        let idle = mode_id(&ids, "idle");
+        assert_eq!(current_mode(&ids, BATTERY, &readings(3.0)), (idle, 0.0));
     }
 
     #[test]
     fn fill_rates_start_where_their_power_ranges_start() {
-        let mut ids = IdBook::default();
-        let system = system_description(&mut ids, BATTERY, Timestamp::UNIX_EPOCH);
+        let ids = IdBook::default();
+        let system = system_description(&ids, BATTERY, Timestamp::UNIX_EPOCH);
         for mode in &system.actuators[0].operation_modes {
             let element = &mode.elements[0];
             let power = element.power_ranges[0];
@@ -394,8 +394,8 @@ mod tests {
         };
         // 5 kW into 10 kWh is 50 % an hour.
         assert!((storage.fill_rate(5000.0) * 3600.0 - 50.0).abs() < 1e-9);
-        let mut ids = IdBook::default();
-        let system = system_description(&mut ids, storage, Timestamp::UNIX_EPOCH);
+        let ids = IdBook::default();
+        let system = system_description(&ids, storage, Timestamp::UNIX_EPOCH);
         assert_eq!(system.actuators.len(), 1);
         assert_eq!(
             system.storage.fill_level_range,

@@ -28,7 +28,7 @@ pub(crate) const QUANTITY: CommodityQuantity = CommodityQuantity::ElectricPower3
 /// What a control module may look at and use while it decides.
 pub(crate) struct Context<'a> {
     /// The resource's stable ids.
-    pub ids: &'a mut IdBook,
+    pub ids: &'a IdBook,
     /// The device's last readings, if it was read.
     pub readings: Option<&'a Readings>,
     /// Whether the device is reachable and reporting.

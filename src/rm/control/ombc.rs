@@ -137,26 +137,26 @@ pub(crate) struct Modes {
     pub min_off_s: u64,
 }
 
-fn mode_id(ids: &mut IdBook, mode: &ModeSpec) -> Id {
+fn mode_id(ids: &IdBook, mode: &ModeSpec) -> Id {
     ids.get(&format!("ombc.mode.{}", mode.name))
 }
 
-fn min_on_id(ids: &mut IdBook) -> Id {
+fn min_on_id(ids: &IdBook) -> Id {
     ids.get("ombc.timer.min_on")
 }
 
-fn off_id(ids: &mut IdBook, mode: &ModeSpec) -> Id {
+fn off_id(ids: &IdBook, mode: &ModeSpec) -> Id {
     ids.get(&format!("ombc.timer.off.{}", mode.name))
 }
 
 impl Modes {
     /// The mode with this id.
-    pub(crate) fn by_id(&self, ids: &mut IdBook, id: Id) -> Option<&ModeSpec> {
+    pub(crate) fn by_id(&self, ids: &IdBook, id: Id) -> Option<&ModeSpec> {
         self.modes.iter().find(|m| mode_id(ids, m) == id)
     }
 
     /// Timers started and blocking for the move `from` → `to`.
-    fn timers_of(&self, ids: &mut IdBook, from: &ModeSpec, to: &ModeSpec) -> (Vec<Id>, Vec<Id>) {
+    fn timers_of(&self, ids: &IdBook, from: &ModeSpec, to: &ModeSpec) -> (Vec<Id>, Vec<Id>) {
         let mut start = Vec::new();
         let mut block = Vec::new();
         if self.min_on_s > 0 {
@@ -173,7 +173,7 @@ impl Modes {
 
 /// OMBC.SystemDescription: every mode, a transition between every pair, the timers.
 pub(crate) fn system_description(
-    ids: &mut IdBook,
+    ids: &IdBook,
     modes: &Modes,
     now: Timestamp,
 ) -> ombc::SystemDescription {
@@ -212,7 +212,7 @@ pub(crate) fn system_description(
     }
 }
 
-fn timers(ids: &mut IdBook, modes: &Modes) -> Vec<Timer> {
+fn timers(ids: &IdBook, modes: &Modes) -> Vec<Timer> {
     let mut timers = Vec::new();
     if modes.min_on_s > 0 {
         timers.push(Timer {
@@ -268,7 +268,7 @@ impl Timers {
     /// messages to send.
     pub(crate) fn start(
         &mut self,
-        ids: &mut IdBook,
+        ids: &IdBook,
         modes: &Modes,
         from: Id,
         to: Id,
@@ -316,7 +316,7 @@ impl Timers {
     /// The first timer that still runs at `at` and blocks the move `from` → `to`.
     fn blocking(
         &self,
-        ids: &mut IdBook,
+        ids: &IdBook,
         modes: &Modes,
         from: &ModeSpec,
         to: &ModeSpec,
@@ -333,7 +333,7 @@ impl Timers {
 /// An OMBC.Instruction as the mode's command.
 pub(crate) fn plan(
     instructed: &Instructed,
-    ids: &mut IdBook,
+    ids: &IdBook,
     modes: &Modes,
     timers: &Timers,
     active: Option<Id>,
@@ -449,8 +449,8 @@ mod tests {
             min_on_s: 600,
             min_off_s: 300,
         };
-        let mut ids = IdBook::default();
-        let system = system_description(&mut ids, &modes, Timestamp::UNIX_EPOCH);
+        let ids = IdBook::default();
+        let system = system_description(&ids, &modes, Timestamp::UNIX_EPOCH);
         assert_eq!(system.transitions.len(), 6);
         assert_eq!(system.timers.len(), 4);
         assert!(system.timers.iter().all(|t| t.id.as_uuid().is_some()));

@@ -66,7 +66,7 @@ impl Envelope {
 
 /// PEBC.PowerConstraints: one UPPER_LIMIT and one LOWER_LIMIT range, open-ended.
 pub(crate) fn constraints(
-    ids: &mut IdBook,
+    ids: &IdBook,
     envelope: Envelope,
     kind: DeviceKind,
     now: Timestamp,

@@ -42,7 +42,7 @@ impl Ppbc {
     }
 
     /// The definition of a task not described yet, then the status when it changed.
-    fn report(&mut self, ids: &mut IdBook, task: Option<&TaskState>) -> Vec<Message> {
+    fn report(&mut self, ids: &IdBook, task: Option<&TaskState>) -> Vec<Message> {
         let Some(task) = task else {
             return Vec::new();
         };
@@ -80,7 +80,7 @@ impl Ppbc {
     /// The programme an instruction names, checked against the described task.
     fn programme_of(
         &self,
-        ids: &mut IdBook,
+        ids: &IdBook,
         profile: Id,
         container: Id,
         sequence: Id,
@@ -257,17 +257,17 @@ fn resume(
     }
 }
 
-fn container_id(ids: &mut IdBook) -> Id {
+fn container_id(ids: &IdBook) -> Id {
     ids.get("ppbc.container")
 }
 
-fn sequence_id(ids: &mut IdBook, programme: &ProgrammeSpec) -> Id {
+fn sequence_id(ids: &IdBook, programme: &ProgrammeSpec) -> Id {
     ids.get(&format!("ppbc.sequence.{}", programme.name))
 }
 
 /// The task as a PowerProfileDefinition: its window and one container of programmes.
 fn definition(
-    ids: &mut IdBook,
+    ids: &IdBook,
     programmes: &[ProgrammeSpec],
     task: &TaskState,
 ) -> ppbc::PowerProfileDefinition {
@@ -310,14 +310,14 @@ fn definition(
 
 /// How the task's one container is getting on.
 fn container_status(
-    ids: &mut IdBook,
+    ids: &IdBook,
     profile: Id,
     programmes: &[ProgrammeSpec],
     task: &TaskState,
     scheduled: Option<&str>,
 ) -> ppbc::PowerSequenceContainerStatus {
     use ppbc::PowerSequenceStatus as S;
-    let seq = |ids: &mut IdBook, name: &str| ids.get(&format!("ppbc.sequence.{name}"));
+    let seq = |ids: &IdBook, name: &str| ids.get(&format!("ppbc.sequence.{name}"));
     let (status, selected, progress) = match &task.progress {
         TaskProgress::Waiting => match scheduled {
             Some(name) => (S::Scheduled, Some(seq(ids, name)), None),

@@ -323,7 +323,7 @@ impl Core {
         Option<ControlType>,
     ) {
         let cx = Context {
-            ids: &mut self.ids,
+            ids: &self.ids,
             readings: self.readings.as_ref(),
             available: self.available,
             kind: self.info.kind,

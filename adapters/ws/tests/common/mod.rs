@@ -83,7 +83,7 @@ pub async fn expect_frame(peer: &mut EndpointPeer) -> Frame {
 
 pub async fn expect_rejected(peer: &mut EndpointPeer) -> s2gw_core::Rejection {
     match next_event(peer).await {
-        BusEvent::Rejected(rejection) => rejection,
+        BusEvent::Rejected(rejection) => *rejection,
         other => panic!("expected a rejection, got {other:?}"),
     }
 }
