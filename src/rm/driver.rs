@@ -168,14 +168,14 @@ impl Driver {
     fn publish_view(&self) {
         let next = self.core.view();
         self.view.send_if_modified(|view| {
-            let changed = RmView {
-                updated: view.updated,
-                ..next.clone()
-            } != *view;
-            if changed {
-                *view = next;
+            // Compared with the new timestamp lent to the old view: no copy of either.
+            let stamp = std::mem::replace(&mut view.updated, next.updated);
+            if *view == next {
+                view.updated = stamp;
+                return false;
             }
-            changed
+            *view = next;
+            true
         });
     }
 }
