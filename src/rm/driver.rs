@@ -53,6 +53,10 @@ impl Driver {
     /// An `async move` block rather than an `async fn`: an `async fn` keeps its by-value
     /// arguments twice in its future (rust-lang/rust#62958), here the whole core, in a
     /// future that lives as long as the device.
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn would hold `self` twice"
+    )]
     pub(crate) fn run(
         mut self,
         rx: mpsc::Receiver<BusEvent>,

@@ -80,6 +80,10 @@ impl Link {
     /// The task: an `async move` block rather than an `async fn`, because an `async fn`
     /// keeps its by-value arguments twice in its future (rust-lang/rust#62958), and this
     /// future lives as long as the resource.
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn would hold `self` twice"
+    )]
     fn run(mut self) -> impl std::future::Future<Output = ()> + Send {
         async move { self.serve_forever().await }
     }
