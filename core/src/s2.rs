@@ -470,7 +470,7 @@ impl Observer {
             ..DecodeOptions::default()
         };
         if text.len() <= options.max_bytes
-            && let Ok(message) = serde_json::from_str::<Message>(text)
+            && let Some(message) = parse_typed(text)
             && message.kind().exists_in(self.profile)
             && fits_profile(&message, self.profile)
         {
@@ -502,6 +502,103 @@ impl Observer {
                 self.seen.remove(0);
             }
         }
+    }
+}
+
+/// The typed parse of `decode_with`, `serde_json::from_str::<Message>`, in one pass
+/// where it can be: `None` where it fails.
+///
+/// s2-kit's `Message` is tagged by its `message_type` property, which serde can only find
+/// by buffering the whole message into an untyped tree first and then reading the typed
+/// one out of that: two passes over a large description. Every encoder we know (s2-kit,
+/// s2-python's pydantic models) writes `message_type` first, and then the rest of the
+/// object can go straight into the message's own type. Anything else (the tag later,
+/// escaped, absent, or an error anywhere) takes s2-kit's own path, so this only ever
+/// accepts what that path accepts: the message types refuse unknown properties, a second
+/// `message_type` among them.
+fn parse_typed(text: &str) -> Option<Message> {
+    let mut deserializer = serde_json::Deserializer::from_str(text);
+    let direct = serde::Deserializer::deserialize_map(&mut deserializer, TagFirst)
+        .ok()
+        .flatten();
+    match direct {
+        Some(message) if deserializer.end().is_ok() => Some(message),
+        _ => serde_json::from_str::<Message>(text).ok(),
+    }
+}
+
+/// The visitor of [`parse_typed`]: `Ok(None)` when the first property is not a
+/// `message_type` naming a message kind.
+struct TagFirst;
+
+impl<'de> serde::de::Visitor<'de> for TagFirst {
+    type Value = Option<Message>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an S2 message")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        if map.next_key::<&str>()? != Some("message_type") {
+            return Ok(None);
+        }
+        let Some(kind) = MessageKind::from_wire(map.next_value::<&str>()?) else {
+            return Ok(None);
+        };
+        let rest = serde::de::value::MapAccessDeserializer::new(map);
+        macro_rules! each_kind {
+            ($($kind:ident),* $(,)?) => {
+                match kind {
+                    $(MessageKind::$kind => {
+                        Message::$kind(serde::Deserialize::deserialize(rest)?)
+                    })*
+                    // A kind this s2-kit knows and the list does not: its own path.
+                    #[allow(unreachable_patterns)]
+                    _ => return Ok(None),
+                }
+            };
+        }
+        let message = each_kind!(
+            Handshake,
+            HandshakeResponse,
+            ResourceManagerDetails,
+            SelectControlType,
+            SessionRequest,
+            ReceptionStatus,
+            InstructionStatusUpdate,
+            PowerMeasurement,
+            PowerForecast,
+            RevokeObject,
+            PebcPowerConstraints,
+            PebcEnergyConstraint,
+            PebcInstruction,
+            PpbcPowerProfileDefinition,
+            PpbcPowerProfileStatus,
+            PpbcScheduleInstruction,
+            PpbcStartInterruptionInstruction,
+            PpbcEndInterruptionInstruction,
+            OmbcSystemDescription,
+            OmbcStatus,
+            OmbcTimerStatus,
+            OmbcInstruction,
+            FrbcSystemDescription,
+            FrbcStorageStatus,
+            FrbcActuatorStatus,
+            FrbcTimerStatus,
+            FrbcLeakageBehaviour,
+            FrbcUsageForecast,
+            FrbcFillLevelTargetProfile,
+            FrbcInstruction,
+            DdbcSystemDescription,
+            DdbcActuatorStatus,
+            DdbcTimerStatus,
+            DdbcAverageDemandRateForecast,
+            DdbcPresentDemandStatus,
+            DdbcInstruction,
+        );
+        // The list pairs kind and variant by name; a pair that disagreed would be refused
+        // here rather than believed.
+        Ok((message.kind() == kind).then_some(message))
     }
 }
 
@@ -706,6 +803,29 @@ mod tests {
             (Rm, measurement.replacen(&format!("\"{}\"", id(1)), "5", 1)),
             (Rm, measurement.replacen("1200.5", "\"1200.5\"", 1)),
             (Rm, format!("{measurement} trailing")),
+            // The tag not first: s2-kit's path, accepted or refused as there.
+            (Rm, tag_last(&measurement)),
+            (Rm, tag_last(&measurement).replacen('{', r#"{"acme":1,"#, 1)),
+            (
+                Rm,
+                measurement.replacen(
+                    r#""message_type":"PowerMeasurement","#,
+                    r#""message_type":"PowerMeasurement","message_type":"PowerMeasurement","#,
+                    1,
+                ),
+            ),
+            (
+                Rm,
+                measurement.replacen(
+                    r#""message_type":"PowerMeasurement""#,
+                    r#""message_type":"ReceptionStatus""#,
+                    1,
+                ),
+            ),
+            (
+                Rm,
+                measurement.replacen("PowerMeasurement", "PowerMeasurement ", 1),
+            ),
             (
                 Rm,
                 format!(
@@ -741,6 +861,18 @@ mod tests {
         texts.push((Rm, measurement));
         texts.push((Cem, null_label(5)));
         texts
+    }
+
+    /// The same message with its `message_type` moved to the end.
+    fn tag_last(text: &str) -> String {
+        let tag = r#""message_type":"PowerMeasurement","#;
+        assert!(text.starts_with(&format!("{{{tag}")), "{text}");
+        let rest = text.replacen(tag, "", 1);
+        format!(
+            "{},{}}}",
+            &rest[..rest.len() - 1],
+            tag.trim_end_matches(',')
+        )
     }
 
     /// The edge's observer against s2-kit's own strict analyzer, the one it replaces:
