@@ -6,6 +6,7 @@
 //! with the exact bytes that carried it, and [`Edge`], the check every frame passes where
 //! it enters from a transport.
 
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 
 use s2_kit::session::core::Registry;
@@ -393,7 +394,35 @@ struct Observer {
     registry: Registry,
     profile: WireProfile,
     phase: Phase,
-    seen: Vec<Id>,
+    seen: SeenIds,
+}
+
+/// The message ids said on a session, for the duplicate-id rule: s2-kit's analyzer keeps
+/// them in a list it scans twice per message (up to [`Registry::MAX_TRACKED`] of them),
+/// which was most of the MQTT bridge's time; a set answers the same question at once.
+/// Bounded the same way: past the limit the oldest id is forgotten.
+#[derive(Debug, Default)]
+struct SeenIds {
+    set: HashSet<Id>,
+    order: VecDeque<Id>,
+}
+
+impl SeenIds {
+    fn contains(&self, id: &Id) -> bool {
+        self.set.contains(id)
+    }
+
+    fn insert(&mut self, id: Id) {
+        if !self.set.insert(id) {
+            return;
+        }
+        self.order.push_back(id);
+        if self.order.len() > Registry::MAX_TRACKED
+            && let Some(oldest) = self.order.pop_front()
+        {
+            self.set.remove(&oldest);
+        }
+    }
 }
 
 /// What [`Observer::observe`] made of one frame: the parts of s2-kit's `Observed` the
@@ -417,7 +446,7 @@ impl Observer {
             registry: Registry::default(),
             profile: WireProfile::V1_0_0,
             phase: Phase::Connected,
-            seen: Vec::new(),
+            seen: SeenIds::default(),
         }
     }
 
@@ -439,13 +468,18 @@ impl Observer {
             }
         };
         let report = {
+            // s2-kit's context takes the seen ids as a slice it scans; handing it only the
+            // id itself when it is a repeat makes its own rule fire, in its own place in
+            // the report, without the scan.
+            let repeated = message.id().filter(|id| self.seen.contains(id));
+            let seen = repeated.as_slice();
             let ctx = self.registry.context(
                 self.profile,
                 sender,
                 self.phase,
                 false,
                 now,
-                &self.seen,
+                seen,
                 Self::SKEW_TOLERANCE,
             );
             message.validate(&ctx)
@@ -494,13 +528,8 @@ impl Observer {
             }
             _ => self.registry.record(message, Some(now)),
         }
-        if let Some(id) = message.id()
-            && !self.seen.contains(&id)
-        {
-            self.seen.push(id);
-            if self.seen.len() > Registry::MAX_TRACKED {
-                self.seen.remove(0);
-            }
+        if let Some(id) = message.id() {
+            self.seen.insert(id);
         }
     }
 }
@@ -914,6 +943,41 @@ mod tests {
                 ReceptionStatusValues::Ok
             )));
         }
+    }
+
+    #[test]
+    fn the_observer_forgets_the_oldest_id_when_s2_kits_analyzer_does() {
+        let measurement = |n: usize| {
+            encode(&Message::PowerMeasurement(PowerMeasurement {
+                message_id: Id::parse(&format!("3d0a7e1c-2222-4a2b-9c3d-{n:012}")).unwrap(),
+                measurement_timestamp: now(),
+                values: vec![PowerValue {
+                    commodity_quantity: CommodityQuantity::ElectricPowerL1,
+                    value: 1.0,
+                }],
+            }))
+        };
+        let mut ours = Observer::new();
+        let mut reference = Analyzer::new().strict();
+        let at = now();
+        // Up to the limit every id is still known, one past it the first is forgotten.
+        let limit = Registry::MAX_TRACKED;
+        let sequence = (0..=limit).chain([limit, 0, 1, 2]);
+        let mut repeats = Vec::new();
+        for n in sequence {
+            let text = measurement(n);
+            let got = ours.observe(EnergyManagementRole::Rm, &text, at);
+            let want = reference.observe(EnergyManagementRole::Rm, &text, at);
+            assert_eq!(got.report, want.report, "id {n}");
+            let repeat =
+                (got.report.warnings()).any(|warning| warning.rule == rules::DUPLICATE_MESSAGE_ID);
+            repeats.push(repeat);
+        }
+        // A repeat is a warning: the message still passes, and the report says why.
+        assert!(repeats[..=limit].iter().all(|repeat| !repeat));
+        // `limit` is a repeat. 0 was forgotten when `limit` first came in, so it is new
+        // again, and pushes out 1, which then pushes out 2.
+        assert_eq!(&repeats[limit + 1..], &[true, false, false, false]);
     }
 
     #[test]
