@@ -297,11 +297,9 @@ impl Edge {
 
     /// Record a frame this side sent, so the ids it announced are known.
     pub fn outbound(&mut self, frame: &Frame, now: Timestamp) {
-        let own = match self.peer {
-            EnergyManagementRole::Cem => EnergyManagementRole::Rm,
-            EnergyManagementRole::Rm => EnergyManagementRole::Cem,
-        };
-        let _ = self.observer.observe(own, frame.text(), now);
+        // What this side says needs no verdict (nobody would read it), only to be known:
+        // the frame's message is already typed, so it is folded in without a parse.
+        self.observer.record_own(frame.message(), now);
         self.follow_profile(frame.message());
     }
 
@@ -513,6 +511,13 @@ impl Observer {
         s2_kit::codec::decode_with(text, &options)
             .map(|decoded| decoded.message)
             .map_err(Box::new)
+    }
+
+    /// Fold in a message this side sent: as [`Observer::observe`] does, without the
+    /// parse and the checks whose report nobody reads.
+    fn record_own(&mut self, message: &Message, now: Timestamp) {
+        let _ = self.registry.activate_due(now);
+        self.record(message, now);
     }
 
     /// Fold a message into what is known, whichever direction it went (as
