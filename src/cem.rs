@@ -19,6 +19,9 @@ mod modes;
 mod ombc;
 mod pebc;
 mod ppbc;
+mod worker;
+
+pub use worker::{WorkerConfig, run_worker};
 
 use std::net::SocketAddr;
 use std::time::Duration as StdDuration;
@@ -26,8 +29,8 @@ use std::time::Duration as StdDuration;
 use futures_util::{SinkExt, StreamExt};
 use s2gw_core::CancellationToken;
 use s2gw_core::s2::{
-    CemConfig, CemEvent, CemSession, ControlType, Duration, Id, InstructionStatus, Message,
-    Timestamp,
+    CemConfig, CemEvent, CemSession, CloseReason, ControlType, Duration, Id, InstructionStatus,
+    Message, Timestamp,
 };
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
@@ -83,25 +86,18 @@ async fn serve_one(
 ) -> anyhow::Result<()> {
     stream.set_nodelay(true)?;
     let mut ws = tokio_tungstenite::accept_async(stream).await?;
-    let mut session = CemSession::new(CemConfig::default());
-    session.open(Timestamp::now());
-    let mut plan = Planner::new(config.clone());
+    let mut conversation = Conversation::open(config, Timestamp::now());
     let mut tick = tokio::time::interval(StdDuration::from_secs(1));
     loop {
-        while let Some(out) = session.poll_transmit() {
-            ws.send(WsMessage::text(out.text)).await?;
+        let step = conversation.step(Timestamp::now());
+        for text in step.outgoing {
+            ws.send(WsMessage::text(text)).await?;
         }
-        while let Some(event) = session.poll_event() {
-            if let CemEvent::Closed { reason, .. } = &event {
-                tracing::info!(%peer, ?reason, "demo CEM: session closed");
-                let _ = ws.close(None).await;
-                return Ok(());
-            }
-            plan.on_event(event, Timestamp::now());
+        if let Some(reason) = step.closed {
+            tracing::info!(%peer, ?reason, "demo CEM: session closed");
+            let _ = ws.close(None).await;
+            return Ok(());
         }
-        let deadline = session
-            .poll_timeout()
-            .map(|at| at.saturating_duration_since(Timestamp::now()));
         tokio::select! {
             () = shutdown.cancelled() => {
                 let _ = ws.close(None).await;
@@ -109,21 +105,89 @@ async fn serve_one(
             }
             frame = ws.next() => match frame {
                 Some(Ok(WsMessage::Text(text))) => {
-                    session.handle_text(text.as_str(), Timestamp::now());
+                    conversation.receive(text.as_str(), Timestamp::now());
                 }
                 Some(Ok(WsMessage::Close(_))) | None => {
-                    session.transport_closed(Timestamp::now());
+                    conversation.transport_closed(Timestamp::now());
                 }
                 Some(Ok(_)) => {}
                 Some(Err(error)) => return Err(error.into()),
             },
-            () = sleep_for(deadline) => session.handle_timeout(Timestamp::now()),
-            _ = tick.tick() => plan.act(&mut session, Timestamp::now()),
+            () = sleep_until(conversation.deadline()) => conversation.timeout(Timestamp::now()),
+            _ = tick.tick() => conversation.act(Timestamp::now()),
         }
     }
 }
 
-async fn sleep_for(deadline: Option<Duration>) {
+/// One CEM session with its planner, apart from the transport it runs over: the
+/// WebSocket server above and the MQTT worker ([`worker`]) drive the same conversation.
+#[derive(Debug)]
+struct Conversation {
+    session: CemSession,
+    plan: Planner,
+}
+
+/// What a conversation has to say after its last input.
+struct Step {
+    /// Texts to send, in order.
+    outgoing: Vec<String>,
+    /// Why the session ended, once it has.
+    closed: Option<CloseReason>,
+}
+
+impl Conversation {
+    /// A session opened at `now`: its Handshake is the first outgoing text.
+    fn open(config: DemoCemConfig, now: Timestamp) -> Self {
+        let mut session = CemSession::new(CemConfig::default());
+        session.open(now);
+        Self {
+            session,
+            plan: Planner::new(config),
+        }
+    }
+
+    /// Take what the session wants sent and let the planner learn from its events.
+    fn step(&mut self, now: Timestamp) -> Step {
+        let mut outgoing = Vec::new();
+        while let Some(out) = self.session.poll_transmit() {
+            outgoing.push(out.text);
+        }
+        let mut closed = None;
+        while let Some(event) = self.session.poll_event() {
+            match event {
+                CemEvent::Closed { reason, .. } => closed = Some(reason),
+                event => self.plan.on_event(event, now),
+            }
+        }
+        Step { outgoing, closed }
+    }
+
+    fn receive(&mut self, text: &str, now: Timestamp) {
+        self.session.handle_text(text, now);
+    }
+
+    fn transport_closed(&mut self, now: Timestamp) {
+        self.session.transport_closed(now);
+    }
+
+    fn timeout(&mut self, now: Timestamp) {
+        self.session.handle_timeout(now);
+    }
+
+    /// The planner's turn: an instruction or a selection, if one is due.
+    fn act(&mut self, now: Timestamp) {
+        self.plan.act(&mut self.session, now);
+    }
+
+    /// When the session next needs [`Conversation::timeout`], if ever.
+    fn deadline(&self) -> Option<Duration> {
+        self.session
+            .poll_timeout()
+            .map(|at| at.saturating_duration_since(Timestamp::now()))
+    }
+}
+
+async fn sleep_until(deadline: Option<Duration>) {
     match deadline {
         Some(d) => tokio::time::sleep(StdDuration::from_millis(d.as_millis())).await,
         None => std::future::pending().await,

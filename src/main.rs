@@ -52,6 +52,23 @@ enum Command {
         /// Where to listen for resource managers (any path is accepted).
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8765")]
         listen: SocketAddr,
+        /// Instead of listening: be a cloud CEM worker on this MQTT broker (HOST:PORT),
+        /// sharing the resources of every gateway under `--bases` with the other workers
+        /// of `--group` (docs/s2-over-mqtt.md, "CEM workers").
+        #[arg(long, value_name = "HOST:PORT")]
+        mqtt: Option<String>,
+        /// The MQTT v5 shared subscription group of the workers.
+        #[arg(long, default_value = "s2gw-cems", requires = "mqtt")]
+        group: String,
+        /// A topic filter matching the gateways' base topics.
+        #[arg(long, default_value = "+", requires = "mqtt")]
+        bases: String,
+        /// The worker's name (a random suffix makes each run's instance unique).
+        #[arg(long, default_value = "cem", requires = "mqtt")]
+        name: String,
+        /// The broker user; the password comes from S2GW_CEM_MQTT_PASSWORD.
+        #[arg(long, requires = "mqtt")]
+        mqtt_user: Option<String>,
     },
     /// Pair a device (or every device on an `s2connect` CEM link) with a CEM that runs
     /// the S2 Connect pairing server, using the pairing code the CEM's UI shows. Works
@@ -353,7 +370,26 @@ fn main() -> ExitCode {
             Command::Demo { duration, plain } => {
                 s2gw::commands::demo(duration.map(Duration::from_secs), plain).await
             }
-            Command::Cem { listen } => s2gw::commands::cem(listen).await,
+            Command::Cem {
+                listen, mqtt: None, ..
+            } => s2gw::commands::cem(listen).await,
+            Command::Cem {
+                mqtt: Some(broker),
+                group,
+                bases,
+                name,
+                mqtt_user,
+                ..
+            } => {
+                let worker = s2gw::commands::CemWorker {
+                    broker,
+                    group,
+                    bases,
+                    name,
+                    user: mqtt_user,
+                };
+                s2gw::commands::cem_worker(worker).await
+            }
             Command::Pair {
                 config,
                 device,

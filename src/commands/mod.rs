@@ -9,7 +9,7 @@ mod modbus_detect;
 mod pairing;
 mod run;
 
-pub use cem::cem;
+pub use cem::{CemWorker, cem, cem_worker};
 pub use check::{check, check_report, warnings};
 pub use demo::{demo, demo_config};
 pub use modbus::{RawReadRequest, SerialArgs, modbus_read, modbus_scan, modbus_target};

@@ -60,7 +60,8 @@ async fn supervise() {
     }
 }
 
-fn terminate_signal() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+pub(super) fn terminate_signal() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+{
     use tokio::signal::unix::{SignalKind, signal};
     match signal(SignalKind::terminate()) {
         Ok(mut stream) => Box::pin(async move {
