@@ -23,11 +23,14 @@
 //!   `<group>/claims/<instance>/<base>/s2/<id>`. From then on the worker sees every state
 //!   of the resource directly and ignores it when it comes shared: a state `open` or a
 //!   `waiting` with the peer online is never an offer.
-//! - **A worker's death.** Each worker's will is `<group>/dead/<instance>`, which the
-//!   others take through one more shared subscription, so exactly one survivor hears of
-//!   it. That survivor reads the dead worker's retained claims and takes each resource
-//!   over by sending a new Handshake: the gateway ends the orphaned session (its devices
-//!   are released, fail-safe rule 1) and opens a fresh one with the survivor.
+//! - **A worker's death.** Each worker's will is `<group>/dead/<instance>`, which every
+//!   other worker hears (a plain subscription: through a shared one the broker may hand
+//!   the will to the dying worker's own subscription, and nobody would hear it). Each
+//!   survivor reads the dead worker's retained claims and bids for every resource on its
+//!   lock, as for an offer, except that the dead worker's name there counts for nothing.
+//!   The winner takes the resource over by sending a new Handshake: the gateway ends the
+//!   orphaned session (its devices are released, fail-safe rule 1) and opens a fresh one
+//!   with the survivor.
 //!
 //! The instance name carries a random suffix, so a worker that restarts never takes back
 //! claims that a survivor is taking over. Nothing is shared between workers but the
@@ -139,7 +142,8 @@ async fn run_instance(config: &WorkerConfig, shutdown: &CancellationToken) -> En
         topics,
         config: config.clone(),
         resources: HashMap::new(),
-        offers: std::collections::HashSet::new(),
+        bids: HashMap::new(),
+        dead: std::collections::HashSet::new(),
     };
     if let Err(error) = worker.subscribe_to_offers().await {
         return Ended::Failed(error);
@@ -343,15 +347,17 @@ struct Worker {
     topics: Topics,
     config: WorkerConfig,
     resources: HashMap<Key, mpsc::UnboundedSender<ToSession>>,
-    /// Offers waiting for the first name on their lock topic.
-    offers: std::collections::HashSet<Key>,
+    /// Bids waiting for the first live name on their lock topic.
+    bids: HashMap<Key, Claim>,
+    /// The workers whose will this one has heard: their names on a lock count for nothing.
+    dead: std::collections::HashSet<String>,
 }
 
 impl Worker {
     async fn subscribe_to_offers(&self) -> anyhow::Result<()> {
         let group = &self.config.group;
         let offers = format!("$share/{group}/{}/s2/+/state", self.config.bases);
-        let deaths = format!("$share/{group}/{group}/dead/+");
+        let deaths = format!("{group}/dead/+");
         for filter in [offers, deaths] {
             self.client
                 .subscribe(filter.clone(), QoS::AtLeastOnce)
@@ -363,7 +369,8 @@ impl Worker {
 
     async fn on_message(&mut self, message: Inbound) -> anyhow::Result<()> {
         if let Some(dead) = self.topics.dead(&message.topic) {
-            tracing::info!(worker = %dead, "CEM worker: a worker died; taking over its resources");
+            tracing::info!(worker = %dead, "CEM worker: a worker died; bidding for its resources");
+            self.dead.insert(dead.to_string());
             let claims = format!("{}/claims/{dead}/#", self.config.group);
             self.client.subscribe(claims, QoS::AtLeastOnce).await?;
             return Ok(());
@@ -372,8 +379,11 @@ impl Worker {
             return self.on_lock(key, &message.payload).await;
         }
         if let Some(key) = self.topics.foreign_claim(&message.topic) {
-            if !message.payload.is_empty() {
-                self.take_over(key, &message.topic).await?;
+            if !message.payload.is_empty() && !self.resources.contains_key(&key) {
+                let claim = Claim::TakenOver {
+                    dead_claim: message.topic.clone(),
+                };
+                self.bid(key, claim).await?;
             }
             return Ok(());
         }
@@ -394,7 +404,7 @@ impl Worker {
                 if let Some(session) = self.resources.get(&key) {
                     let _ = session.send(ToSession::State(state));
                 } else if state.is_offer() {
-                    self.contend(key).await?;
+                    self.bid(key, Claim::Offered).await?;
                 }
             }
             "rm" if !message.retained => {
@@ -410,11 +420,12 @@ impl Worker {
         Ok(())
     }
 
-    /// Bid for an offered resource on its lock topic (see the module docs).
-    async fn contend(&mut self, key: Key) -> anyhow::Result<()> {
-        if !self.offers.insert(key.clone()) {
+    /// Bid for a resource on its lock topic (see the module docs).
+    async fn bid(&mut self, key: Key, claim: Claim) -> anyhow::Result<()> {
+        if self.bids.contains_key(&key) {
             return Ok(());
         }
+        self.bids.insert(key.clone(), claim);
         let lock = self.topics.lock(&key);
         (self.client)
             .subscribe(lock.clone(), QoS::AtLeastOnce)
@@ -425,16 +436,22 @@ impl Worker {
         Ok(())
     }
 
-    /// The first name on a lock this worker bid for decides the offer.
+    /// The first live name on a lock this worker bid for decides the bid.
     async fn on_lock(&mut self, key: Key, payload: &[u8]) -> anyhow::Result<()> {
-        if payload.is_empty() || !self.offers.remove(&key) {
+        let Ok(name) = std::str::from_utf8(payload) else {
+            return Ok(());
+        };
+        if name.is_empty() || self.dead.contains(name) || !self.bids.contains_key(&key) {
             return Ok(());
         }
+        let Some(claim) = self.bids.remove(&key) else {
+            return Ok(());
+        };
         let lock = self.topics.lock(&key);
         (self.client).unsubscribe(lock.clone()).await?;
-        if payload == self.topics.instance.as_bytes() {
+        if name == self.topics.instance {
             if !self.resources.contains_key(&key) {
-                self.claim(key, Claim::Offered).await?;
+                self.claim(key, claim).await?;
             }
         } else {
             tracing::debug!(resource = %key.prefix(), "CEM worker: another worker has the offer");
@@ -442,17 +459,6 @@ impl Worker {
                 .publish(lock, QoS::AtLeastOnce, true, payload.to_vec())
                 .await?;
         }
-        Ok(())
-    }
-
-    /// Take a dead worker's resource: claim it as ours, then forget its claim record.
-    async fn take_over(&mut self, key: Key, dead_claim: &str) -> anyhow::Result<()> {
-        if !self.resources.contains_key(&key) {
-            self.claim(key, Claim::TakenOver).await?;
-        }
-        self.client
-            .publish(dead_claim, QoS::AtLeastOnce, true, Vec::<u8>::new())
-            .await?;
         Ok(())
     }
 
@@ -471,14 +477,10 @@ impl Worker {
         self.client
             .publish(self.topics.claim(&key), QoS::AtLeastOnce, true, record)
             .await?;
-        if how == Claim::TakenOver {
+        let take_over = matches!(how, Claim::TakenOver { .. });
+        if let Claim::TakenOver { dead_claim } = how {
             (self.client)
-                .publish(
-                    self.topics.lock(&key),
-                    QoS::AtLeastOnce,
-                    true,
-                    self.topics.instance.clone(),
-                )
+                .publish(dead_claim, QoS::AtLeastOnce, true, Vec::<u8>::new())
                 .await?;
         }
         let presence = serde_json::json!({ "state": "online", "worker": self.topics.instance });
@@ -495,7 +497,7 @@ impl Worker {
             client: self.client.clone(),
             key: key.clone(),
             demo: self.config.demo.clone(),
-            take_over: how == Claim::TakenOver,
+            take_over,
         };
         tokio::spawn(task.run(rx));
         self.resources.insert(key, tx);
@@ -531,12 +533,15 @@ impl Worker {
 const OFFLINE: &str = r#"{"state":"offline"}"#;
 
 /// How a resource came to a worker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Claim {
     /// Offered by its gateway: no peer was present.
     Offered,
     /// Left by a worker that died: its session is open with nobody behind it.
-    TakenOver,
+    TakenOver {
+        /// The dead worker's claim record, forgotten once ours is in place.
+        dead_claim: String,
+    },
 }
 
 fn bridge_offline(payload: &[u8]) -> bool {
