@@ -14,6 +14,7 @@ use s2gw_core::{
     Verdict,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
@@ -258,29 +259,8 @@ where
                 }
             }
             event = link.endpoint.rx.recv() => {
-                let Some(event) = event else {
-                    close(ws, CloseCode::Away, "gateway stopping").await;
-                    return Ended::BusGone;
-                };
-                match link.state.from_bus(event) {
-                    FromBus::Send(frame) => {
-                        if let Err(reason) = send_frame(ws, link, &frame).await {
-                            return Ended::Lost(reason);
-                        }
-                    }
-                    FromBus::Close { reconnect, reason } => {
-                        info!(%label, reconnect, %reason, "closing the session's transport");
-                        close(ws, CloseCode::Normal, &reason).await;
-                        return Ended::CloseRequested { reconnect };
-                    }
-                    FromBus::OtherSideDown { reason } => {
-                        info!(%label, %reason, "the other side went down: closing");
-                        close(ws, CloseCode::Normal, "the other side of the session is gone").await;
-                        return Ended::OtherSideDown;
-                    }
-                    // Already connected, so an Up changes nothing here; what waits, was
-                    // dropped or is for the taps needs nothing either.
-                    FromBus::OtherSideUp | FromBus::Nothing => {}
+                if let Some(end) = from_bus(ws, link, event).await {
+                    return end;
                 }
             }
             _ = ping.tick() => {
@@ -318,8 +298,50 @@ where
     to_bus(ws, link, refusal.tap).await
 }
 
-/// Hand an event to the bus. A full bus holds the connection back (backpressure), but
-/// never past shutdown.
+/// What the bus has for this connection (`None`: the bus is gone): a frame goes out on
+/// the socket, a close or the other side's end ends the connection (returned).
+async fn from_bus<S>(
+    ws: &mut WebSocketStream<S>,
+    link: &mut Link<'_>,
+    event: Option<BusEvent>,
+) -> Option<Ended>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let Some(event) = event else {
+        close(ws, CloseCode::Away, "gateway stopping").await;
+        return Some(Ended::BusGone);
+    };
+    let label = link.state.label().to_string();
+    match link.state.from_bus(event) {
+        FromBus::Send(frame) => send_frame(ws, link, &frame).await.err().map(Ended::Lost),
+        FromBus::Close { reconnect, reason } => {
+            info!(%label, reconnect, %reason, "closing the session's transport");
+            close(ws, CloseCode::Normal, &reason).await;
+            Some(Ended::CloseRequested { reconnect })
+        }
+        FromBus::OtherSideDown { reason } => {
+            info!(%label, %reason, "the other side went down: closing");
+            close(
+                ws,
+                CloseCode::Normal,
+                "the other side of the session is gone",
+            )
+            .await;
+            Some(Ended::OtherSideDown)
+        }
+        // Already connected, so an Up changes nothing here; what waits, was dropped or
+        // is for the taps needs nothing either.
+        FromBus::OtherSideUp | FromBus::Nothing => None,
+    }
+}
+
+/// Hand an event to the bus. A full bus holds the connection's reading back
+/// (backpressure), but never past shutdown, and never its writing: while it waits, what
+/// the bus has for this socket still goes out. Each direction of a route is bounded, and
+/// the other side of the session may itself be waiting for this side to drain its
+/// direction; two sides that both only waited would stall each other for good (a proxied
+/// RM and its CEM, both sending at full speed, did).
 async fn to_bus<S>(
     ws: &mut WebSocketStream<S>,
     link: &mut Link<'_>,
@@ -328,11 +350,29 @@ async fn to_bus<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    tokio::select! {
-        sent = link.endpoint.tx.send(event) => sent.map_err(|_| Ended::BusGone),
-        () = link.shutdown.cancelled() => {
-            close(ws, CloseCode::Away, "gateway shutting down").await;
-            Err(Ended::Shutdown)
+    let event = match link.endpoint.tx.try_send(event) {
+        Ok(()) => return Ok(()),
+        Err(mpsc::error::TrySendError::Closed(_)) => return Err(Ended::BusGone),
+        Err(mpsc::error::TrySendError::Full(event)) => event,
+    };
+    // A sender of its own, so waiting on it leaves the link free for the socket.
+    let tx = link.endpoint.tx.clone();
+    loop {
+        tokio::select! {
+            permit = tx.reserve() => {
+                let permit = permit.map_err(|_| Ended::BusGone)?;
+                permit.send(event);
+                return Ok(());
+            }
+            outbound = link.endpoint.rx.recv() => {
+                if let Some(end) = from_bus(ws, link, outbound).await {
+                    return Err(end);
+                }
+            }
+            () = link.shutdown.cancelled() => {
+                close(ws, CloseCode::Away, "gateway shutting down").await;
+                return Err(Ended::Shutdown);
+            }
         }
     }
 }

@@ -399,3 +399,39 @@ async fn link_core_native_rm_slot_drops_stale_frames_and_refuses_bad_ones() {
     shutdown.cancel();
     guard("the server to stop", task).await.unwrap();
 }
+
+/// A full bus holds a connection's reading back, never its writing: while the RM floods
+/// a route direction nobody drains, what the CEM side sends still reaches the RM. (A
+/// proxied RM and its CEM both sending at full speed once stalled each other for good:
+/// each connection waited for room on the bus and so never drained the other's frames.)
+#[tokio::test]
+async fn a_full_bus_holds_back_reading_but_frames_for_the_socket_still_go_out() {
+    trace();
+    let mut server = Server::bind(ServerConfig::default()).await.unwrap();
+    // Room for one event towards the bus, which this test does not drain at first.
+    let (endpoint, mut bus) = Endpoint::pair(1);
+    server.add_native_rm("r3".to_string(), endpoint);
+    let url = format!("ws://{}/s2/rm/r3", server.local_addr());
+    let shutdown = CancellationToken::new();
+    let task = server.spawn(shutdown.clone());
+
+    let mut rm = dial(&url).await.unwrap();
+    expect_up(&mut bus).await;
+    let mut sent = vec![rm_handshake()];
+    sent.extend((0..32).map(|_| rm_measurement()));
+    for frame in &sent {
+        send_text(&mut rm, frame.text()).await;
+    }
+    let (hello, marker) = (cem_handshake(), cem_handshake_response());
+    to_adapter(&bus, BusEvent::Frame(hello.clone())).await;
+    to_adapter(&bus, BusEvent::Frame(marker.clone())).await;
+    assert_opens_with(&mut rm, &hello, &marker).await;
+
+    // Nothing the RM sent was lost while the bus was full: all of it, in order.
+    for frame in &sent {
+        assert_eq!(expect_frame(&mut bus).await.id(), frame.id());
+    }
+    drop(rm);
+    shutdown.cancel();
+    guard("the server to stop", task).await.unwrap();
+}
