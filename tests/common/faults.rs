@@ -16,8 +16,8 @@ use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 use super::{
-    Broker, CemConn, Daemon, GUARD, M123_ENA, M123_PCT, ModbusPeer, MqttCem, Queue, TestCem,
-    pebc_instruction,
+    Broker, CemConn, Daemon, GUARD, M123_ENA, M123_PCT, MQTT_PASSWORD, MQTT_USER, ModbusPeer,
+    MqttCem, Queue, TestCem, pebc_instruction,
 };
 
 /// How long a poll-driven effect may take (poll and measurement intervals are 1 s).
@@ -415,33 +415,12 @@ impl DemoCem {
             .local_addr()
             .unwrap()
             .port();
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_s2gw"))
-            .args(["cem", "--listen", &format!("127.0.0.1:{port}")])
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("cannot start `s2gw cem`");
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        for stream in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn tokio::io::AsyncRead + Send + Unpin>,
-            Box::new(child.stderr.take().unwrap()),
-        ] {
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let mut lines = BufReader::new(stream).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    eprintln!("[demo-cem] {line}");
-                    let _ = tx.send(super::strip_ansi(&line));
-                }
-            });
-        }
-        let mut cem = DemoCem {
-            child,
-            lines: Queue::new(rx),
-            port,
-        };
+        let (child, lines) = spawn_logged(
+            &["cem", "--listen", &format!("127.0.0.1:{port}")],
+            &[],
+            "demo-cem",
+        );
+        let mut cem = DemoCem { child, lines, port };
         cem.lines
             .wait_for("the demo CEM to listen", |l| l.contains("listening"), GUARD)
             .await;
@@ -462,6 +441,95 @@ impl DemoCem {
             .status()
             .unwrap();
         assert!(status.success(), "kill -{signal} {pid} failed");
+    }
+}
+
+/// `s2gw <args>` as a child process (killed on drop), its stdout and stderr lines
+/// echoed with `tag` and queued to await.
+fn spawn_logged(
+    args: &[&str],
+    env: &[(&str, &str)],
+    tag: &'static str,
+) -> (tokio::process::Child, Queue<String>) {
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_s2gw"))
+        .args(args)
+        .env("NO_COLOR", "1")
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start `s2gw {}`: {e}", args.join(" ")));
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    for stream in [
+        Box::new(child.stdout.take().unwrap()) as Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+        Box::new(child.stderr.take().unwrap()),
+    ] {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stream).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                eprintln!("[{tag}] {line}");
+                let _ = tx.send(super::strip_ansi(&line));
+            }
+        });
+    }
+    (child, Queue::new(rx))
+}
+
+/// `s2gw cem --mqtt` (a cloud CEM worker of group `s2gw-cems`) as a child process.
+pub struct CemWorker {
+    child: tokio::process::Child,
+    /// Its log lines.
+    pub lines: Queue<String>,
+}
+
+impl CemWorker {
+    /// The workers' shared subscription group.
+    pub const GROUP: &'static str = "s2gw-cems";
+
+    /// Start worker `name` for the gateways under `bases` and wait until it takes offers
+    /// (its shared subscription is in place: a gateway started after this reaches it).
+    pub async fn start(broker: &Broker, name: &str, bases: &str) -> CemWorker {
+        let mqtt = format!("127.0.0.1:{}", broker.port);
+        let args = [
+            "cem",
+            "--mqtt",
+            &mqtt,
+            "--group",
+            Self::GROUP,
+            "--bases",
+            bases,
+            "--name",
+            name,
+            "--mqtt-user",
+            MQTT_USER,
+        ];
+        let env = [
+            ("S2GW_CEM_MQTT_PASSWORD", MQTT_PASSWORD),
+            ("RUST_LOG", "info"),
+        ];
+        let (child, lines) = spawn_logged(&args, &env, "cem-worker");
+        let mut worker = CemWorker { child, lines };
+        worker
+            .lines
+            .wait_for(
+                "the CEM worker to take offers",
+                |l| l.contains("taking offers"),
+                GUARD,
+            )
+            .await;
+        worker
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("the CEM worker has exited")
+    }
+
+    /// SIGKILL: no orderly stop, the broker publishes its will.
+    pub async fn kill(&mut self) {
+        self.child.kill().await.expect("cannot kill the CEM worker");
     }
 }
 

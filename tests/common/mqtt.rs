@@ -41,16 +41,22 @@ fn mosquitto_binary() -> PathBuf {
 impl Broker {
     /// Start one; fails (never skips) without mosquitto.
     pub async fn start() -> Broker {
-        Self::start_with(false).await
+        Self::start_with(false, true).await
+    }
+
+    /// Start one that logs only warnings and errors: for a bench's traffic, a log line
+    /// per packet would cost the broker more than the packet.
+    pub async fn start_quiet() -> Broker {
+        Self::start_with(false, false).await
     }
 
     /// Start one that keeps persistent sessions and their queued QoS 1 messages on disk
     /// over a restart ([`Broker::stop`], [`Broker::start_again`]).
     pub async fn start_persistent() -> Broker {
-        Self::start_with(true).await
+        Self::start_with(true, true).await
     }
 
-    async fn start_with(persistent: bool) -> Broker {
+    async fn start_with(persistent: bool, log_all: bool) -> Broker {
         let dir = tempfile::tempdir().unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -78,11 +84,16 @@ impl Broker {
         } else {
             String::new()
         };
+        let log_types = if log_all {
+            "log_type all\n"
+        } else {
+            "log_type error\nlog_type warning\n"
+        };
         std::fs::write(
             dir.path().join("mosquitto.conf"),
             format!(
                 "user root\nallow_anonymous false\npassword_file {d}/passwd\n\
-                 max_queued_messages 100000\nlog_dest file {d}/mosquitto.log\nlog_type all\n\
+                 max_queued_messages 100000\nlog_dest file {d}/mosquitto.log\n{log_types}\
                  set_tcp_nodelay true\n{persistence}listener {port} 127.0.0.1\n"
             ),
         )
