@@ -122,6 +122,7 @@ async fn run_instance(config: &WorkerConfig, shutdown: &CancellationToken) -> En
     let mut options = MqttOptions::new(&instance, &config.host, config.port);
     options.set_keep_alive(StdDuration::from_secs(5));
     options.set_clean_start(true);
+    options.set_outgoing_inflight_upper_limit(s2gw_mqtt::IN_FLIGHT);
     options.set_max_packet_size(Some(MAX_PACKET_BYTES));
     options.set_last_will(LastWill::new(
         topics.will(),

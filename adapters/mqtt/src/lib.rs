@@ -52,6 +52,7 @@ pub use pace::{
 pub use s2gw_core::Secret;
 pub use s2link::{add_native_rm, spawn_cem_link};
 pub use topic::matches as topic_matches;
+pub use wire::IN_FLIGHT;
 
 /// What can go wrong starting or using the MQTT client.
 #[derive(Debug, thiserror::Error)]

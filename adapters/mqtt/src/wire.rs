@@ -15,6 +15,14 @@ pub(crate) const OFFLINE: &[u8] = br#"{"state":"offline"}"#;
 /// The payload published on every connect.
 pub(crate) const ONLINE: &[u8] = br#"{"state":"online"}"#;
 
+/// QoS 1 publishes a connection keeps in flight before it waits for acknowledgements.
+///
+/// Plenty for order-keeping throughput (the broker may allow fewer: mosquitto's default is
+/// 20), and it bounds memory: rumqttc's MQTT 5 client allocates a slot per possible
+/// in-flight publish up front, and without a limit that is 65,535 slots, 14 MB per
+/// connection.
+pub const IN_FLIGHT: u16 = 100;
+
 /// Sending half: cheap to clone, used from any task.
 #[derive(Clone)]
 pub(crate) enum Client {
@@ -78,7 +86,7 @@ pub(crate) fn build(config: &MqttConfig, bridge_state: &str) -> Result<(Client, 
                 .set_keep_alive(keep_alive)
                 .set_clean_session(!config.persistent_session)
                 .set_max_packet_size(packet, packet)
-                .set_inflight(100)
+                .set_inflight(IN_FLIGHT)
                 .set_transport(transport)
                 .set_last_will(rumqttc::LastWill::new(
                     bridge_state,
@@ -98,6 +106,7 @@ pub(crate) fn build(config: &MqttConfig, bridge_state: &str) -> Result<(Client, 
             options
                 .set_keep_alive(keep_alive)
                 .set_clean_start(!config.persistent_session)
+                .set_outgoing_inflight_upper_limit(IN_FLIGHT)
                 .set_max_packet_size(Some(u32::try_from(packet).unwrap_or(u32::MAX)))
                 .set_transport(transport)
                 .set_network_options(network)
@@ -229,5 +238,30 @@ impl Loop {
                 _ => Ok(Polled::Other),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Both protocol versions keep the same window; on MQTT 5 an unset limit would mean
+    /// 65,535 pre-allocated slots, 14 MB per connection.
+    #[test]
+    fn both_protocols_bound_the_publishes_in_flight() {
+        let mut config = MqttConfig::new("127.0.0.1");
+        config.protocol = Protocol::V5;
+        let Ok((_, Loop::V5(eventloop))) = build(&config, "s2gw/bridge/state") else {
+            panic!("an MQTT 5 client");
+        };
+        assert_eq!(
+            eventloop.options.get_outgoing_inflight_upper_limit(),
+            Some(IN_FLIGHT)
+        );
+        config.protocol = Protocol::V311;
+        let Ok((_, Loop::V4(eventloop))) = build(&config, "s2gw/bridge/state") else {
+            panic!("an MQTT 3.1.1 client");
+        };
+        assert_eq!(eventloop.mqtt_options.inflight(), IN_FLIGHT);
     }
 }
