@@ -23,6 +23,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::latency::{ms, report, verdict};
 use common::{Daemon, GUARD, free_port};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
@@ -92,8 +93,8 @@ async fn run() {
         ratio * 100.0,
         verdict(ratio >= 0.5)
     );
-    let (d50, d99) = report("direct latency at 1,000 msg/s", direct_latency);
-    let (p50, p99) = report("proxied latency at 1,000 msg/s", proxied_latency);
+    let (d50, d99) = report("direct latency at 1,000 msg/s", 34, direct_latency);
+    let (p50, p99) = report("proxied latency at 1,000 msg/s", 34, proxied_latency);
     let added = p50.saturating_sub(d50);
     println!(
         "added by the gateway: p50 {:.3} ms (target ≤ 0.1 ms: {}), p99 {:.3} ms",
@@ -104,30 +105,6 @@ async fn run() {
     let mut daemon = gateway.daemon;
     daemon.assert_running();
     assert!(daemon.stop(), "the daemon stops cleanly");
-}
-
-fn verdict(met: bool) -> &'static str {
-    if met { "target met" } else { "target NOT met" }
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[index.min(sorted.len() - 1)]
-}
-
-fn report(label: &str, mut latencies: Vec<Duration>) -> (Duration, Duration) {
-    latencies.sort();
-    let (p50, p99) = (percentile(&latencies, 0.5), percentile(&latencies, 0.99));
-    println!(
-        "{label:<34} p50 {:>7.3} ms   p99 {:>7.3} ms",
-        ms(p50),
-        ms(p99)
-    );
-    (p50, p99)
 }
 
 /// The `i`th measurement: its value is `i`, so the CEM tells a lost, repeated or

@@ -2,7 +2,8 @@
 //! `CemSession` over loopback WebSockets ([`cem`]) or MQTT ([`mqtt`], with the broker and
 //! a plain MQTT client), the API both share ([`session`]), the daemon as a child process
 //! ([`daemon`]), the official S2 JSON schemas ([`schemas`]) and the other oracles
-//! ([`oracle`]), a plain HTTP/1.1 client for the web UI ([`http`]), Python peers
+//! ([`oracle`]), a plain HTTP/1.1 client for the web UI ([`http`]), the benches' latency figures
+//! ([`latency`]), Python peers
 //! ([`python_peer`]), the pymodbus device simulator that can
 //! reboot ([`modbus_peer`]), the fault rigs of the soak and its short forms ([`faults`]),
 //! the s2-python RM scenario run against either CEM ([`s2python`]), messages built from
@@ -25,6 +26,7 @@ mod configs;
 mod daemon;
 pub mod faults;
 mod http;
+pub mod latency;
 mod messages;
 mod modbus_peer;
 mod mqtt;

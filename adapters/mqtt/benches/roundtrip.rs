@@ -14,10 +14,14 @@
 //! Run: `cargo bench -p s2gw-mqtt --bench roundtrip` (needs `mosquitto` on the PATH).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
+#[path = "../../../tests/common/latency.rs"]
+mod latency;
+
 use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use latency::{report, verdict};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use s2_kit::session::{CemConfig, CemEvent, CemSession, RmConfig, RmEvent, RmSession};
 use s2gw_core::s2::{Message, Timestamp};
@@ -113,22 +117,6 @@ fn sequence(frame: &Frame) -> usize {
 
 /// How long B's bus may stay silent before the missing messages count as lost.
 const LOST_AFTER: Duration = Duration::from_secs(10);
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[index.min(sorted.len() - 1)]
-}
-
-fn report(label: &str, mut latencies: Vec<Duration>) -> (Duration, Duration) {
-    latencies.sort();
-    let (p50, p99) = (percentile(&latencies, 0.5), percentile(&latencies, 0.99));
-    println!(
-        "{label:<44} p50 {:>8.3} ms   p99 {:>8.3} ms",
-        p50.as_secs_f64() * 1e3,
-        p99.as_secs_f64() * 1e3
-    );
-    (p50, p99)
-}
 
 // ---------------------------------------------------------------- direct rumqttc pair
 
@@ -453,10 +441,12 @@ async fn main() {
     );
     let (d50, d99) = report(
         "mosquitto direct at 1000 msg/s",
+        44,
         direct_latency(b.port).await,
     );
     let (g50, g99) = report(
         "gateway bus→MQTT→bus at 1000 msg/s",
+        44,
         gateway_latency(&mut p).await,
     );
     let (added50, added99) = (
@@ -478,9 +468,4 @@ async fn main() {
         throughput_n(),
         latency_n()
     );
-}
-
-/// Reported, never asserted: a slow machine must not fail the run.
-fn verdict(met: bool) -> &'static str {
-    if met { "target met" } else { "target NOT met" }
 }
