@@ -442,7 +442,7 @@ impl Worker {
         let Ok(name) = std::str::from_utf8(payload) else {
             return Ok(());
         };
-        if name.is_empty() || self.dead.contains(name) || !self.bids.contains_key(&key) {
+        if name.is_empty() || self.dead.contains(name) {
             return Ok(());
         }
         let Some(claim) = self.bids.remove(&key) else {
