@@ -17,8 +17,8 @@ pub(crate) const ONLINE: &[u8] = br#"{"state":"online"}"#;
 
 /// QoS 1 publishes a connection keeps in flight before it waits for acknowledgements.
 ///
-/// Plenty for order-keeping throughput (the broker may allow fewer: mosquitto's default is
-/// 20), and it bounds memory: rumqttc's MQTT 5 client allocates a slot per possible
+/// Plenty for order-keeping throughput (an MQTT 5 broker may allow fewer through its
+/// receive maximum), and it bounds memory: rumqttc's MQTT 5 client allocates a slot per possible
 /// in-flight publish up front, and without a limit that is 65,535 slots, 14 MB per
 /// connection.
 pub const IN_FLIGHT: u16 = 100;
