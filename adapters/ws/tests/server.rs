@@ -360,14 +360,13 @@ async fn link_core_cem_slot_drops_stale_frames_and_refuses_bad_ones() {
 /// session goes on.
 #[tokio::test]
 async fn link_core_native_rm_slot_drops_stale_frames_and_refuses_bad_ones() {
-    trace();
-    let mut server = Server::bind(ServerConfig::default()).await.unwrap();
     // Room for one event towards the slot: see the synchronisation below.
-    let (endpoint, mut bus) = Endpoint::pair(1);
-    server.add_native_rm("r2".to_string(), endpoint);
-    let url = format!("ws://{}/s2/rm/r2", server.local_addr());
-    let shutdown = CancellationToken::new();
-    let task = server.spawn(shutdown.clone());
+    let NarrowSlot {
+        url,
+        mut bus,
+        shutdown,
+        task,
+    } = serve_narrow_native_rm("r2").await;
 
     let first = dial(&url).await.unwrap();
     expect_up(&mut bus).await;
@@ -406,14 +405,13 @@ async fn link_core_native_rm_slot_drops_stale_frames_and_refuses_bad_ones() {
 /// each connection waited for room on the bus and so never drained the other's frames.)
 #[tokio::test]
 async fn a_full_bus_holds_back_reading_but_frames_for_the_socket_still_go_out() {
-    trace();
-    let mut server = Server::bind(ServerConfig::default()).await.unwrap();
     // Room for one event towards the bus, which this test does not drain at first.
-    let (endpoint, mut bus) = Endpoint::pair(1);
-    server.add_native_rm("r3".to_string(), endpoint);
-    let url = format!("ws://{}/s2/rm/r3", server.local_addr());
-    let shutdown = CancellationToken::new();
-    let task = server.spawn(shutdown.clone());
+    let NarrowSlot {
+        url,
+        mut bus,
+        shutdown,
+        task,
+    } = serve_narrow_native_rm("r3").await;
 
     let mut rm = dial(&url).await.unwrap();
     expect_up(&mut bus).await;

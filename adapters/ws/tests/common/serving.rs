@@ -42,6 +42,31 @@ impl Running {
     }
 }
 
+/// A server whose only slot is native RM `id`, with room for one event each way on its
+/// bus endpoint, so a test decides when the slot's sends to the bus complete.
+pub struct NarrowSlot {
+    pub url: String,
+    pub bus: EndpointPeer,
+    pub shutdown: CancellationToken,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+pub async fn serve_narrow_native_rm(id: &str) -> NarrowSlot {
+    trace();
+    let mut server = Server::bind(ServerConfig::default()).await.unwrap();
+    let (endpoint, bus) = Endpoint::pair(1);
+    server.add_native_rm(id.to_string(), endpoint);
+    let url = format!("ws://{}/s2/rm/{id}", server.local_addr());
+    let shutdown = CancellationToken::new();
+    let task = server.spawn(shutdown.clone());
+    NarrowSlot {
+        url,
+        bus,
+        shutdown,
+        task,
+    }
+}
+
 pub fn status_of(error: WsProtoError) -> u16 {
     match error {
         WsProtoError::Http(response) => response.status().as_u16(),
