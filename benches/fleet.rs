@@ -25,11 +25,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::faults::CemWorker;
-use common::{Broker, Daemon, MQTT_PASSWORD, MQTT_USER};
+use common::{Broker, Daemon, MQTT_PASSWORD, MQTT_USER, sim_devices};
 use tokio::sync::watch;
 
-/// The sim models the devices rotate through: every control type is at work.
-const MODELS: [&str; 5] = ["pv", "ev", "battery", "heat_pump", "meter"];
 /// How long the whole fleet may take to come up, or to be taken over.
 const FLEET_GUARD: Duration = Duration::from_secs(300);
 
@@ -127,20 +125,12 @@ async fn run(shape: &Shape) {
 /// under base topic `fleet/gwNN`, MQTT v5, no Home Assistant discovery (a cloud fleet).
 fn gateway_config(broker: &Broker, g: usize, devices: usize) -> String {
     let base = format!("fleet/gw{g:02}");
-    let mut text = format!(
+    format!(
         "[gateway]\nname = \"fleet-gw{g:02}\"\nstate_dir = \"@STATE_DIR@\"\n\n{}\
-         discovery = false\nprotocol = \"v5\"\n\n[cem.cloud]\ntransport = \"mqtt\"\n",
-        broker.mqtt_section(&base)
-    );
-    for i in 0..devices {
-        let model = MODELS[i % MODELS.len()];
-        text.push_str(&format!(
-            "\n[[device]]\nid = \"{model}-{i}\"\nprofile = \"sim-{}\"\ncem = \"cloud\"\n\
-             [device.sim]\nmodel = \"{model}\"\n",
-            model.replace('_', "-")
-        ));
-    }
-    text
+         discovery = false\nprotocol = \"v5\"\n\n[cem.cloud]\ntransport = \"mqtt\"\n{}",
+        broker.mqtt_section(&base),
+        sim_devices(devices, "cloud")
+    )
 }
 
 fn print_rss(gateways: &[Daemon], workers: &[(&str, u32)]) {

@@ -17,10 +17,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::faults::DemoCem;
-use common::{Daemon, spawn_s2python_rm};
-
-/// The sim models the devices rotate through: every control type is at work.
-const MODELS: [&str; 5] = ["pv", "ev", "battery", "heat_pump", "meter"];
+use common::{Daemon, sim_devices, spawn_s2python_rm};
 
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
@@ -117,19 +114,11 @@ async fn measure(n: usize, window: Duration) -> Figures {
 
 /// The daemon's config: `n` sim devices on one CEM link (`cem`: its URL) to the demo CEM.
 fn config(n: usize, cem: &str) -> String {
-    let mut text = format!(
+    format!(
         "[gateway]\nname = \"scale\"\nstate_dir = \"@STATE_DIR@\"\n\n\
-         [cem.demo]\ntransport = \"ws-client\"\nurl = \"{cem}\"\n"
-    );
-    for i in 0..n {
-        let model = MODELS[i % MODELS.len()];
-        text.push_str(&format!(
-            "\n[[device]]\nid = \"{model}-{i}\"\nprofile = \"sim-{}\"\ncem = \"demo\"\n\
-             [device.sim]\nmodel = \"{model}\"\n",
-            model.replace('_', "-")
-        ));
-    }
-    text
+         [cem.demo]\ntransport = \"ws-client\"\nurl = \"{cem}\"\n{}",
+        sim_devices(n, "demo")
+    )
 }
 
 /// One s2-python RM's resident memory once the demo CEM has selected its control type.

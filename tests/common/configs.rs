@@ -1,4 +1,5 @@
-//! Daemon config snippets the MQTT and Home Assistant tests share: simulated devices.
+//! Daemon config snippets the MQTT and Home Assistant tests and the scale benches share:
+//! simulated devices.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -33,4 +34,20 @@ pub fn meter(cem: &str) -> String {
         "[[device]]\nid = \"meter\"\ncem = \"{cem}\"\npoll_interval_s = 1\n\
          measurement_interval_s = 1\nprofile = \"sim-meter\"\n[device.sim]\nmodel = \"meter\"\n"
     )
+}
+
+/// `n` simulated devices on CEM link `cem`, rotating through the sim models so every
+/// control type is at work, with ids `<model>-<i>`.
+pub fn sim_devices(n: usize, cem: &str) -> String {
+    const MODELS: [&str; 5] = ["pv", "ev", "battery", "heat_pump", "meter"];
+    let mut text = String::new();
+    for i in 0..n {
+        let model = MODELS[i % MODELS.len()];
+        text.push_str(&format!(
+            "\n[[device]]\nid = \"{model}-{i}\"\nprofile = \"sim-{}\"\ncem = \"{cem}\"\n\
+             [device.sim]\nmodel = \"{model}\"\n",
+            model.replace('_', "-")
+        ));
+    }
+    text
 }

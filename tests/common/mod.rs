@@ -42,7 +42,7 @@ mod session;
 #[allow(unused_imports)]
 pub use self::{
     cem::{CemConn, Ended, TestCem},
-    configs::{battery, meter, pv},
+    configs::{battery, meter, pv, sim_devices},
     daemon::{Daemon, free_port, strip_ansi},
     http::{HttpReply, http},
     messages::{
