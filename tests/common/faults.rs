@@ -505,9 +505,11 @@ impl CemWorker {
             "--mqtt-user",
             MQTT_USER,
         ];
+        // The worker's own lines only: the demo CEM's line per instruction status, from
+        // a thousand sessions, would be queued here unread for the whole run.
         let env = [
             ("S2GW_CEM_MQTT_PASSWORD", MQTT_PASSWORD),
-            ("RUST_LOG", "info"),
+            ("RUST_LOG", "warn,s2gw::cem::worker=info"),
         ];
         let (child, lines) = spawn_logged(&args, &env, "cem-worker");
         let mut worker = CemWorker { child, lines };
