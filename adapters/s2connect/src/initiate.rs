@@ -55,7 +55,13 @@ impl Initiator {
                 self.device, self.device
             ));
         };
-        let policy = pairing.tls.policy()?;
+        let (policy, pinned) = crate::trust::policy(&pairing).await?;
+        if let Some(pinned) = pinned {
+            self.file
+                .update(node_id, pairing.cem.id, |p| p.tls = pinned)
+                .map_err(|e| e.to_string())?;
+            info!(device = %self.device, cem = %pairing.cem.id, "pinned the CEM's CA certificate");
+        }
         let tls = TlsClient::new(&policy).map_err(|e| e.to_string())?.config();
         let mut session = Session::new(
             &pairing.initiate_session_url,

@@ -11,19 +11,37 @@
 //! - [`Initiator`]: a [`s2gw_ws::DialSource`] that runs `initiateSession` /
 //!   `confirmAccessToken` before every dial and hands the client link the WebSocket URL
 //!   and its single-use token;
-//! - [`unpair`]: ends a pairing on both sides (`s2gw unpair`).
+//! - [`unpair`]: ends a pairing on both sides (`s2gw unpair`);
+//! - [`start_pairing_server`]: the gateway's own pairing server, for a CEM that pairs
+//!   with the gateway using a code from [`PairingCodes`] (`s2gw pairing-code`), over a
+//!   TLS [`Identity`] kept in the state directory; the pairings it makes are the same
+//!   files, used by the same [`Initiator`].
+//!
+//! # Layout
+//! `node.rs` node ids and descriptions; `store.rs` the pairing file; `pair.rs` and
+//! `initiate.rs` the RM as pairing and session client; `trust.rs` the CEM certificate
+//! after pairing; `codes.rs`, `identity.rs`, `hosted.rs` (s2-kit's server store over the
+//! state directory) and `server.rs` the RM as pairing server.
 //!
 //! The daemon and the commands meet only in the state directory: a pairing made or
 //! removed while the daemon runs takes effect at its next session initiation.
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+mod codes;
+mod hosted;
+mod identity;
 mod initiate;
 mod node;
 mod pair;
+mod server;
 mod store;
+mod trust;
 
+pub use codes::{DEFAULT_CODE_VALIDITY, IssuedCode, PairingCodes, aliases};
+pub use identity::{Identity, IdentitySource};
 pub use initiate::Initiator;
 pub use node::{NodeSpec, NodeStore};
 pub use pair::{PairError, PairTarget, pair, unpair};
+pub use server::{PairingServerConfig, RunningPairingServer, ServerError, start_pairing_server};
 pub use store::{PairingFile, PairingSummary, StoreError, StoredPairing, StoredTls};

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use s2gw_core::s2::connect::{
     ClientError, ConnectError, Deployment, EndpointDescription, NodeId, Pairing, PairingCode,
-    Session, Timestamp, TlsPolicy, TokenKind,
+    Session, Timestamp, TokenKind,
 };
 use tracing::{info, warn};
 
@@ -166,7 +166,9 @@ pub async fn unpair(
 }
 
 async fn tell_cem(node_id: NodeId, pairing: &StoredPairing) -> Result<(), ClientError> {
-    let policy = pairing.tls.policy().map_err(ClientError::Url)?;
+    let (policy, _) = crate::trust::policy(pairing)
+        .await
+        .map_err(ClientError::Url)?;
     let mut session = Session::new(
         &pairing.initiate_session_url,
         &policy,
@@ -175,26 +177,4 @@ async fn tell_cem(node_id: NodeId, pairing: &StoredPairing) -> Result<(), Client
         pairing.tokens(),
     )?;
     session.unpair().await
-}
-
-impl StoredTls {
-    /// The TLS policy for every connection to the CEM after pairing.
-    pub fn policy(&self) -> Result<TlsPolicy, String> {
-        match self {
-            StoredTls::Web => Ok(TlsPolicy::Web),
-            StoredTls::PinnedCa(hex) => decode_hex(hex)
-                .map(|der| TlsPolicy::PinnedCa(der.into()))
-                .ok_or_else(|| "the pinned CA certificate is not hex".to_string()),
-        }
-    }
-}
-
-fn decode_hex(hex: &str) -> Option<Vec<u8>> {
-    if !hex.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
-        .collect()
 }

@@ -43,6 +43,10 @@ pub enum StoredTls {
     PinnedCa(String),
     /// A WAN CEM: the public PKI.
     Web,
+    /// A LAN CEM that paired with the gateway's server: the SHA-256 fingerprint (hex) of
+    /// its CA, from the HMAC-authenticated connection details. The first session
+    /// initiation fetches the certificate it names and stores it as [`Self::PinnedCa`].
+    CaFingerprint(String),
 }
 
 /// One pairing, as stored.
@@ -141,6 +145,7 @@ impl PairingFile {
                 initiate_session_url: p.initiate_session_url,
                 trust: match p.tls {
                     StoredTls::PinnedCa(_) => "pinned CA",
+                    StoredTls::CaFingerprint(_) => "CA fingerprint (pinned at first session)",
                     StoredTls::Web => "web PKI",
                 },
                 paired_at: p.paired_at,
@@ -154,6 +159,14 @@ impl PairingFile {
         pairings.retain(|p| p.cem.id != pairing.cem.id);
         pairings.insert(0, pairing);
         self.write(node_id, pairings)
+    }
+
+    /// Make `pairing` the only pairing of node `node_id` (an RM pairs with one CEM at a
+    /// time).
+    pub fn replace_all(&self, node_id: NodeId, pairing: StoredPairing) -> Result<(), StoreError> {
+        // Read first: a corrupt file is reported, not silently overwritten.
+        self.read()?;
+        self.write(node_id, vec![pairing])
     }
 
     /// Change the pairing with CEM `cem` if it is still there (an unpair may have
