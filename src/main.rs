@@ -100,6 +100,22 @@ enum Command {
         #[arg(long)]
         wan: bool,
     },
+    /// Show a pairing code for a device, for a CEM that pairs with the gateway's S2
+    /// Connect pairing server (`[s2connect]`). The code is a secret while it is valid
+    /// (`code_valid_s`, 5 minutes by default) and works once; the running daemon reads it
+    /// from `gateway.state_dir` on every pairing request.
+    PairingCode {
+        /// The configuration file.
+        #[arg(
+            short,
+            long,
+            value_name = "FILE",
+            default_value = "/etc/s2gw/s2gw.toml"
+        )]
+        config: PathBuf,
+        /// The device (or native RM) id, on an s2connect CEM link.
+        device: String,
+    },
     /// List the S2 Connect pairings of every device on an s2connect link (no secrets).
     Pairings {
         /// The configuration file.
@@ -405,6 +421,9 @@ fn main() -> ExitCode {
                     wan,
                 };
                 s2gw::commands::pair(&config, &request).await
+            }
+            Command::PairingCode { config, device } => {
+                s2gw::commands::pairing_code(&config, &device)
             }
             Command::Pairings { config } => s2gw::commands::pairings(&config),
             Command::Unpair {

@@ -409,6 +409,30 @@ bad_configs! {
     /// web: unknown key
     web_unknown_key: "[web]\nport = 8088\n"
         => "web.port", "unknown";
+    /// s2connect: a host name where an address belongs
+    s2connect_listen_is_an_address: "[s2connect]\nlisten = \"gw.local:8443\"\n"
+        => "s2connect.listen", "`gw.local:8443` is not an IP address and port";
+    /// s2connect: a certificate without its key
+    s2connect_cert_without_key: "[s2connect]\ntls_cert_file = \"s2gw.toml\"\n"
+        => "s2connect.tls_cert_file", "tls_cert_file is set but tls_key_file is not: give both or neither";
+    /// s2connect: names beside a certificate of one's own
+    s2connect_names_with_own_certificate: "[s2connect]\nnames = [\"gw.local\"]\ntls_cert_file = \"s2gw.toml\"\ntls_key_file = \"s2gw.toml\"\n"
+        => "s2connect.names", "names are for the self-signed certificate";
+    /// s2connect: no names
+    s2connect_no_names: "[s2connect]\nnames = []\n"
+        => "s2connect.names", "give at least one name";
+    /// s2connect: a name that is not a string
+    s2connect_name_not_a_string: "[s2connect]\nnames = [8443]\n"
+        => "s2connect.names[0]", "expected a string, found an integer";
+    /// s2connect: codes that live no time
+    s2connect_code_valid_0: "[s2connect]\ncode_valid_s = 0\n"
+        => "s2connect.code_valid_s", "must be an integer between 1 and 3600, got 0";
+    /// s2connect: codes that live too long
+    s2connect_code_valid_too_long: "[s2connect]\ncode_valid_s = 86400\n"
+        => "s2connect.code_valid_s", "3600";
+    /// s2connect: unknown key
+    s2connect_unknown_key: "[s2connect]\nport = 8443\n"
+        => "s2connect.port", "unknown";
     /// mqtt: plaintext password in the file
     mqtt_plaintext_password_in_the_file: "[mqtt]\nhost = \"broker\"\nusername = \"gw\"\npassword = \"hunter2\"\n"
         => "mqtt.password", "plaintext secrets are not accepted in the config file: put the password in a file and set password_file, or set the environment variable S2GW_MQTT__PASSWORD";
@@ -1732,4 +1756,35 @@ fn shipped_appliance_profiles_load_with_a_broker() {
     assert_eq!(dw.power.topic, "shellyplusplugs-1/status/switch:0");
     assert_eq!(dw.programmes.len(), 2);
     assert!(dw.task.is_some());
+}
+
+#[test]
+fn s2connect_defaults_and_own_certificate_files() {
+    let case = Case::new(&format!("{CEM}{DEV}[s2connect]\n"));
+    let section = case.load(&[]).unwrap().s2connect.unwrap();
+    assert_eq!(section.listen.to_string(), config::DEFAULT_S2CONNECT_LISTEN);
+    assert_eq!(
+        section.identity,
+        s2gw_s2connect::IdentitySource::SelfSigned {
+            names: vec![config::DEFAULT_S2CONNECT_NAME.into()]
+        }
+    );
+    assert_eq!(section.code_validity, Duration::from_secs(300));
+
+    let case = Case::new(&format!(
+        "{CEM}{DEV}[s2connect]\nlisten = \"127.0.0.1:9443\"\ntls_cert_file = \"pair.crt\"\n\
+         tls_key_file = \"pair.key\"\ncode_valid_s = 60\n"
+    ))
+    .with_file("pair.crt", "")
+    .with_file("pair.key", "");
+    let section = case.load(&[]).unwrap().s2connect.unwrap();
+    assert_eq!(section.listen.port(), 9443);
+    assert_eq!(
+        section.identity,
+        s2gw_s2connect::IdentitySource::Files {
+            cert_file: case.dir.path().join("pair.crt"),
+            key_file: case.dir.path().join("pair.key"),
+        }
+    );
+    assert_eq!(section.code_validity, Duration::from_secs(60));
 }

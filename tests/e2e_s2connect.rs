@@ -1,7 +1,9 @@
 //! End to end: the s2gw daemon and its `pair` / `pairings` / `unpair` commands as
 //! processes, against a LAN CEM built on s2-kit's S2 Connect server (pairing and session
 //! initiation over TLS with a self-signed CA, S2 over wss admitting only the single-use
-//! tokens its session service issued, and a `CemSession` on every socket).
+//! tokens its session service issued, and a `CemSession` on every socket): once with the
+//! gateway pairing as a client (`s2gw pair`), once with the CEM pairing as a client with
+//! the daemon's own pairing server (`[s2connect]`, `s2gw pairing-code`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 mod common;
@@ -12,13 +14,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::Daemon;
+use s2_kit::connect::client::Pairing;
 use s2_kit::connect::proto::{
     AccessToken, ConnectionDetails, Deployment, EndpointDescription, NodeDescription, NodeId,
-    NodeIdAlias, PairingToken, Role, TokenKind,
+    NodeIdAlias, PairingCode, PairingToken, Role, TokenKind, TokenStore,
 };
 use s2_kit::connect::server::{
-    Endpoint, LocalSubnets, Memory, PairingService, SessionService, lan_router, serve,
-    websocket_router,
+    Endpoint, LocalSubnets, Memory, PairedNode, PairingService, SessionService, Store as _,
+    lan_router, serve, websocket_router,
 };
 use s2_kit::connect::tls::SelfSignedEndpoint;
 use s2_kit::io::Driver;
@@ -33,10 +36,13 @@ const SOON: Duration = Duration::from_secs(20);
 /// themselves; `kick` drops every open socket.
 struct Cem {
     id: NodeId,
+    node: NodeDescription,
     base: String,
     access_token: String,
     described: mpsc::UnboundedReceiver<(NodeId, String)>,
     kick: Arc<Notify>,
+    store: Arc<Memory>,
+    ca_fingerprint: String,
 }
 
 async fn cem() -> Cem {
@@ -55,6 +61,7 @@ async fn cem() -> Cem {
         role: Role::Cem,
     };
     let id = node.id;
+    let own = node.clone();
     store.add_node(node, Some(NodeIdAlias::parse("hub7").unwrap()));
     let access = AccessToken::from_entropy(&[7u8; 32]).unwrap();
     let access_token = access.as_str().to_string();
@@ -102,6 +109,7 @@ async fn cem() -> Cem {
         }),
     );
     let config = identity.server_config().unwrap();
+    let ca_fingerprint = s2_kit::connect::tls::Fingerprint::of(&identity.ca).to_hex();
     tokio::spawn(async move {
         let _ = serve(listener, config, app, std::future::pending()).await;
     });
@@ -111,10 +119,13 @@ async fn cem() -> Cem {
     );
     Cem {
         id,
+        node: own,
         base,
         access_token,
         described,
         kick,
+        store,
+        ca_fingerprint,
     }
 }
 
@@ -124,6 +135,30 @@ impl Cem {
             .await
             .expect("no resource described itself to the CEM")
             .unwrap()
+    }
+
+    /// Pair as a client with the gateway's pairing server at `url`, as the communication
+    /// server (LAN–LAN, the CEM serves), and keep the pairing the way a CEM product would.
+    async fn pair_with(&self, url: &str, code: &str) {
+        let code = PairingCode::parse(code, TokenKind::Dynamic).unwrap();
+        let details = ConnectionDetails {
+            initiate_session_url: self.base.clone(),
+            access_token: AccessToken::from_entropy(&[5u8; 32]).unwrap(),
+            certificate_fingerprint: [("SHA256".into(), self.ca_fingerprint.clone())]
+                .into_iter()
+                .collect(),
+        };
+        let paired = Pairing::lan(url, self.node.clone(), EndpointDescription::default())
+            .unwrap()
+            .run_with_entropy(code, Timestamp::now(), &[4u8; 32], Some(details.clone()))
+            .await
+            .unwrap();
+        self.store.pair(PairedNode {
+            local: self.id,
+            remote: paired.pairing.remote.clone(),
+            tokens: TokenStore::new(details.access_token),
+            details: None,
+        });
     }
 }
 
@@ -220,9 +255,13 @@ async fn whole_path() {
     let (node, again) = cem.next_described().await;
     assert_eq!((node, again.as_str()), (node_id, resource.as_str()));
 
-    // Unpaired while the daemon runs; the CEM drops the session: the link is lost (the
-    // event on which the RM runs its fail-safe release, rule 1: see e2e_daemon's
-    // cem_restart_releases_and_reconnects), and the next initiation is refused.
+    unpair_then_refused(&mut daemon, &cem, file, &resource).await;
+}
+
+/// Unpaired while the daemon runs; the CEM drops the session: the link is lost (the
+/// event on which the RM runs its fail-safe release, rule 1: see e2e_daemon's
+/// cem_restart_releases_and_reconnects), and the next initiation is refused.
+async fn unpair_then_refused(daemon: &mut Daemon, cem: &Cem, file: &str, resource: &str) {
     let unpaired = s2gw(&["unpair", "battery", "-c", file]);
     assert!(unpaired.status.success(), "{}", text(&unpaired));
     assert!(
@@ -234,7 +273,7 @@ async fn whole_path() {
     daemon
         .wait_log(
             "the CEM link lost",
-            |l| l.contains("CEM link lost") && l.contains(&resource),
+            |l| l.contains("CEM link lost") && l.contains(resource),
             SOON,
         )
         .await;
@@ -252,4 +291,75 @@ async fn whole_path() {
         "no access token in the log"
     );
     daemon.assert_running();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cem_pairs_with_the_daemons_code_then_sessions_restart_and_unpair_follow() {
+    tokio::time::timeout(Duration::from_secs(150), cem_pairs_with_the_daemon())
+        .await
+        .expect("the S2 Connect path took too long");
+}
+
+async fn cem_pairs_with_the_daemon() {
+    let mut cem = cem().await;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let file = dir.path().join("s2gw.toml");
+    let config = format!(
+        "{}\n[s2connect]\nlisten = \"127.0.0.1:0\"\nnames = [\"localhost\"]\n",
+        config(&state)
+    );
+    std::fs::write(&file, &config).unwrap();
+    let file = file.to_str().unwrap();
+
+    let mut daemon = Daemon::start(&config);
+    let line = daemon
+        .wait_log(
+            "the pairing server",
+            |l| l.contains("pairing server listening"),
+            SOON,
+        )
+        .await;
+    let port = line
+        .split("127.0.0.1:")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .unwrap();
+    let url = format!("https://localhost:{port}/v1/");
+
+    // The installer asks for a code; the CEM's user types it.
+    let issued = s2gw(&["pairing-code", "battery", "-c", file]);
+    assert!(issued.status.success(), "{}", text(&issued));
+    let code = String::from_utf8_lossy(&issued.stdout).trim().to_string();
+    assert!(code.starts_with("battery-"), "{code}");
+    cem.pair_with(&url, &code).await;
+    daemon
+        .wait_log(
+            "the pairing",
+            |l| l.contains("the CEM paired with the gateway"),
+            SOON,
+        )
+        .await;
+
+    // The link's next dial initiates a session with the CEM that paired.
+    let node_id = std::fs::read_to_string(state.join("s2connect/battery.node-id")).unwrap();
+    let node_id = NodeId::parse(node_id.trim()).unwrap();
+    let (node, resource) = cem.next_described().await;
+    assert_eq!(node, node_id);
+    let listed = s2gw(&["pairings", "-c", file]);
+    assert!(text(&listed).contains("pinned CA"), "{}", text(&listed));
+
+    let token = code.split_once('-').unwrap().1.to_string();
+    assert!(
+        !daemon.logs().iter().any(|l| l.contains(&token)),
+        "no pairing code in the log"
+    );
+
+    // Killed and restarted: the same pairing, no code needed.
+    daemon.kill();
+    drop(daemon);
+    let mut daemon = Daemon::start(&config);
+    let (node, again) = cem.next_described().await;
+    assert_eq!((node, again.as_str()), (node_id, resource.as_str()));
+    unpair_then_refused(&mut daemon, &cem, file, &resource).await;
 }

@@ -14,7 +14,7 @@ pub use check::{check, check_report, warnings};
 pub use demo::{demo, demo_config};
 pub use modbus::{RawReadRequest, SerialArgs, modbus_read, modbus_scan, modbus_target};
 pub use modbus_detect::{DetectRequest, modbus_detect};
-pub use pairing::{PairRequest, pair, pairings, unpair};
+pub use pairing::{PairRequest, pair, pairing_code, pairings, unpair};
 pub use run::run;
 
 use std::time::Duration;

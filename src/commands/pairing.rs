@@ -7,9 +7,10 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use s2gw_s2connect::{NodeSpec, NodeStore, PairTarget, PairingFile};
+use s2gw_s2connect::{NodeStore, PairTarget, PairingCodes, PairingFile};
 
-use crate::config::{self, CemTransport, Config};
+use crate::config::{self, Config};
+use crate::gateway::s2connect::{Node, nodes, pairable};
 
 use super::init_tracing;
 
@@ -24,53 +25,6 @@ pub struct PairRequest {
     pub code: String,
     /// The CEM is on the WAN (public certificate) rather than the LAN.
     pub wan: bool,
-}
-
-/// One resource S2 Connect can pair: a device or a native RM on an `s2connect` link.
-struct Node {
-    spec: NodeSpec,
-    link: String,
-    s2connect: bool,
-}
-
-fn nodes(config: &Config) -> Vec<Node> {
-    let on_s2connect = |cem: &str| {
-        config
-            .cem
-            .get(cem)
-            .is_some_and(|l| l.transport == CemTransport::S2Connect)
-    };
-    let devices = config.devices.iter().map(|d| Node {
-        spec: NodeSpec {
-            device: d.id.clone(),
-            name: d.name.clone(),
-            brand: d
-                .profile
-                .manufacturer
-                .clone()
-                .unwrap_or_else(|| "s2gw".into()),
-            model: d
-                .profile
-                .model
-                .clone()
-                .unwrap_or_else(|| d.profile.name.clone()),
-            kind: config::kind_name(d.profile.kind).to_string(),
-        },
-        link: d.cem.clone(),
-        s2connect: on_s2connect(&d.cem),
-    });
-    let natives = config.natives.iter().map(|n| Node {
-        spec: NodeSpec {
-            device: n.id.clone(),
-            name: n.id.clone(),
-            brand: "s2gw".into(),
-            model: "bridged native RM".into(),
-            kind: "native".into(),
-        },
-        link: n.cem.clone(),
-        s2connect: on_s2connect(&n.cem),
-    });
-    devices.chain(natives).collect()
 }
 
 fn load(path: &Path) -> Option<Config> {
@@ -134,6 +88,42 @@ pub async fn pair(path: &Path, request: &PairRequest) -> anyhow::Result<ExitCode
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// `s2gw pairing-code DEVICE -c FILE`: issue a pairing code for a CEM that pairs with
+/// the gateway's pairing server. The code goes to stdout only (it is a secret while it is
+/// valid); the log never has it.
+pub fn pairing_code(path: &Path, device: &str) -> anyhow::Result<ExitCode> {
+    let Some(config) = load(path) else {
+        return Ok(ExitCode::FAILURE);
+    };
+    let Some(section) = &config.s2connect else {
+        anyhow::bail!(
+            "{} has no [s2connect] section: the gateway runs no pairing server for a CEM to              pair with (pair from the gateway instead: `s2gw pair {device} --cem URL --code CODE`)",
+            path.display()
+        );
+    };
+    let pairable = pairable(&config);
+    let Some(index) = pairable.iter().position(|n| n.spec.device == device) else {
+        match nodes(&config).iter().find(|n| n.spec.device == device) {
+            Some(node) => anyhow::bail!(
+                "{device} is on CEM link `{}`, which is not transport \"s2connect\"",
+                node.link
+            ),
+            None => anyhow::bail!("no device or native RM `{device}` in {}", path.display()),
+        }
+    };
+    let aliases = s2gw_s2connect::aliases(pairable.iter().map(|n| n.spec.device.as_str()));
+    let alias = aliases.get(index).map_or("node", String::as_str);
+    let codes = PairingCodes::new(&config.gateway.state_dir, device, alias);
+    let issued = codes.issue(section.code_validity)?;
+    println!("{}", issued.code);
+    eprintln!(
+        "{device}: type this code into the CEM within {} s (pairing server on port {}); it works once",
+        section.code_validity.as_secs(),
+        section.listen.port()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `s2gw pairings -c FILE`: who is paired with what. No token is ever printed.
@@ -206,8 +196,18 @@ pub fn unpaired_warnings(config: &Config) -> Vec<String> {
         .filter_map(|n| match PairingFile::new(state, &n.spec.device).load() {
             Ok(list) if list.is_empty() => Some(format!(
                 "{} is on s2connect link `{}` but not paired yet: run `s2gw pair {} --cem <url> \
-                 --code <code>`",
-                n.spec.device, n.link, n.spec.device
+                 --code <code>`{}",
+                n.spec.device,
+                n.link,
+                n.spec.device,
+                if config.s2connect.is_some() {
+                    format!(
+                        ", or let the CEM pair using `s2gw pairing-code {}`",
+                        n.spec.device
+                    )
+                } else {
+                    String::new()
+                }
             )),
             Ok(_) => None,
             Err(error) => Some(format!("{}: {error}", n.spec.device)),

@@ -28,6 +28,7 @@ pub async fn run(path: &Path) -> anyhow::Result<ExitCode> {
         natives = config.natives.len(),
         server = ?gateway.server_addr,
         web = ?gateway.web_addr,
+        pairing = ?gateway.pairing_addr,
         "s2gw running"
     );
     systemd_notify(&[sd_notify::NotifyState::Ready]);

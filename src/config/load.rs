@@ -179,6 +179,7 @@ struct TopToml {
     gateway: Option<Table>,
     mqtt: Option<Table>,
     native: Option<Any>,
+    s2connect: Option<Table>,
     server: Option<Table>,
     web: Option<Table>,
 }
@@ -448,6 +449,7 @@ impl<'e> Cx<'e> {
         let server = top.server.map(|t| self.server(&t.0));
         let mqtt = top.mqtt.map(|t| self.mqtt(&t.0));
         let web = top.web.map(|t| self.web(&t.0));
+        let s2connect = top.s2connect.map(|t| self.s2connect(&t.0));
         let cem = cem::links(&mut self, top.cem.map(|t| t.0), present);
         let devices = self.entries(&at, "device", top.device.map(|a| a.0));
         let natives = self.entries(&at, "native", top.native.map(|a| a.0));
@@ -493,6 +495,7 @@ impl<'e> Cx<'e> {
             natives: native_sections,
             mqtt: mqtt.map_or(Some(None), |m| m.map(Some))?,
             web: web.map_or(Some(None), |w| w.map(Some))?,
+            s2connect: s2connect.map_or(Some(None), |s| s.map(Some))?,
             source: self.origin,
         })
     }

@@ -38,7 +38,7 @@
 
 //! # Layout
 //! One file per section, each owning its type and its checks: `gateway.rs`, `server.rs`,
-//! `cem.rs` (links), `device.rs` (with `sim.rs` and `adapters.rs` for the connection
+//! `cem.rs` (links), `s2connect.rs` (the pairing server), `device.rs` (with `sim.rs` and `adapters.rs` for the connection
 //! sections), `native.rs`, `mqtt.rs`, `profile.rs`; `secret.rs` and `env.rs` for the two
 //! layers every section shares; `load.rs` for the file as a whole. Every table is read the
 //! one way `located.rs` describes: serde, with every problem located.
@@ -53,6 +53,7 @@ mod located;
 mod mqtt;
 mod native;
 mod profile;
+mod s2connect;
 mod secret;
 mod server;
 mod sim;
@@ -81,6 +82,7 @@ pub use profile::{
     BUILTIN_PROFILES, Profile, ProfileSource, builtin_profile_text, control_type_name, kind_name,
     parse_control_type,
 };
+pub use s2connect::{DEFAULT_S2CONNECT_LISTEN, DEFAULT_S2CONNECT_NAME, S2ConnectSection};
 pub use server::{ServerSection, TlsFiles};
 pub use web::{DEFAULT_WEB_LISTEN, WebSection};
 
@@ -158,6 +160,9 @@ pub struct Config {
     pub mqtt: Option<MqttSection>,
     /// `[web]`, when the daemon serves its status pages, `/metrics` and `/healthz`.
     pub web: Option<WebSection>,
+    /// `[s2connect]`, when the gateway runs its S2 Connect pairing server (CEMs pair
+    /// with its resources using a code from `s2gw pairing-code`).
+    pub s2connect: Option<S2ConnectSection>,
     /// The config file this came from (or the origin given to [`load_str`]).
     pub source: PathBuf,
 }
@@ -183,6 +188,12 @@ impl Config {
                 mqtt.client.host,
                 mqtt.client.effective_port(),
                 mqtt.client.base_topic
+            ));
+        }
+        if let Some(s2connect) = &self.s2connect {
+            out.push_str(&format!(
+                "\n  s2connect pairing server https://{}/v1/",
+                s2connect.listen
             ));
         }
         for link in self.cem.values() {

@@ -12,7 +12,8 @@
 //! - `mqtt.rs`: the MQTT client, the state mirror and Home Assistant discovery;
 //! - `bridge.rs`: what the MQTT bridge requests answer;
 //! - `gate.rs`: each device's "CEM control allowed" switch (web UI and MQTT);
-//! - `metered.rs`: the device wrapper that times reads for `/metrics`.
+//! - `metered.rs`: the device wrapper that times reads for `/metrics`;
+//! - `s2connect.rs`: the resources as S2 Connect nodes, and the pairing server.
 //!
 //! With `[web]`, the web UI ([`crate::web`]) gets the views, switches and statistics.
 
@@ -21,6 +22,7 @@ pub mod devices;
 pub mod gate;
 pub mod metered;
 pub mod mqtt;
+pub mod s2connect;
 
 #[cfg(feature = "ble")]
 use std::collections::BTreeMap;
@@ -48,6 +50,8 @@ pub struct Gateway {
     pub server_addr: Option<std::net::SocketAddr>,
     /// Where the web UI listens, with `[web]`.
     pub web_addr: Option<std::net::SocketAddr>,
+    /// Where the S2 Connect pairing server listens, with `[s2connect]`.
+    pub pairing_addr: Option<std::net::SocketAddr>,
     tasks: Vec<JoinHandle<()>>,
     shutdown: CancellationToken,
     /// Stopped last: MQTT devices and links need it for their goodbyes.
@@ -154,6 +158,7 @@ impl Gateway {
             );
             mqtt.start_bridge(Arc::new(data));
         }
+        let pairing_addr = s2connect::start(config, &shutdown, &mut tasks).await?;
         let web_addr = match &config.web {
             Some(section) => {
                 let data = web_data(config, handles, counters.clone(), traffic, mqtt.as_ref());
@@ -166,6 +171,7 @@ impl Gateway {
             counters,
             server_addr,
             web_addr,
+            pairing_addr,
             tasks,
             shutdown,
             mqtt,

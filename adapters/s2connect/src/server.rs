@@ -17,7 +17,7 @@ use s2gw_core::s2::connect::server::{
 };
 use s2gw_core::s2::connect::{Deployment, EndpointDescription, Fingerprint};
 use tokio::task::JoinHandle;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::codes::aliases;
 use crate::hosted::{Hosted, StateStore};
@@ -80,7 +80,7 @@ pub async fn start_pairing_server(
 ) -> Result<RunningPairingServer, ServerError> {
     let identity = Identity::load(&config.state_dir, &config.identity)?;
     let tls = identity.server_config().map_err(ServerError::Tls)?;
-    let store = Arc::new(StateStore::new(&config.state_dir, hosted(&config)?));
+    let store = Arc::new(StateStore::new(&config.state_dir, hosted(&config)));
     let endpoint = EndpointDescription {
         name: Some(config.name.clone()),
         logo_url: None,
@@ -116,20 +116,25 @@ pub async fn start_pairing_server(
     })
 }
 
-/// The hosted nodes: each resource's stable node id, description and alias.
-fn hosted(config: &PairingServerConfig) -> Result<Vec<Hosted>, StoreError> {
+/// The hosted nodes: each resource's stable node id, description and alias. A resource
+/// whose node id file is unusable is left out, named in the log; the others are served.
+fn hosted(config: &PairingServerConfig) -> Vec<Hosted> {
     let nodes = NodeStore::new(&config.state_dir);
     let aliases = aliases(config.nodes.iter().map(|n| n.device.as_str()));
     config
         .nodes
         .iter()
         .zip(aliases)
-        .map(|(spec, alias)| {
-            Ok(Hosted {
+        .filter_map(|(spec, alias)| match nodes.describe(spec) {
+            Ok(description) => Some(Hosted {
                 device: spec.device.clone(),
-                description: nodes.describe(spec)?,
+                description,
                 alias,
-            })
+            }),
+            Err(e) => {
+                error!(device = %spec.device, error = %e, "not offered for pairing");
+                None
+            }
         })
         .collect()
 }

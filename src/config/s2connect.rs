@@ -1,0 +1,111 @@
+//! `[s2connect]`: the gateway's S2 Connect pairing server, for CEMs that pair with it.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use s2gw_s2connect::IdentitySource;
+use serde::Deserialize;
+
+use super::load::Cx;
+use super::located::{Count, Strings, Text};
+
+/// Default `s2connect.listen`: every interface, since a CEM on the LAN dials it.
+pub const DEFAULT_S2CONNECT_LISTEN: &str = "0.0.0.0:8443";
+
+/// Default `s2connect.names`: what the self-signed certificate carries.
+pub const DEFAULT_S2CONNECT_NAME: &str = "s2gw.local";
+
+/// `[s2connect]`: where the pairing server listens, its certificate, and how long a
+/// pairing code lives.
+#[derive(Debug, Clone, PartialEq)]
+pub struct S2ConnectSection {
+    /// `listen`: the pairing server's socket address (default `0.0.0.0:8443`).
+    pub listen: SocketAddr,
+    /// `names` (a self-signed certificate kept in the state directory) or
+    /// `tls_cert_file` + `tls_key_file`.
+    pub identity: IdentitySource,
+    /// `code_valid_s`: how long a pairing code is accepted (default 300).
+    pub code_validity: Duration,
+}
+
+/// `[s2connect]` as written. Fields in alphabetical order: serde lists them in
+/// declaration order in `unknown key (known keys: …)`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct S2ConnectToml {
+    code_valid_s: Option<Count<3600>>,
+    listen: Option<Text>,
+    names: Option<Strings>,
+    tls_cert_file: Option<Text>,
+    tls_key_file: Option<Text>,
+}
+
+impl Cx<'_> {
+    /// Read `[s2connect]`.
+    pub(crate) fn s2connect(&mut self, table: &toml::Table) -> Option<S2ConnectSection> {
+        let mark = self.mark();
+        let (raw, at) = self.read::<S2ConnectToml>(table, "s2connect")?;
+        let text = raw
+            .listen
+            .map_or_else(|| DEFAULT_S2CONNECT_LISTEN.to_string(), |t| t.0);
+        let listen = self.socket_addr(&at, "listen", &text, 8443);
+        let names = match raw.names {
+            Some(list) => list.items(at.file(), &at.key("names"), self.errors),
+            None => Some(vec![DEFAULT_S2CONNECT_NAME.to_string()]),
+        };
+        if names.as_ref().is_some_and(Vec::is_empty) {
+            at.err(
+                self.errors,
+                "names",
+                "give at least one name the certificate carries",
+            );
+        }
+        let cert = self.existing_file(&at, "tls_cert_file", raw.tls_cert_file.map(|t| t.0));
+        let key = self.existing_file(&at, "tls_key_file", raw.tls_key_file.map(|t| t.0));
+        let identity = match (at.given("tls_cert_file"), at.given("tls_key_file")) {
+            (false, false) => names.map(|names| IdentitySource::SelfSigned { names }),
+            (true, true) if at.given("names") => {
+                at.err(
+                    self.errors,
+                    "names",
+                    "names are for the self-signed certificate; with tls_cert_file the \
+                     certificate carries its own",
+                );
+                None
+            }
+            (true, true) => cert
+                .zip(key)
+                .map(|(cert_file, key_file)| IdentitySource::Files {
+                    cert_file,
+                    key_file,
+                }),
+            (given_cert, _) => {
+                let (set, missing) = if given_cert {
+                    ("tls_cert_file", "tls_key_file")
+                } else {
+                    ("tls_key_file", "tls_cert_file")
+                };
+                at.err(
+                    self.errors,
+                    set,
+                    format!("{set} is set but {missing} is not: give both or neither"),
+                );
+                None
+            }
+        };
+        // `Count` already refuses 0 and anything above an hour.
+        let code_validity = raw
+            .code_valid_s
+            .map_or(s2gw_s2connect::DEFAULT_CODE_VALIDITY, |c| {
+                Duration::from_secs(c.0)
+            });
+        if !self.clean_since(mark) {
+            return None;
+        }
+        Some(S2ConnectSection {
+            listen: listen?,
+            identity: identity?,
+            code_validity,
+        })
+    }
+}

@@ -1,0 +1,89 @@
+//! S2 Connect: which resources are nodes, and the pairing server with `[s2connect]`.
+
+use s2gw_core::CancellationToken;
+use s2gw_s2connect::{NodeSpec, PairingServerConfig};
+use tokio::task::JoinHandle;
+
+use crate::config::{self, CemTransport, Config};
+
+/// A resource S2 Connect can pair: a device or a native RM.
+#[derive(Debug, Clone)]
+pub struct Node {
+    /// Its node description's inputs.
+    pub spec: NodeSpec,
+    /// The `[cem.NAME]` link it is on.
+    pub link: String,
+    /// Whether that link is `transport = "s2connect"`.
+    pub s2connect: bool,
+}
+
+/// Every device and native RM, in config order, with what its node description says.
+pub fn nodes(config: &Config) -> Vec<Node> {
+    let on_s2connect = |cem: &str| {
+        config
+            .cem
+            .get(cem)
+            .is_some_and(|l| l.transport == CemTransport::S2Connect)
+    };
+    let devices = config.devices.iter().map(|d| Node {
+        spec: NodeSpec {
+            device: d.id.clone(),
+            name: d.name.clone(),
+            brand: d
+                .profile
+                .manufacturer
+                .clone()
+                .unwrap_or_else(|| "s2gw".into()),
+            model: d
+                .profile
+                .model
+                .clone()
+                .unwrap_or_else(|| d.profile.name.clone()),
+            kind: config::kind_name(d.profile.kind).to_string(),
+        },
+        link: d.cem.clone(),
+        s2connect: on_s2connect(&d.cem),
+    });
+    let natives = config.natives.iter().map(|n| Node {
+        spec: NodeSpec {
+            device: n.id.clone(),
+            name: n.id.clone(),
+            brand: "s2gw".into(),
+            model: "bridged native RM".into(),
+            kind: "native".into(),
+        },
+        link: n.cem.clone(),
+        s2connect: on_s2connect(&n.cem),
+    });
+    devices.chain(natives).collect()
+}
+
+/// The resources the pairing server hosts: those on an s2connect link, in config order
+/// (their pairing-code aliases follow it).
+pub fn pairable(config: &Config) -> Vec<Node> {
+    nodes(config).into_iter().filter(|n| n.s2connect).collect()
+}
+
+/// Start the pairing server `[s2connect]` asks for; its address, or `None` without one.
+pub async fn start(
+    config: &Config,
+    shutdown: &CancellationToken,
+    tasks: &mut Vec<JoinHandle<()>>,
+) -> anyhow::Result<Option<std::net::SocketAddr>> {
+    let Some(section) = &config.s2connect else {
+        return Ok(None);
+    };
+    let server = s2gw_s2connect::start_pairing_server(
+        PairingServerConfig {
+            listen: section.listen,
+            identity: section.identity.clone(),
+            state_dir: config.gateway.state_dir.clone(),
+            name: config.gateway.name.clone(),
+            nodes: pairable(config).into_iter().map(|n| n.spec).collect(),
+        },
+        shutdown.clone(),
+    )
+    .await?;
+    tasks.push(server.task);
+    Ok(Some(server.addr))
+}
