@@ -92,7 +92,8 @@ pub async fn start_pairing_server(
     let endpoint =
         Endpoint::new(Arc::new(pairing), Arc::new(sessions)).on_prepare_pairing(log_prepare_signal);
     let subnets = LocalSubnets::detect().map_err(ServerError::Subnets)?;
-    let router = server::lan_router(endpoint, subnets);
+    let router = server::lan_router(endpoint, subnets)
+        .layer(axum::middleware::from_fn(require_ca_fingerprint));
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServerError::Bind {
@@ -137,6 +138,48 @@ fn hosted(config: &PairingServerConfig) -> Vec<Hosted> {
             }
         })
         .collect()
+}
+
+/// Refuse a `postConnectionDetails` without the CEM's CA fingerprint.
+///
+/// The CEM that posts its details becomes the communication server, and S2 Connect makes
+/// `certificateFingerprint` mandatory then: without it the gateway could never
+/// authenticate the CEM it later dials. s2-kit accepts the details without it and the
+/// store could only drop the pairing after `finalizePairing` had told the CEM it
+/// succeeded; refusing here keeps both sides unpaired instead.
+async fn require_ca_fingerprint(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    if request.uri().path() != "/v1/postConnectionDetails" {
+        return next.run(request).await;
+    }
+    let (parts, body) = request.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, server::MAX_BODY_BYTES).await else {
+        return axum::http::StatusCode::PAYLOAD_TOO_LARGE.into_response();
+    };
+    if let Ok(post) = serde_json::from_slice::<serde_json::Value>(&bytes) {
+        let fingerprint = post
+            .pointer("/connectionDetails/certificateFingerprint/SHA256")
+            .and_then(serde_json::Value::as_str);
+        if fingerprint.is_none() {
+            warn!(
+                "pairing refused: the CEM's connection details carry no SHA256 certificateFingerprint, which S2 Connect requires of a communication server"
+            );
+            let refused = serde_json::json!({
+                "errorMessage": "ParsingError",
+                "additionalInfo": "connectionDetails.certificateFingerprint.SHA256 is required: the CEM is the communication server",
+            });
+            return (axum::http::StatusCode::BAD_REQUEST, axum::Json(refused)).into_response();
+        }
+    }
+    // Anything else (including a body that is not JSON) is s2-kit's to answer.
+    next.run(axum::extract::Request::from_parts(
+        parts,
+        axum::body::Body::from(bytes),
+    ))
+    .await
 }
 
 /// `preparePairing` is a hint that someone is about to type a code; the code itself is

@@ -64,8 +64,16 @@ async fn gateway() -> Gateway {
 /// The CEM pairs as a client with `code`, offering its own connection details, and
 /// keeps the pairing in its store the way a CEM product would.
 async fn cem_pairs(cem: &Cem, gateway: &Gateway, code: &str) -> Result<(), ClientError> {
+    cem_pairs_offering(cem, gateway, code, cem.details()).await
+}
+
+async fn cem_pairs_offering(
+    cem: &Cem,
+    gateway: &Gateway,
+    code: &str,
+    details: s2_kit::connect::proto::ConnectionDetails,
+) -> Result<(), ClientError> {
     let code = PairingCode::parse(code, TokenKind::Dynamic).unwrap();
-    let details = cem.details();
     let paired = Pairing::lan(
         &gateway.url(),
         cem.node.clone(),
@@ -227,4 +235,24 @@ async fn the_lan_listing_shows_every_hosted_node_with_its_stable_id() {
     assert_eq!(nodes[0].id, node_id);
     assert_eq!(nodes[0].brand, "Victron");
     assert_eq!(nodes[0].model_name, "MultiPlus-II");
+}
+
+#[tokio::test]
+async fn connection_details_without_the_cas_fingerprint_are_refused_before_anything_is_stored() {
+    let gateway = gateway().await;
+    let cem = cem().await;
+    let issued = gateway.codes().issue(Duration::from_secs(60)).unwrap();
+    let mut details = cem.details();
+    details.certificate_fingerprint.clear();
+    let err = cem_pairs_offering(&cem, &gateway, &issued.code, details)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("certificateFingerprint.SHA256 is required"),
+        "{err}"
+    );
+    let file = PairingFile::new(gateway.state.path(), "battery1");
+    assert!(file.load().unwrap().is_empty());
+    assert!(gateway.codes().path().exists(), "the code was not used up");
 }
