@@ -134,6 +134,7 @@ async fn gateway_server() -> GatewayServer {
             state_dir: state.path().to_path_buf(),
             name: "s2gw".into(),
             nodes: vec![battery()],
+            paired: Default::default(),
         },
         shutdown.clone(),
     )

@@ -62,6 +62,8 @@ pub struct Gateway {
 struct Transports<'a> {
     server: Option<&'a mut s2gw_ws::Server>,
     mqtt: Option<&'a mut MqttRuntime>,
+    /// Pairings the gateway's pairing server makes, for the s2connect links to dial at.
+    paired: &'a s2gw_s2connect::PairedEvents,
 }
 
 impl Gateway {
@@ -72,6 +74,7 @@ impl Gateway {
         refuse_unsupported(config)?;
         let counters = Arc::new(Counters::default());
         let mut bus = Bus::new();
+        let paired = s2gw_s2connect::PairedEvents::default();
         bus.add_tap(counters.clone());
         let traffic = Arc::new(crate::web::traffic::Traffic::default());
         if config.web.is_some() {
@@ -125,6 +128,7 @@ impl Gateway {
             let mut via = Transports {
                 server: server.as_mut(),
                 mqtt: mqtt.as_mut(),
+                paired: &paired,
             };
             attach_cem(
                 config, link, resource, cem_side, &mut via, &shutdown, &mut tasks,
@@ -139,6 +143,7 @@ impl Gateway {
             let mut via = Transports {
                 server: server.as_mut(),
                 mqtt: mqtt.as_mut(),
+                paired: &paired,
             };
             attach_native(native, resource, rm_side, &mut via)?;
             let link = link_for(config, &native.cem)?;
@@ -158,7 +163,7 @@ impl Gateway {
             );
             mqtt.start_bridge(Arc::new(data));
         }
-        let pairing_addr = s2connect::start(config, &shutdown, &mut tasks).await?;
+        let pairing_addr = s2connect::start(config, paired, &shutdown, &mut tasks).await?;
         let web_addr = match &config.web {
             Some(section) => {
                 let data = web_data(config, handles, counters.clone(), traffic, mqtt.as_ref());
@@ -413,7 +418,8 @@ fn attach_cem(
         CemTransport::S2Connect => {
             // The device's config id names its state files: stable, and what `s2gw pair`
             // takes.
-            let initiator = s2gw_s2connect::Initiator::new(&config.gateway.state_dir, resource.id);
+            let initiator = s2gw_s2connect::Initiator::new(&config.gateway.state_dir, resource.id)
+                .with_paired_events(via.paired.clone());
             let client = s2gw_ws::ClientConfig {
                 source: Some(std::sync::Arc::new(initiator)),
                 ..link_timing(config, link)

@@ -67,6 +67,7 @@ pub fn pairable(config: &Config) -> Vec<Node> {
 /// Start the pairing server `[s2connect]` asks for; its address, or `None` without one.
 pub async fn start(
     config: &Config,
+    paired: s2gw_s2connect::PairedEvents,
     shutdown: &CancellationToken,
     tasks: &mut Vec<JoinHandle<()>>,
 ) -> anyhow::Result<Option<std::net::SocketAddr>> {
@@ -80,6 +81,7 @@ pub async fn start(
             state_dir: config.gateway.state_dir.clone(),
             name: config.gateway.name.clone(),
             nodes: pairable(config).into_iter().map(|n| n.spec).collect(),
+            paired,
         },
         shutdown.clone(),
     )

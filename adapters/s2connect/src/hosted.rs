@@ -22,6 +22,7 @@ use s2gw_core::s2::connect::{
 use tracing::{error, info, warn};
 
 use crate::codes::PairingCodes;
+use crate::events::PairedEvents;
 use crate::store::{PairingFile, StoredPairing, StoredTls};
 
 /// One resource the endpoint hosts.
@@ -37,13 +38,15 @@ pub(crate) struct Hosted {
 pub(crate) struct StateStore {
     state_dir: PathBuf,
     nodes: Vec<Hosted>,
+    paired: PairedEvents,
 }
 
 impl StateStore {
-    pub(crate) fn new(state_dir: &Path, nodes: Vec<Hosted>) -> Self {
+    pub(crate) fn new(state_dir: &Path, nodes: Vec<Hosted>, paired: PairedEvents) -> Self {
         Self {
             state_dir: state_dir.to_path_buf(),
             nodes,
+            paired,
         }
     }
 
@@ -134,13 +137,16 @@ impl Store for StateStore {
         // S2C §Pairing process: "A RM can only be paired with one CEM at a time", so the
         // new pairing replaces whatever the device had (the old CEM refuses us later).
         match file.replace_all(paired.local, stored) {
-            Ok(()) => info!(
+            Ok(()) => {
+                info!(
                 device = %hosted.device,
                 cem = %paired.remote.id,
                 brand = %paired.remote.brand,
                 model = %paired.remote.model_name,
                 "paired (the CEM paired with the gateway's server)"
-            ),
+                );
+                self.paired.announce(&hosted.device);
+            }
             Err(e) => {
                 error!(device = %hosted.device, error = %e, "a pairing the CEM completed was not stored")
             }

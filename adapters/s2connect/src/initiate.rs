@@ -7,6 +7,7 @@ use s2gw_core::s2::connect::{NodeId, Session, Timestamp, TlsClient};
 use s2gw_ws::{DialSource, DialTarget};
 use tracing::info;
 
+use crate::events::PairedEvents;
 use crate::node::NodeStore;
 use crate::store::{PairingFile, StoreError};
 
@@ -21,6 +22,7 @@ pub struct Initiator {
     device: String,
     nodes: NodeStore,
     file: PairingFile,
+    paired: Option<PairedEvents>,
 }
 
 impl Initiator {
@@ -33,7 +35,15 @@ impl Initiator {
             device: device.to_string(),
             nodes: NodeStore::new(state_dir),
             file: PairingFile::new(state_dir, device),
+            paired: None,
         }
+    }
+
+    /// Dial at once when the gateway's pairing server pairs this device (instead of at
+    /// the link's next back-off).
+    pub fn with_paired_events(mut self, paired: PairedEvents) -> Self {
+        self.paired = Some(paired);
+        self
     }
 
     /// This resource's node id (minted and kept the first time).
@@ -109,5 +119,12 @@ impl Initiator {
 impl DialSource for Initiator {
     async fn next_dial(&self) -> Result<DialTarget, String> {
         self.initiate().await
+    }
+
+    async fn changed(&self) {
+        match &self.paired {
+            Some(paired) => paired.wait_for(&self.device).await,
+            None => std::future::pending().await,
+        }
     }
 }

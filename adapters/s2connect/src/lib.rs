@@ -20,7 +20,7 @@
 //! # Layout
 //! `node.rs` node ids and descriptions; `store.rs` the pairing file; `pair.rs` and
 //! `initiate.rs` the RM as pairing and session client; `trust.rs` the CEM certificate
-//! after pairing; `codes.rs`, `identity.rs`, `hosted.rs` (s2-kit's server store over the
+//! after pairing; `codes.rs`, `identity.rs`, `events.rs`, `hosted.rs` (s2-kit's server store over the
 //! state directory) and `server.rs` the RM as pairing server.
 //!
 //! The daemon and the commands meet only in the state directory: a pairing made or
@@ -29,6 +29,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 mod codes;
+mod events;
 mod hosted;
 mod identity;
 mod initiate;
@@ -39,6 +40,7 @@ mod store;
 mod trust;
 
 pub use codes::{DEFAULT_CODE_VALIDITY, IssuedCode, PairingCodes, aliases};
+pub use events::PairedEvents;
 pub use identity::{Identity, IdentitySource};
 pub use initiate::Initiator;
 pub use node::{NodeSpec, NodeStore};

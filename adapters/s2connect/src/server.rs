@@ -20,6 +20,7 @@ use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
 use crate::codes::aliases;
+use crate::events::PairedEvents;
 use crate::hosted::{Hosted, StateStore};
 use crate::identity::{Identity, IdentitySource};
 use crate::node::{NodeSpec, NodeStore};
@@ -38,6 +39,8 @@ pub struct PairingServerConfig {
     pub name: String,
     /// The resources it hosts, in config order (their aliases follow it).
     pub nodes: Vec<NodeSpec>,
+    /// Where it announces each pairing it stores.
+    pub paired: PairedEvents,
 }
 
 /// Why the pairing server did not start.
@@ -80,7 +83,11 @@ pub async fn start_pairing_server(
 ) -> Result<RunningPairingServer, ServerError> {
     let identity = Identity::load(&config.state_dir, &config.identity)?;
     let tls = identity.server_config().map_err(ServerError::Tls)?;
-    let store = Arc::new(StateStore::new(&config.state_dir, hosted(&config)));
+    let store = Arc::new(StateStore::new(
+        &config.state_dir,
+        hosted(&config),
+        config.paired.clone(),
+    ));
     let endpoint = EndpointDescription {
         name: Some(config.name.clone()),
         logo_url: None,

@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Cem, accepted, battery, cem, link};
@@ -17,9 +18,10 @@ use s2_kit::connect::server::{PairedNode, Store as _};
 use s2_kit::types::Timestamp;
 use s2gw_core::CancellationToken;
 use s2gw_s2connect::{
-    IdentitySource, Initiator, NodeStore, PairingCodes, PairingFile, PairingServerConfig,
-    RunningPairingServer, start_pairing_server,
+    IdentitySource, Initiator, NodeStore, PairedEvents, PairingCodes, PairingFile,
+    PairingServerConfig, RunningPairingServer, start_pairing_server,
 };
+use s2gw_ws::{ClientConfig, DialSource, DialTarget, spawn_client};
 
 struct Gateway {
     state: tempfile::TempDir,
@@ -49,6 +51,7 @@ async fn gateway() -> Gateway {
             state_dir: state.path().to_path_buf(),
             name: "garage gateway".into(),
             nodes: vec![battery()],
+            paired: Default::default(),
         },
         shutdown.clone(),
     )
@@ -255,4 +258,84 @@ async fn connection_details_without_the_cas_fingerprint_are_refused_before_anyth
     let file = PairingFile::new(gateway.state.path(), "battery1");
     assert!(file.load().unwrap().is_empty());
     assert!(gateway.codes().path().exists(), "the code was not used up");
+}
+
+/// The initiator, reporting each dial's outcome.
+#[derive(Debug)]
+struct Watched {
+    inner: Initiator,
+    outcomes: tokio::sync::mpsc::UnboundedSender<Result<(), String>>,
+}
+
+#[async_trait::async_trait]
+impl DialSource for Watched {
+    async fn next_dial(&self) -> Result<DialTarget, String> {
+        let result = self.inner.next_dial().await;
+        let _ = self
+            .outcomes
+            .send(result.as_ref().map(|_| ()).map_err(Clone::clone));
+        result
+    }
+
+    async fn changed(&self) {
+        self.inner.changed().await;
+    }
+}
+
+#[tokio::test]
+async fn a_pairing_made_by_the_gateways_server_is_dialled_at_once_not_at_the_next_backoff() {
+    let paired = PairedEvents::default();
+    let state = tempfile::tempdir().unwrap();
+    let shutdown = CancellationToken::new();
+    let server = start_pairing_server(
+        PairingServerConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            identity: IdentitySource::SelfSigned {
+                names: vec!["localhost".into()],
+            },
+            state_dir: state.path().to_path_buf(),
+            name: "garage gateway".into(),
+            nodes: vec![battery()],
+            paired: paired.clone(),
+        },
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    let gateway = Gateway {
+        state,
+        server,
+        _shutdown: shutdown,
+    };
+    let mut cem = cem().await;
+
+    // The link dials before there is a pairing, fails, and would wait a minute.
+    let (outcomes, mut dialled) = tokio::sync::mpsc::unbounded_channel();
+    let source = Watched {
+        inner: Initiator::new(gateway.state.path(), "battery1").with_paired_events(paired),
+        outcomes,
+    };
+    let (endpoint, peer) = s2gw_core::Endpoint::pair(64);
+    let link_shutdown = CancellationToken::new();
+    let config = ClientConfig {
+        source: Some(Arc::new(source)),
+        backoff: (Duration::from_secs(60), Duration::from_secs(60)),
+        ..ClientConfig::default()
+    };
+    spawn_client(config, "r1".into(), endpoint, link_shutdown.clone());
+    peer.tx.send(s2gw_core::BusEvent::Up).await.unwrap();
+    let first = dialled.recv().await.unwrap();
+    assert!(first.unwrap_err().contains("not paired"));
+
+    let issued = gateway.codes().issue(Duration::from_secs(60)).unwrap();
+    cem_pairs(&cem, &gateway, &issued.code).await.unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(10), dialled.recv())
+        .await
+        .expect("the link waited for its back-off");
+    assert_eq!(next.unwrap(), Ok(()));
+    let node_id = NodeStore::new(gateway.state.path())
+        .node_id("battery1")
+        .unwrap();
+    assert_eq!(accepted(&mut cem).await, node_id);
+    link_shutdown.cancel();
 }

@@ -166,9 +166,22 @@ impl Link {
     /// Wait for `delay`, still minding the bus.
     async fn idle_for(&mut self, delay: Duration) -> Idle {
         let deadline = Instant::now() + delay;
+        let source = self.config.source.clone();
+        let changed = async {
+            match &source {
+                Some(source) => source.changed().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(changed);
         loop {
             tokio::select! {
                 () = tokio::time::sleep_until(deadline) => return Idle::Continue,
+                () = &mut changed => {
+                    info!(label = %self.state.label(), "new dial details (a pairing was made): dialling now");
+                    self.backoff.reset();
+                    return Idle::Continue;
+                }
                 idle = self.next_idle_event() => match idle {
                     Idle::Continue => {}
                     other => return other,

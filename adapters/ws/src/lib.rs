@@ -122,6 +122,13 @@ pub struct ClientConfig {
 pub trait DialSource: Send + Sync + std::fmt::Debug {
     /// The URL, bearer and TLS configuration of the next connection.
     async fn next_dial(&self) -> Result<DialTarget, String>;
+
+    /// Resolves when the source has something new to dial with (a pairing was just
+    /// made): a back-off pause in progress is cut short and the link dials at once.
+    /// The default never resolves.
+    async fn changed(&self) {
+        std::future::pending::<()>().await;
+    }
 }
 
 /// One connection's worth of [`DialSource`] answer.
