@@ -13,7 +13,7 @@ use std::process::{Command, Output};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::Daemon;
+use common::{Broker, Daemon, MqttPeer};
 use s2_kit::connect::client::Pairing;
 use s2_kit::connect::proto::{
     AccessToken, ConnectionDetails, Deployment, EndpointDescription, NodeDescription, NodeId,
@@ -362,4 +362,108 @@ async fn cem_pairs_with_the_daemon() {
     let (node, again) = cem.next_described().await;
     assert_eq!((node, again.as_str()), (node_id, resource.as_str()));
     unpair_then_refused(&mut daemon, &cem, file, &resource).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn home_assistants_start_pairing_button_shows_a_code_the_cem_pairs_with_then_withdraws_it() {
+    tokio::time::timeout(Duration::from_secs(150), pairing_from_home_assistant())
+        .await
+        .expect("pairing from Home Assistant took too long");
+}
+
+async fn pairing_from_home_assistant() {
+    let broker = Broker::start().await;
+    let mut cem = cem().await;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let base = "s2gw-pair";
+    let config = format!(
+        "{}\n{}\n[s2connect]\nlisten = \"127.0.0.1:0\"\nnames = [\"localhost\"]\n",
+        config(&state),
+        broker.mqtt_section(base)
+    );
+    let pairing_topic = format!("{base}/battery/pairing");
+    let state_topic = format!("{base}/battery");
+    let mut ha = MqttPeer::connect(
+        &broker,
+        "ha",
+        &[
+            "homeassistant/device/+/config",
+            &pairing_topic,
+            &state_topic,
+        ],
+        None,
+    )
+    .await;
+    let mut daemon = Daemon::start(&config);
+    let line = daemon
+        .wait_log(
+            "the pairing server",
+            |l| l.contains("pairing server listening"),
+            SOON,
+        )
+        .await;
+    let port = line
+        .split("127.0.0.1:")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .unwrap();
+
+    // Discovery offers the button and the sensor; the button's press asks for a code.
+    let discovery = ha
+        .messages
+        .wait_for(
+            "the battery's discovery with a Start pairing button",
+            |m| {
+                m.topic.starts_with("homeassistant/device/")
+                    && !m.json()["cmps"]["start_pairing"].is_null()
+            },
+            SOON,
+        )
+        .await
+        .json();
+    let button = &discovery["cmps"]["start_pairing"];
+    assert_eq!(
+        discovery["cmps"]["pairing_code"]["state_topic"],
+        pairing_topic.as_str()
+    );
+    ha.publish(
+        button["command_topic"].as_str().unwrap(),
+        button["payload_press"].as_str().unwrap(),
+        false,
+    )
+    .await;
+    let shown = ha
+        .wait_json("a pairing code", &pairing_topic, |v| v["code"].is_string())
+        .await;
+    assert!(!shown.retained, "the code is never retained");
+    let code = shown.json()["code"].as_str().unwrap().to_string();
+    assert!(code.starts_with("battery-"), "{code}");
+
+    // The CEM pairs with it; the code is withdrawn and the session comes up.
+    cem.pair_with(&format!("https://localhost:{port}/v1/"), &code)
+        .await;
+    ha.wait_json("the code withdrawn", &pairing_topic, |v| {
+        v["code"].is_null()
+    })
+    .await;
+    let node_id = std::fs::read_to_string(state.join("s2connect/battery.node-id")).unwrap();
+    let (node, _) = cem.next_described().await;
+    assert_eq!(node, NodeId::parse(node_id.trim()).unwrap());
+
+    let token = code.split_once('-').unwrap().1.to_string();
+    while let Some(message) = ha.messages.try_next() {
+        if message.topic != pairing_topic {
+            assert!(
+                !message.text.contains(&token),
+                "the code only on its own topic: {}",
+                message.topic
+            );
+        }
+    }
+    assert!(
+        !daemon.logs().iter().any(|l| l.contains(&token)),
+        "no pairing code in the log"
+    );
+    daemon.assert_running();
 }

@@ -7,10 +7,10 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use s2gw_s2connect::{NodeStore, PairTarget, PairingCodes, PairingFile};
+use s2gw_s2connect::{NodeStore, PairTarget, PairingFile};
 
 use crate::config::{self, Config};
-use crate::gateway::s2connect::{Node, nodes, pairable};
+use crate::gateway::s2connect::{Node, nodes, pairing_codes};
 
 use super::init_tracing;
 
@@ -103,8 +103,7 @@ pub fn pairing_code(path: &Path, device: &str) -> anyhow::Result<ExitCode> {
             path.display()
         );
     };
-    let pairable = pairable(&config);
-    let Some(index) = pairable.iter().position(|n| n.spec.device == device) else {
+    let Some(codes) = pairing_codes(&config).remove(device) else {
         match nodes(&config).iter().find(|n| n.spec.device == device) {
             Some(node) => anyhow::bail!(
                 "{device} is on CEM link `{}`, which is not transport \"s2connect\"",
@@ -113,9 +112,6 @@ pub fn pairing_code(path: &Path, device: &str) -> anyhow::Result<ExitCode> {
             None => anyhow::bail!("no device or native RM `{device}` in {}", path.display()),
         }
     };
-    let aliases = s2gw_s2connect::aliases(pairable.iter().map(|n| n.spec.device.as_str()));
-    let alias = aliases.get(index).map_or("node", String::as_str);
-    let codes = PairingCodes::new(&config.gateway.state_dir, device, alias);
     let issued = codes.issue(section.code_validity)?;
     println!("{}", issued.code);
     eprintln!(

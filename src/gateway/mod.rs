@@ -100,6 +100,9 @@ impl Gateway {
             Some(section) => Some(MqttRuntime::start(section, config)?),
             None => None,
         };
+        if let Some(mqtt) = mqtt.as_mut() {
+            mqtt.withdraw_codes_when_paired(&paired);
+        }
 
         let mut tasks = Vec::new();
         check_ble(config, &shutdown, &mut tasks);

@@ -15,6 +15,7 @@
 //! stopped: MQTT devices need it to send their fail-safe releases, and S2-over-MQTT links
 //! to say their sessions are over, before the client says goodbye.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,6 +37,9 @@ pub struct MqttRuntime {
     state_heartbeat: Duration,
     token: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
+    /// The devices a CEM can pair with through `[s2connect]`: they get a "Start pairing"
+    /// button.
+    pairable: BTreeSet<String>,
 }
 
 /// What the mirror says about a device besides its view: who it is, for people.
@@ -47,6 +51,7 @@ struct Identity {
     model: Option<String>,
     reports_energy: bool,
     controllable: bool,
+    pairable: bool,
 }
 
 impl MqttRuntime {
@@ -64,6 +69,7 @@ impl MqttRuntime {
             &config.gateway.name,
             web_ui_url(config),
         );
+        let pairable = pairing_issuer(config, &mirror);
         Ok(Self {
             handle,
             mirror,
@@ -71,6 +77,7 @@ impl MqttRuntime {
             state_heartbeat: section.state_heartbeat,
             token,
             tasks: vec![client, mirror_task],
+            pairable,
         })
     }
 
@@ -93,6 +100,7 @@ impl MqttRuntime {
                 .control_types
                 .iter()
                 .any(|c| *c != ControlType::NotControllable),
+            pairable: self.pairable.contains(&device.id),
         };
         let pacing = Pacing {
             interval: self.state_interval,
@@ -105,6 +113,26 @@ impl MqttRuntime {
             pacing,
             self.token.clone(),
         )));
+    }
+
+    /// Withdraw the pairing code a device shows once the pairing server paired it.
+    pub fn withdraw_codes_when_paired(&mut self, paired: &s2gw_s2connect::PairedEvents) {
+        let mut rx = paired.subscribe();
+        let mirror = self.mirror.clone();
+        let token = self.token.clone();
+        self.tasks.push(tokio::spawn(async move {
+            loop {
+                let device = tokio::select! {
+                    () = token.cancelled() => return,
+                    next = rx.recv() => match next {
+                        Ok(device) => device,
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                        Err(_) => return,
+                    },
+                };
+                mirror.withdraw_pairing_code(&device).await;
+            }
+        }));
     }
 
     /// Keep a task that lives as long as the client (a native RM on MQTT).
@@ -169,6 +197,24 @@ async fn feed(
     }
 }
 
+/// Let the "Start pairing" buttons issue codes (with `[s2connect]`); the pairable devices.
+fn pairing_issuer(config: &Config, mirror: &StateMirror) -> BTreeSet<String> {
+    let codes = crate::gateway::s2connect::pairing_codes(config);
+    let Some(section) = &config.s2connect else {
+        return BTreeSet::new();
+    };
+    let pairable = codes.keys().cloned().collect();
+    let validity = section.code_validity;
+    mirror.set_pairing_issuer(Arc::new(move |device: &str| {
+        let codes = codes
+            .get(device)
+            .ok_or_else(|| format!("{device} is not on an s2connect CEM link"))?;
+        let issued = codes.issue(validity).map_err(|e| e.to_string())?;
+        Ok((issued.code, validity))
+    }));
+    pairable
+}
+
 /// The mirror's state of a device from its virtual RM's view. Values of a device that
 /// cannot be read are unknown (`None`), never the last ones seen.
 fn device_state(identity: &Identity, view: &RmView) -> DeviceState {
@@ -177,6 +223,7 @@ fn device_state(identity: &Identity, view: &RmView) -> DeviceState {
     state.model = identity.model.clone();
     state.reports_energy = identity.reports_energy;
     state.controllable = identity.controllable;
+    state.pairable = identity.pairable;
     let fresh = view
         .readings
         .as_ref()
@@ -266,6 +313,7 @@ mod tests {
             model: None,
             reports_energy: true,
             controllable: true,
+            pairable: false,
         }
     }
 

@@ -1,7 +1,9 @@
 //! S2 Connect: which resources are nodes, and the pairing server with `[s2connect]`.
 
 use s2gw_core::CancellationToken;
-use s2gw_s2connect::{NodeSpec, PairingServerConfig};
+use std::collections::BTreeMap;
+
+use s2gw_s2connect::{NodeSpec, PairingCodes, PairingServerConfig};
 use tokio::task::JoinHandle;
 
 use crate::config::{self, CemTransport, Config};
@@ -62,6 +64,24 @@ pub fn nodes(config: &Config) -> Vec<Node> {
 /// (their pairing-code aliases follow it).
 pub fn pairable(config: &Config) -> Vec<Node> {
     nodes(config).into_iter().filter(|n| n.s2connect).collect()
+}
+
+/// The pairing-code file of every pairable resource, by device id, with `[s2connect]`
+/// (none without). The aliases follow the config order, as the server's do.
+pub fn pairing_codes(config: &Config) -> BTreeMap<String, PairingCodes> {
+    if config.s2connect.is_none() {
+        return BTreeMap::new();
+    }
+    let nodes = pairable(config);
+    let aliases = s2gw_s2connect::aliases(nodes.iter().map(|n| n.spec.device.as_str()));
+    nodes
+        .into_iter()
+        .zip(aliases)
+        .map(|(node, alias)| {
+            let codes = PairingCodes::new(&config.gateway.state_dir, &node.spec.device, &alias);
+            (node.spec.device, codes)
+        })
+        .collect()
 }
 
 /// Start the pairing server `[s2connect]` asks for; its address, or `None` without one.

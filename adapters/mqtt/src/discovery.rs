@@ -211,6 +211,38 @@ fn switch(ids: &DiscoveryIds) -> Value {
     })
 }
 
+/// "Start pairing" (a button, `config`) and the code it shows ("Pairing code", a
+/// diagnostic sensor on a topic of its own that is never retained: the code is a secret
+/// while it is valid, and shown only to whoever pressed the button).
+fn pairing(ids: &DiscoveryIds, cmps: &mut Map<String, Value>) {
+    cmps.insert(
+        "start_pairing".into(),
+        json!({
+            "p": "button",
+            "unique_id": format!("{}_start_pairing", ids.object_id),
+            "name": "Start pairing",
+            "icon": "mdi:link-variant",
+            "entity_category": "config",
+            "command_topic": format!("{}/set", ids.state_topic),
+            "payload_press": r#"{"pairing":"START"}"#,
+            "qos": QOS,
+        }),
+    );
+    cmps.insert(
+        "pairing_code".into(),
+        json!({
+            "p": "sensor",
+            "unique_id": format!("{}_pairing_code", ids.object_id),
+            "name": "Pairing code",
+            "icon": "mdi:key-variant",
+            "entity_category": "diagnostic",
+            "state_topic": format!("{}/pairing", ids.state_topic),
+            "value_template": "{{ value_json.code if value_json.code else 'none' }}",
+            "qos": QOS,
+        }),
+    );
+}
+
 fn origin() -> Value {
     json!({ "name": "s2gw", "sw": env!("CARGO_PKG_VERSION") })
 }
@@ -223,6 +255,9 @@ pub(crate) fn device_json(ids: &DiscoveryIds, state: &DeviceState) -> Value {
     // Only where a CEM can control something: on a meter the switch would do nothing.
     if state.controllable {
         cmps.insert("cem_control".into(), switch(ids));
+    }
+    if state.pairable {
+        pairing(ids, &mut cmps);
     }
     let mut dev = json!({
         "ids": [ids.object_id],
@@ -396,10 +431,30 @@ mod tests {
     }
 
     #[test]
+    fn only_a_pairable_device_has_the_pairing_button_and_code_sensor() {
+        let mut state = DeviceState::new("b", "B", DeviceKind::Battery);
+        let before = device_json(&ids(), &state);
+        assert!(before["cmps"]["start_pairing"].is_null());
+        assert!(before["cmps"]["pairing_code"].is_null());
+        state.pairable = true;
+        let after = device_json(&ids(), &state);
+        let button = &after["cmps"]["start_pairing"];
+        assert_eq!(button["p"], "button");
+        assert_eq!(button["payload_press"], r#"{"pairing":"START"}"#);
+        let code = &after["cmps"]["pairing_code"];
+        assert_eq!(code["entity_category"], "diagnostic");
+        assert!(
+            code["state_topic"].as_str().unwrap().ends_with("/pairing"),
+            "a topic of its own, never the retained state: {code}"
+        );
+    }
+
+    #[test]
     fn every_component_has_its_own_qos() {
         let mut state = DeviceState::new("b", "B", DeviceKind::Battery);
         state.controllable = true;
         state.reports_energy = true;
+        state.pairable = true;
         let d = device_json(&ids(), &state);
         for (key, c) in d["cmps"].as_object().unwrap() {
             assert_eq!(c["qos"], 1, "{key}");

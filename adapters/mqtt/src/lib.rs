@@ -45,7 +45,7 @@ pub use bridge::{BridgeData, spawn_bridge};
 pub use client::{Inbound, LinkStatus, Mqtt, MqttHandle, Subscription};
 pub use config::{MqttConfig, Protocol, TlsConfig};
 pub use device::{CommandMap, CurrentMap, ModeMap, MqttDevice, MqttDeviceConfig, ReadingMap};
-pub use mirror::{DeviceState, StateMirror};
+pub use mirror::{DeviceState, PairingIssuer, StateMirror};
 pub use pace::{
     ENERGY_DEADBAND_WH, POWER_DEADBAND_RATIO, POWER_DEADBAND_W, SOC_DEADBAND, StatePacer,
 };

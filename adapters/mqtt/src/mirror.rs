@@ -64,6 +64,10 @@ pub struct DeviceState {
     /// NOT_CONTROLABLE), from its configuration: only then is there a "CEM control
     /// allowed" switch.
     pub controllable: bool,
+    /// Whether a CEM can pair with it through the gateway's S2 Connect pairing server,
+    /// from the configuration: only then are there a "Start pairing" button and a
+    /// "Pairing code" sensor.
+    pub pairable: bool,
 }
 
 impl DeviceState {
@@ -85,6 +89,7 @@ impl DeviceState {
             updated: SystemTime::now(),
             reports_energy: false,
             controllable: false,
+            pairable: false,
         }
     }
 }
@@ -141,6 +146,20 @@ struct Inner {
     devices: BTreeMap<String, Entry>,
     /// Commands dropped (malformed, retained, for no device): logged, then counted.
     dropped: LogThrottle,
+    /// Issues a pairing code for a device, with the daemon's S2 Connect pairing server.
+    pairing: Option<PairingIssuer>,
+}
+
+/// Issues a device's pairing code: `(code, how long it is valid)`, or why not.
+pub type PairingIssuer = Arc<dyn Fn(&str) -> Result<(String, Duration), String> + Send + Sync>;
+
+/// A command on `<base>/<device>/set`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Command {
+    /// `{"cem_control":"ON"|"OFF"}`.
+    Control(bool),
+    /// `{"pairing":"START"}`: show a pairing code on `<base>/<device>/pairing`.
+    StartPairing,
 }
 
 /// The state mirror; cheap to clone.
@@ -202,6 +221,7 @@ impl StateMirror {
             inner: Arc::new(Mutex::new(Inner {
                 devices,
                 dropped: LogThrottle::default(),
+                pairing: None,
             })),
             gateway_name: Arc::from(gateway_name),
             web_ui: web_ui.map(Arc::from),
@@ -220,6 +240,52 @@ impl StateMirror {
             .or_insert_with(Entry::new)
             .control
             .subscribe()
+    }
+
+    /// Answer "Start pairing" presses with codes from `issuer`.
+    pub fn set_pairing_issuer(&self, issuer: PairingIssuer) {
+        lock(&self.inner).pairing = Some(issuer);
+    }
+
+    /// Publish (not retained: it is a secret) the pairing code a device shows, and
+    /// withdraw it when it expires.
+    async fn show_pairing_code(&self, device_id: &str) {
+        let issuer = lock(&self.inner).pairing.clone();
+        let Some(issuer) = issuer else {
+            warn!(device = %device_id, "pairing requested, but the gateway runs no S2 Connect pairing server ([s2connect])");
+            return;
+        };
+        let (code, valid) = match issuer(device_id) {
+            Ok(issued) => issued,
+            Err(error) => {
+                warn!(device = %device_id, %error, "no pairing code");
+                return;
+            }
+        };
+        info!(device = %device_id, valid_s = valid.as_secs(), "pairing code shown on MQTT");
+        let topic = self.handle.topic(&format!("{device_id}/pairing"));
+        let shown = json!({ "code": code, "valid_s": valid.as_secs() }).to_string();
+        if self.handle.publish(topic, shown).await.is_err() {
+            return;
+        }
+        let mirror = self.clone();
+        let device = device_id.to_string();
+        tokio::spawn(async move {
+            let shutdown = mirror.handle.shutdown_token();
+            tokio::select! {
+                () = shutdown.cancelled() => {}
+                () = tokio::time::sleep(valid) => mirror.withdraw_pairing_code(&device).await,
+            }
+        });
+    }
+
+    /// Clear the pairing code a device shows (it was used, or it expired).
+    pub async fn withdraw_pairing_code(&self, device_id: &str) {
+        let topic = self.handle.topic(&format!("{device_id}/pairing"));
+        let cleared = json!({ "code": null }).to_string();
+        if self.handle.publish(topic, cleared).await.is_err() {
+            debug!(device = %device_id, "the client stopped: pairing code not withdrawn");
+        }
     }
 
     /// Show the mirror a state it need not publish (within the deadbands): its power
@@ -423,10 +489,10 @@ impl StateMirror {
             return;
         };
         let now = std::time::Instant::now();
-        let Some(allowed) = parse_control(&message.payload) else {
+        let Some(command) = parse_command(&message.payload) else {
             let bytes = message.payload.len();
             lock(&self.inner).dropped.warn("malformed command", now, || {
-                warn!(device = %device_id, bytes, "command is not {{\"cem_control\":\"ON\"|\"OFF\"}}: ignored");
+                warn!(device = %device_id, bytes, "command is not {{\"cem_control\":\"ON\"|\"OFF\"}} or {{\"pairing\":\"START\"}}: ignored");
             });
             return;
         };
@@ -436,13 +502,22 @@ impl StateMirror {
             });
             return;
         }
+        let known = lock(&self.inner).devices.contains_key(device_id);
+        let allowed = match command {
+            _ if !known => {
+                lock(&self.inner)
+                    .dropped
+                    .warn("command for an unknown device", now, || {
+                        warn!(device = %device_id, "command for an unknown device: ignored");
+                    });
+                return;
+            }
+            Command::StartPairing => return self.show_pairing_code(device_id).await,
+            Command::Control(allowed) => allowed,
+        };
         let last = {
             let mut inner = lock(&self.inner);
-            let Inner { devices, dropped } = &mut *inner;
-            let Some(entry) = devices.get_mut(device_id) else {
-                dropped.warn("command for an unknown device", now, || {
-                    warn!(device = %device_id, "command for an unknown device: ignored");
-                });
+            let Some(entry) = inner.devices.get_mut(device_id) else {
                 return;
             };
             entry.commanded = true;
@@ -587,12 +662,18 @@ fn is_own_discovery(payload: &[u8], object_id: &str) -> bool {
 }
 
 /// `{"cem_control":"ON"|"OFF"}` (also `true`/`false`, any case).
-fn parse_control(payload: &[u8]) -> Option<bool> {
+fn parse_command(payload: &[u8]) -> Option<Command> {
     let value: Value = serde_json::from_slice(payload).ok()?;
+    if let Some(pairing) = value.get("pairing") {
+        return match pairing {
+            Value::String(s) if s.eq_ignore_ascii_case("start") => Some(Command::StartPairing),
+            _ => None,
+        };
+    }
     match value.get("cem_control")? {
-        Value::Bool(b) => Some(*b),
-        Value::String(s) if s.eq_ignore_ascii_case("on") => Some(true),
-        Value::String(s) if s.eq_ignore_ascii_case("off") => Some(false),
+        Value::Bool(b) => Some(Command::Control(*b)),
+        Value::String(s) if s.eq_ignore_ascii_case("on") => Some(Command::Control(true)),
+        Value::String(s) if s.eq_ignore_ascii_case("off") => Some(Command::Control(false)),
         _ => None,
     }
 }
@@ -640,13 +721,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn control_payloads() {
-        assert_eq!(parse_control(br#"{"cem_control":"OFF"}"#), Some(false));
-        assert_eq!(parse_control(br#"{"cem_control":"on"}"#), Some(true));
-        assert_eq!(parse_control(br#"{"cem_control":true}"#), Some(true));
-        assert_eq!(parse_control(br#"{"cem_control":"maybe"}"#), None);
-        assert_eq!(parse_control(b"OFF"), None);
-        assert_eq!(parse_control(&vec![b'{'; 1000]), None);
+    fn command_payloads() {
+        let control = |b: bool| Some(Command::Control(b));
+        assert_eq!(parse_command(br#"{"cem_control":"OFF"}"#), control(false));
+        assert_eq!(parse_command(br#"{"cem_control":"on"}"#), control(true));
+        assert_eq!(parse_command(br#"{"cem_control":true}"#), control(true));
+        assert_eq!(parse_command(br#"{"cem_control":"maybe"}"#), None);
+        assert_eq!(
+            parse_command(br#"{"pairing":"START"}"#),
+            Some(Command::StartPairing)
+        );
+        assert_eq!(parse_command(br#"{"pairing":"STOP"}"#), None);
+        assert_eq!(parse_command(b"OFF"), None);
+        assert_eq!(parse_command(&vec![b'{'; 1000]), None);
     }
 
     #[test]
