@@ -467,3 +467,31 @@ async fn pairing_from_home_assistant() {
     );
     daemon.assert_running();
 }
+
+#[test]
+fn check_names_the_pairing_code_route_and_warns_about_a_pairing_server_with_nothing_to_serve() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("s2gw.toml");
+    let served = format!("{}\n[s2connect]\n", config(&dir.path().join("state")));
+    std::fs::write(&file, &served).unwrap();
+    let check = s2gw(&["check", "-c", file.to_str().unwrap()]);
+    assert!(check.status.success(), "{}", text(&check));
+    assert!(
+        text(&check).contains("s2gw pairing-code battery"),
+        "{}",
+        text(&check)
+    );
+
+    let idle = served.replace(
+        "transport = \"s2connect\"",
+        "url = \"ws://127.0.0.1:9/s2/{resource_id}\"",
+    );
+    std::fs::write(&file, idle).unwrap();
+    let check = s2gw(&["check", "-c", file.to_str().unwrap()]);
+    assert!(check.status.success(), "{}", text(&check));
+    assert!(
+        text(&check).contains("[s2connect] serves no device"),
+        "{}",
+        text(&check)
+    );
+}

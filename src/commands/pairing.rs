@@ -183,13 +183,21 @@ pub async fn unpair(path: &Path, device: &str, cem: Option<&str>) -> anyhow::Res
 }
 
 /// For `s2gw check`: every resource on an s2connect link that has no pairing yet (or an
-/// unreadable pairing file). Warnings, not errors: pairing comes after the config.
+/// unreadable pairing file), and a pairing server with nothing to serve. Warnings, not
+/// errors: pairing comes after the config.
 pub fn unpaired_warnings(config: &Config) -> Vec<String> {
     let state = &config.gateway.state_dir;
-    nodes(config)
-        .iter()
-        .filter(|n| n.s2connect)
-        .filter_map(|n| match PairingFile::new(state, &n.spec.device).load() {
+    let mut warnings = Vec::new();
+    if config.s2connect.is_some() && pairing_codes(config).is_empty() {
+        warnings.push(
+            "[s2connect] serves no device: none is on a CEM link of transport \"s2connect\", \
+             so a CEM has nothing to pair with"
+                .to_string(),
+        );
+    }
+    let nodes = nodes(config);
+    let unpaired = nodes.iter().filter(|n| n.s2connect).filter_map(|n| {
+        match PairingFile::new(state, &n.spec.device).load() {
             Ok(list) if list.is_empty() => Some(format!(
                 "{} is on s2connect link `{}` but not paired yet: run `s2gw pair {} --cem <url> \
                  --code <code>`{}",
@@ -207,6 +215,8 @@ pub fn unpaired_warnings(config: &Config) -> Vec<String> {
             )),
             Ok(_) => None,
             Err(error) => Some(format!("{}: {error}", n.spec.device)),
-        })
-        .collect()
+        }
+    });
+    warnings.extend(unpaired);
+    warnings
 }
