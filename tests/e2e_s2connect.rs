@@ -173,6 +173,23 @@ fn config(state: &Path) -> String {
     )
 }
 
+/// The daemon's pairing server URL, from its log (it listens on port 0).
+async fn pairing_url(daemon: &mut Daemon) -> String {
+    let line = daemon
+        .wait_log(
+            "the pairing server",
+            |l| l.contains("pairing server listening"),
+            SOON,
+        )
+        .await;
+    let port = line
+        .split("127.0.0.1:")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .unwrap();
+    format!("https://localhost:{port}/v1/")
+}
+
 fn s2gw(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_s2gw"))
         .args(args)
@@ -313,19 +330,7 @@ async fn cem_pairs_with_the_daemon() {
     let file = file.to_str().unwrap();
 
     let mut daemon = Daemon::start(&config);
-    let line = daemon
-        .wait_log(
-            "the pairing server",
-            |l| l.contains("pairing server listening"),
-            SOON,
-        )
-        .await;
-    let port = line
-        .split("127.0.0.1:")
-        .nth(1)
-        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
-        .unwrap();
-    let url = format!("https://localhost:{port}/v1/");
+    let url = pairing_url(&mut daemon).await;
 
     // The installer asks for a code; the CEM's user types it.
     let issued = s2gw(&["pairing-code", "battery", "-c", file]);
@@ -396,18 +401,7 @@ async fn pairing_from_home_assistant() {
     )
     .await;
     let mut daemon = Daemon::start(&config);
-    let line = daemon
-        .wait_log(
-            "the pairing server",
-            |l| l.contains("pairing server listening"),
-            SOON,
-        )
-        .await;
-    let port = line
-        .split("127.0.0.1:")
-        .nth(1)
-        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
-        .unwrap();
+    let url = pairing_url(&mut daemon).await;
 
     // Discovery offers the button and the sensor; the button's press asks for a code.
     let discovery = ha
@@ -441,8 +435,7 @@ async fn pairing_from_home_assistant() {
     assert!(code.starts_with("battery-"), "{code}");
 
     // The CEM pairs with it; the code is withdrawn and the session comes up.
-    cem.pair_with(&format!("https://localhost:{port}/v1/"), &code)
-        .await;
+    cem.pair_with(&url, &code).await;
     ha.wait_json("the code withdrawn", &pairing_topic, |v| {
         v["code"].is_null()
     })

@@ -40,6 +40,11 @@ impl Gateway {
 }
 
 async fn gateway() -> Gateway {
+    gateway_announcing(PairedEvents::default()).await
+}
+
+/// The gateway's pairing server, announcing its pairings on `paired`.
+async fn gateway_announcing(paired: PairedEvents) -> Gateway {
     let state = tempfile::tempdir().unwrap();
     let shutdown = CancellationToken::new();
     let server = start_pairing_server(
@@ -51,7 +56,7 @@ async fn gateway() -> Gateway {
             state_dir: state.path().to_path_buf(),
             name: "garage gateway".into(),
             nodes: vec![battery()],
-            paired: Default::default(),
+            paired,
         },
         shutdown.clone(),
     )
@@ -285,28 +290,7 @@ impl DialSource for Watched {
 #[tokio::test]
 async fn a_pairing_made_by_the_gateways_server_is_dialled_at_once_not_at_the_next_backoff() {
     let paired = PairedEvents::default();
-    let state = tempfile::tempdir().unwrap();
-    let shutdown = CancellationToken::new();
-    let server = start_pairing_server(
-        PairingServerConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            identity: IdentitySource::SelfSigned {
-                names: vec!["localhost".into()],
-            },
-            state_dir: state.path().to_path_buf(),
-            name: "garage gateway".into(),
-            nodes: vec![battery()],
-            paired: paired.clone(),
-        },
-        shutdown.clone(),
-    )
-    .await
-    .unwrap();
-    let gateway = Gateway {
-        state,
-        server,
-        _shutdown: shutdown,
-    };
+    let gateway = gateway_announcing(paired.clone()).await;
     let mut cem = cem().await;
 
     // The link dials before there is a pairing, fails, and would wait a minute.
