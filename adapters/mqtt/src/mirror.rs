@@ -105,6 +105,8 @@ struct Entry {
     energy: Option<EnergyCounters>,
     /// The previous run's retained state, to continue its counters from.
     saved: Option<Value>,
+    /// Counts the pairing codes shown: only the latest code's expiry withdraws it.
+    pairing_shown: u64,
 }
 
 impl Entry {
@@ -117,6 +119,7 @@ impl Entry {
             discovery: None,
             energy: None,
             saved: None,
+            pairing_shown: 0,
         }
     }
 }
@@ -268,13 +271,31 @@ impl StateMirror {
         if self.handle.publish(topic, shown).await.is_err() {
             return;
         }
+        let shown = {
+            let mut inner = lock(&self.inner);
+            let Some(entry) = inner.devices.get_mut(device_id) else {
+                return;
+            };
+            entry.pairing_shown += 1;
+            entry.pairing_shown
+        };
         let mirror = self.clone();
         let device = device_id.to_string();
         tokio::spawn(async move {
             let shutdown = mirror.handle.shutdown_token();
             tokio::select! {
                 () = shutdown.cancelled() => {}
-                () = tokio::time::sleep(valid) => mirror.withdraw_pairing_code(&device).await,
+                () = tokio::time::sleep(valid) => {
+                    // A later press replaced this code (and the file with it): that
+                    // code's own expiry withdraws it, not this one's.
+                    let latest = lock(&mirror.inner)
+                        .devices
+                        .get(&device)
+                        .is_some_and(|e| e.pairing_shown == shown);
+                    if latest {
+                        mirror.withdraw_pairing_code(&device).await;
+                    }
+                }
             }
         });
     }

@@ -12,8 +12,10 @@
 //! `initiateSession` refuses every caller with 401.
 
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::sync::Mutex;
+use std::time::{Instant, SystemTime};
 
+use s2gw_core::LogThrottle;
 use s2gw_core::s2::connect::server::{PairedNode, Store};
 use s2gw_core::s2::connect::{
     AccessToken, EndpointDescription, NodeDescription, NodeId, NodeIdAlias, PairingToken, Role,
@@ -39,6 +41,8 @@ pub(crate) struct StateStore {
     state_dir: PathBuf,
     nodes: Vec<Hosted>,
     paired: PairedEvents,
+    /// `requestPairing` needs no credentials, so what it makes us log is throttled.
+    log: Mutex<LogThrottle>,
 }
 
 impl StateStore {
@@ -47,6 +51,7 @@ impl StateStore {
             state_dir: state_dir.to_path_buf(),
             nodes,
             paired,
+            log: Mutex::new(LogThrottle::default()),
         }
     }
 
@@ -56,6 +61,15 @@ impl StateStore {
 
     fn codes(&self, hosted: &Hosted) -> PairingCodes {
         PairingCodes::new(&self.state_dir, &hosted.device, &hosted.alias)
+    }
+
+    /// Log `line` as `reason` allows (one by one at first, then counted).
+    fn throttled(&self, reason: &'static str, line: impl FnOnce()) {
+        let mut log = self
+            .log
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        log.warn(reason, Instant::now(), line);
     }
 
     fn file(&self, hosted: &Hosted) -> PairingFile {
@@ -69,17 +83,23 @@ impl Store for StateStore {
         // A pairing the CEM completes must be one we can store: refuse to start one on a
         // pairing file we cannot read (the CEM hears NoValidPairingTokenOnPairingServer).
         if let Err(e) = self.file(hosted).load() {
-            error!(device = %hosted.device, error = %e, "pairing refused: the pairing file is unusable");
+            self.throttled("pairing file unusable", || {
+                error!(device = %hosted.device, error = %e, "pairing refused: the pairing file is unusable");
+            });
             return None;
         }
         match self.codes(hosted).current(SystemTime::now()) {
             Ok(Some(token)) => Some(token),
             Ok(None) => {
-                info!(device = %hosted.device, "pairing request without a valid pairing code (run `s2gw pairing-code`)");
+                self.throttled("pairing request without a code", || {
+                    info!(device = %hosted.device, "pairing request without a valid pairing code (run `s2gw pairing-code`)");
+                });
                 None
             }
             Err(e) => {
-                error!(device = %hosted.device, error = %e, "pairing refused");
+                self.throttled("pairing code file unusable", || {
+                    error!(device = %hosted.device, error = %e, "pairing refused");
+                });
                 None
             }
         }

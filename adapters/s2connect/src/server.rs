@@ -96,8 +96,8 @@ pub async fn start_pairing_server(
     let pairing = PairingService::lan(store.clone(), endpoint, identity.leaf);
     // Mounted because the router needs one; its store serves no pairing (see `hosted`).
     let sessions = SessionService::new(store, "wss://invalid.invalid/");
-    let endpoint =
-        Endpoint::new(Arc::new(pairing), Arc::new(sessions)).on_prepare_pairing(log_prepare_signal);
+    let endpoint = Endpoint::new(Arc::new(pairing), Arc::new(sessions))
+        .on_prepare_pairing(prepare_signal_logger());
     let subnets = LocalSubnets::detect().map_err(ServerError::Subnets)?;
     let router = server::lan_router(endpoint, subnets)
         .layer(axum::middleware::from_fn(require_ca_fingerprint));
@@ -191,13 +191,22 @@ async fn require_ca_fingerprint(
 
 /// `preparePairing` is a hint that someone is about to type a code; the code itself is
 /// shown only where a user asks for it (`s2gw pairing-code`, the Home Assistant button),
-/// never on an unauthenticated request.
-fn log_prepare_signal(signal: PrepareSignal) {
-    match signal {
-        PrepareSignal::Prepare(p) => {
-            info!(node = %p.server_node_id, cem = %p.client_node_description.id, "a CEM is about to pair: show a code with `s2gw pairing-code`");
+/// never on an unauthenticated request. Unauthenticated, so its lines are throttled.
+fn prepare_signal_logger() -> impl Fn(PrepareSignal) + Send + Sync + 'static {
+    let log = std::sync::Mutex::new(s2gw_core::LogThrottle::default());
+    move |signal| {
+        let mut log = log
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = std::time::Instant::now();
+        match signal {
+            PrepareSignal::Prepare(p) => log.warn("preparePairing", now, || {
+                info!(node = %p.server_node_id, cem = %p.client_node_description.id, "a CEM is about to pair: show a code with `s2gw pairing-code`");
+            }),
+            PrepareSignal::Cancel(p) => log.warn("cancelPreparePairing", now, || {
+                info!(node = %p.server_node_id, "the CEM cancelled pairing");
+            }),
+            _ => {}
         }
-        PrepareSignal::Cancel(p) => info!(node = %p.server_node_id, "the CEM cancelled pairing"),
-        _ => {}
     }
 }

@@ -250,6 +250,27 @@ pub(crate) fn dir(state_dir: &Path) -> PathBuf {
 /// Write `bytes` to `path` so that a reader sees the old file or the new one, never
 /// half of either: a 0600 temporary file in the same directory, synced, then renamed.
 pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    publish(path, bytes, |tmp, path| fs::rename(tmp, path)).map(|_| ())
+}
+
+/// Create `path` with `bytes` unless it exists, atomically as [`write_atomically`] and
+/// without ever replacing a file another writer (thread or process) created first.
+/// Returns whether this call created it.
+pub(crate) fn create_atomically(path: &Path, bytes: &[u8]) -> Result<bool, StoreError> {
+    // A hard link fails when the name exists: that is the no-clobber rename.
+    publish(path, bytes, |tmp, path| match fs::hard_link(tmp, path) {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        other => other.map(|()| true),
+    })
+}
+
+/// The temporary file, then `place` it at `path`; the temporary file never outlives it.
+fn publish<T>(
+    path: &Path,
+    bytes: &[u8],
+    place: impl FnOnce(&Path, &Path) -> std::io::Result<T>,
+) -> Result<T, StoreError> {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let io = |source| StoreError::Io {
         path: path.to_path_buf(),
         source,
@@ -262,22 +283,23 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StoreErr
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = parent.join(format!(".{name}.{}.tmp", std::process::id()));
+    // Unique per process and per write: two writers of one file must not share it.
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = parent.join(format!(".{name}.{}.{n}.tmp", std::process::id()));
     let result = (|| {
         let mut file = fs::OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(0o600)
             .open(&tmp)?;
         file.write_all(bytes)?;
         file.sync_all()?;
-        fs::rename(&tmp, path)?;
-        fs::File::open(parent)?.sync_all()
+        let placed = place(&tmp, path)?;
+        fs::File::open(parent)?.sync_all()?;
+        Ok(placed)
     })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
+    // Gone after a rename; still there after a link or a failure.
+    let _ = fs::remove_file(&tmp);
     result.map_err(io)
 }
 
@@ -340,6 +362,9 @@ mod tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         assert_eq!(names, ["pv.pairings.json"]);
+        // A second create of an existing file leaves it alone.
+        assert!(!create_atomically(file.path(), b"other").unwrap());
+        assert_ne!(fs::read(file.path()).unwrap(), b"other");
         // The summary has no token in it.
         let shown = format!("{:?}", file.summaries().unwrap());
         assert!(!shown.contains("secret-token"), "{shown}");
