@@ -143,6 +143,32 @@ enum Command {
         #[arg(long, value_name = "ID")]
         cem: Option<String>,
     },
+    /// List the S2 Connect endpoints DNS-SD finds on the LAN (CEMs by default) with the
+    /// nodes each hosts, and the pairing URL to give `s2gw pair --cem`.
+    /// Exits 1 when none answered.
+    Discover {
+        /// The configuration file: read when it exists, for `[s2connect] advertise_on`.
+        #[arg(
+            short,
+            long,
+            value_name = "FILE",
+            default_value = "/etc/s2gw/s2gw.toml"
+        )]
+        config: PathBuf,
+        /// List RM endpoints (`_rm`, e.g. this gateway's own advertisement) instead of CEMs.
+        #[arg(long)]
+        rm: bool,
+        /// Browse only on this network interface (repeatable).
+        #[arg(long, value_name = "IF")]
+        interface: Vec<String>,
+        /// Seconds to listen.
+        #[arg(long, value_name = "S", default_value_t = 3)]
+        wait: u64,
+        /// Only the endpoint of this instance name (a gateway's is its `gateway.name`);
+        /// stop listening as soon as it answers.
+        #[arg(long, value_name = "NAME")]
+        name: Option<String>,
+    },
     /// Installer tools for Modbus devices: detect devices, find SunSpec models, read raw
     /// registers.
     /// Errors (refused connection, timeout, Modbus exception) exit 1.
@@ -431,6 +457,25 @@ fn main() -> ExitCode {
                 device,
                 cem,
             } => s2gw::commands::unpair(&config, &device, cem.as_deref()).await,
+            Command::Discover {
+                config,
+                rm,
+                interface,
+                wait,
+                name,
+            } => {
+                let request = s2gw::commands::DiscoverRequest {
+                    role: if rm {
+                        s2gw_core::s2::connect::Role::Rm
+                    } else {
+                        s2gw_core::s2::connect::Role::Cem
+                    },
+                    interfaces: interface,
+                    window: Duration::from_secs(wait),
+                    only: name,
+                };
+                s2gw::commands::discover(&config, &request).await
+            }
             Command::Modbus(tool) => modbus(tool).await,
             Command::GenerateDocs { dir } => generate_docs(&dir),
         }

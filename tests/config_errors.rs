@@ -430,6 +430,12 @@ bad_configs! {
     /// s2connect: codes that live too long
     s2connect_code_valid_too_long: "[s2connect]\ncode_valid_s = 86400\n"
         => "s2connect.code_valid_s", "3600";
+    /// s2connect: one interface written as a string, not a list
+    s2connect_advertise_on_not_a_list: "[s2connect]\nadvertise_on = \"eth0\"\n"
+        => "s2connect.advertise_on", "expected an array of strings";
+    /// s2connect: an interface that is not a name
+    s2connect_advertise_on_not_a_string: "[s2connect]\nadvertise_on = [\"eth0\", 2]\n"
+        => "s2connect.advertise_on[1]", "expected a string, found an integer";
     /// s2connect: unknown key
     s2connect_unknown_key: "[s2connect]\nport = 8443\n"
         => "s2connect.port", "unknown";
@@ -1770,10 +1776,15 @@ fn s2connect_defaults_and_own_certificate_files() {
         }
     );
     assert_eq!(section.code_validity, Duration::from_secs(300));
+    assert_eq!(section.advertise_on, Some(s2gw_s2connect::Interfaces::All));
+
+    let case = Case::new(&format!("{CEM}{DEV}[s2connect]\nadvertise_on = []\n"));
+    let section = case.load(&[]).unwrap().s2connect.unwrap();
+    assert_eq!(section.advertise_on, None, "[] turns advertising off");
 
     let case = Case::new(&format!(
         "{CEM}{DEV}[s2connect]\nlisten = \"127.0.0.1:9443\"\ntls_cert_file = \"pair.crt\"\n\
-         tls_key_file = \"pair.key\"\ncode_valid_s = 60\n"
+         tls_key_file = \"pair.key\"\ncode_valid_s = 60\nadvertise_on = [\"eth0\"]\n"
     ))
     .with_file("pair.crt", "")
     .with_file("pair.key", "");
@@ -1787,4 +1798,8 @@ fn s2connect_defaults_and_own_certificate_files() {
         }
     );
     assert_eq!(section.code_validity, Duration::from_secs(60));
+    assert_eq!(
+        section.advertise_on,
+        Some(s2gw_s2connect::Interfaces::Named(vec!["eth0".into()]))
+    );
 }

@@ -32,6 +32,15 @@ use tokio::sync::{Notify, mpsc};
 const CODE: &str = "hub7-A1b2C3d4";
 const SOON: Duration = Duration::from_secs(20);
 
+/// The daemon's pairing server, advertised on loopback only (test traffic stays there).
+const PAIRING_SERVER: &str = "[s2connect]\nlisten = \"127.0.0.1:0\"\nnames = [\"localhost\"]\n\
+                              advertise_on = [\"lo\"]\n";
+
+/// A DNS-SD instance name no other test, or another run on this machine, advertises.
+fn unique_instance(what: &str) -> String {
+    format!("{what}-{}-{}", std::process::id(), NodeId::generate())
+}
+
 /// The CEM: which node each accepted socket belongs to and which resources described
 /// themselves; `kick` drops every open socket.
 struct Cem {
@@ -322,15 +331,35 @@ async fn cem_pairs_with_the_daemon() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     let file = dir.path().join("s2gw.toml");
-    let config = format!(
-        "{}\n[s2connect]\nlisten = \"127.0.0.1:0\"\nnames = [\"localhost\"]\n",
-        config(&state)
-    );
+    let gateway = unique_instance("s2gw-e2e");
+    let config = format!("{}\n{PAIRING_SERVER}", config(&state))
+        .replace("name = \"s2gw-e2e\"", &format!("name = \"{gateway}\""));
     std::fs::write(&file, &config).unwrap();
     let file = file.to_str().unwrap();
 
     let mut daemon = Daemon::start(&config);
     let url = pairing_url(&mut daemon).await;
+
+    // A CEM browsing for RMs finds the gateway and its node.
+    let node_id = std::fs::read_to_string(state.join("s2connect/battery.node-id")).unwrap();
+    let found = s2gw(&[
+        "discover",
+        "--rm",
+        "--interface",
+        "lo",
+        "--wait",
+        "30",
+        "--name",
+        &gateway,
+        "-c",
+        file,
+    ]);
+    assert!(found.status.success(), "{}", text(&found));
+    assert!(
+        text(&found).contains(&format!("node {}: battery", node_id.trim())),
+        "{}",
+        text(&found)
+    );
 
     // The installer asks for a code; the CEM's user types it.
     let issued = s2gw(&["pairing-code", "battery", "-c", file]);
@@ -347,7 +376,6 @@ async fn cem_pairs_with_the_daemon() {
         .await;
 
     // The link's next dial initiates a session with the CEM that paired.
-    let node_id = std::fs::read_to_string(state.join("s2connect/battery.node-id")).unwrap();
     let node_id = NodeId::parse(node_id.trim()).unwrap();
     let (node, resource) = cem.next_described().await;
     assert_eq!(node, node_id);
@@ -383,7 +411,7 @@ async fn pairing_from_home_assistant() {
     let state = dir.path().join("state");
     let base = "s2gw-pair";
     let config = format!(
-        "{}\n{}\n[s2connect]\nlisten = \"127.0.0.1:0\"\nnames = [\"localhost\"]\n",
+        "{}\n{}\n{PAIRING_SERVER}",
         config(&state),
         broker.mqtt_section(base)
     );
@@ -459,6 +487,94 @@ async fn pairing_from_home_assistant() {
         "no pairing code in the log"
     );
     daemon.assert_running();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discover_lists_a_cem_advertised_on_dns_sd_and_its_pairing_url_pairs() {
+    let cem = cem().await;
+    let port = url_port(&cem.base);
+    let instance = unique_instance("acme-hub");
+    let advertiser = s2_kit::connect::discovery::Discovery::new().unwrap();
+    advertiser
+        .daemon()
+        .disable_interface(mdns_sd::IfKind::All)
+        .unwrap();
+    advertiser.daemon().enable_interface("lo").unwrap();
+    let record = s2_kit::connect::proto::dnssd::ServiceRecord {
+        endpoint_name: Some("Acme hub".into()),
+        pairing_url: Some(format!("https://acme-hub.local:{port}/v1/")),
+        roles: vec![Role::Cem],
+        ..Default::default()
+    };
+    advertiser
+        .advertise(&instance, "acme-hub.local", port, &record)
+        .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("s2gw.toml");
+    std::fs::write(&file, config(&dir.path().join("state"))).unwrap();
+    let file = file.to_str().unwrap();
+    let found = tokio::task::spawn_blocking({
+        let (instance, file) = (instance.clone(), file.to_string());
+        move || {
+            s2gw(&[
+                "discover",
+                "--interface",
+                "lo",
+                "--wait",
+                "30",
+                "--name",
+                &instance,
+                "-c",
+                &file,
+            ])
+        }
+    })
+    .await
+    .unwrap();
+    assert!(found.status.success(), "{}", text(&found));
+    let listing = text(&found);
+    assert!(
+        listing.contains(&format!(
+            "node {}: Home hub (Acme Home hub, CEM, CEM)",
+            cem.id
+        )),
+        "{listing}"
+    );
+    // The advertised `.local` host is replaced by the address it resolved to.
+    let url = listing
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("pairing URL: "))
+        .unwrap()
+        .to_string();
+    assert_eq!(url, format!("https://127.0.0.1:{port}/v1/"));
+
+    // The URL discover printed is the one the installer pairs with.
+    let paired = tokio::task::spawn_blocking({
+        let file = file.to_string();
+        move || {
+            s2gw(&[
+                "pair", "battery", "--cem", &url, "--code", CODE, "-c", &file,
+            ])
+        }
+    })
+    .await
+    .unwrap();
+    assert!(paired.status.success(), "{}", text(&paired));
+    assert!(
+        text(&paired).contains("paired with Acme Home hub"),
+        "{}",
+        text(&paired)
+    );
+    advertiser.shutdown().unwrap();
+}
+
+fn url_port(url: &str) -> u16 {
+    url.rsplit(':')
+        .next()
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap()
 }
 
 #[test]

@@ -28,17 +28,21 @@ pub use s2_kit::types::{Duration, Id, ProtocolVersion, Timestamp, WireProfile};
 pub use s2_kit::types::{ddbc, frbc, ombc, pebc, ppbc};
 pub use s2_kit::{decode, encode};
 
-/// S2 Connect 1.0: pairing and session initiation (feature `connect`).
+/// S2 Connect 1.0: discovery, pairing and session initiation (feature `connect`).
 ///
 /// s2-kit's state machines and HTTPS drivers, re-exported so the s2connect adapter reaches
 /// them through this door like everything else S2.
 #[cfg(feature = "connect")]
 pub mod connect {
-    pub use s2_kit::connect::client::{Error as ClientError, Paired, Pairing, Session, Status};
+    pub use s2_kit::connect::client::{
+        Error as ClientError, LanClient, Paired, Pairing, Session, Status,
+    };
+    pub use s2_kit::connect::discovery;
+    pub use s2_kit::connect::proto::dnssd;
     pub use s2_kit::connect::proto::{
         AccessToken, CommunicationToken, ConnectError, ConnectionDetails, Deployment,
         EndpointDescription, NodeDescription, NodeId, NodeIdAlias, PairingCode, PairingToken, Role,
-        SessionCredentials, TokenKind, TokenStore,
+        SessionCredentials, TokenKind, TokenStore, WaitAction, WaitForPairing, WaitInstruction,
     };
     pub use s2_kit::connect::server;
     pub use s2_kit::connect::tls::{

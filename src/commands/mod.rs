@@ -4,6 +4,7 @@
 mod cem;
 mod check;
 mod demo;
+mod discover;
 mod modbus;
 mod modbus_detect;
 mod pairing;
@@ -12,6 +13,7 @@ mod run;
 pub use cem::{CemWorker, cem, cem_worker};
 pub use check::{check, check_report, warnings};
 pub use demo::{demo, demo_config};
+pub use discover::{DiscoverRequest, discover};
 pub use modbus::{RawReadRequest, SerialArgs, modbus_read, modbus_scan, modbus_target};
 pub use modbus_detect::{DetectRequest, modbus_detect};
 pub use pairing::{PairRequest, pair, pairing_code, pairings, unpair};

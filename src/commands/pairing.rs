@@ -99,7 +99,8 @@ pub fn pairing_code(path: &Path, device: &str) -> anyhow::Result<ExitCode> {
     };
     let Some(section) = &config.s2connect else {
         anyhow::bail!(
-            "{} has no [s2connect] section: the gateway runs no pairing server for a CEM to              pair with (pair from the gateway instead: `s2gw pair {device} --cem URL --code CODE`)",
+            "{} has no [s2connect] section: the gateway runs no pairing server for a CEM to \
+             pair with (pair from the gateway instead: `s2gw pair {device} --cem URL --code CODE`)",
             path.display()
         );
     };

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use s2gw_s2connect::IdentitySource;
+use s2gw_s2connect::{IdentitySource, Interfaces};
 use serde::Deserialize;
 
 use super::load::Cx;
@@ -26,6 +26,9 @@ pub struct S2ConnectSection {
     pub identity: IdentitySource,
     /// `code_valid_s`: how long a pairing code is accepted (default 300).
     pub code_validity: Duration,
+    /// `advertise_on`: the interfaces DNS-SD advertises the pairing server on (default
+    /// every one); `None` when it is `[]`, which turns advertising off.
+    pub advertise_on: Option<Interfaces>,
 }
 
 /// `[s2connect]` as written. Fields in alphabetical order: serde lists them in
@@ -33,6 +36,7 @@ pub struct S2ConnectSection {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct S2ConnectToml {
+    advertise_on: Option<Strings>,
     code_valid_s: Option<Count<3600>>,
     listen: Option<Text>,
     names: Option<Strings>,
@@ -99,6 +103,12 @@ impl Cx<'_> {
             .map_or(s2gw_s2connect::DEFAULT_CODE_VALIDITY, |c| {
                 Duration::from_secs(c.0)
             });
+        let advertise_on = match raw.advertise_on {
+            None => Some(Some(Interfaces::All)),
+            Some(list) => list
+                .items(at.file(), &at.key("advertise_on"), self.errors)
+                .map(|names| (!names.is_empty()).then_some(Interfaces::Named(names))),
+        };
         if !self.clean_since(mark) {
             return None;
         }
@@ -106,6 +116,7 @@ impl Cx<'_> {
             listen: listen?,
             identity: identity?,
             code_validity,
+            advertise_on: advertise_on?,
         })
     }
 }

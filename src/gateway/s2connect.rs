@@ -1,10 +1,14 @@
-//! S2 Connect: which resources are nodes, and the pairing server with `[s2connect]`.
+//! S2 Connect: which resources are nodes, and the pairing server with `[s2connect]`,
+//! advertised on DNS-SD.
 
 use s2gw_core::CancellationToken;
 use std::collections::BTreeMap;
 
-use s2gw_s2connect::{NodeSpec, PairingCodes, PairingServerConfig};
+use s2gw_s2connect::{
+    AdvertiseSpec, IdentitySource, Interfaces, NodeSpec, PairingCodes, PairingServerConfig,
+};
 use tokio::task::JoinHandle;
+use tracing::{info, warn};
 
 use crate::config::{self, CemTransport, Config};
 
@@ -107,5 +111,64 @@ pub async fn start(
     )
     .await?;
     tasks.push(server.task);
+    if let Some(interfaces) = &section.advertise_on {
+        advertise(
+            config,
+            section,
+            interfaces,
+            server.addr.port(),
+            shutdown,
+            tasks,
+        );
+    }
     Ok(Some(server.addr))
+}
+
+/// Advertise the pairing server on DNS-SD until `shutdown`. A failure is logged, not
+/// fatal: a CEM can still pair at the URL the installer types.
+fn advertise(
+    config: &Config,
+    section: &config::S2ConnectSection,
+    interfaces: &Interfaces,
+    port: u16,
+    shutdown: &CancellationToken,
+    tasks: &mut Vec<JoinHandle<()>>,
+) {
+    if let Interfaces::Named(names) = interfaces {
+        for name in names {
+            if !std::path::Path::new("/sys/class/net").join(name).exists() {
+                warn!(interface = %name, "s2connect.advertise_on names an interface this machine does not have");
+            }
+        }
+    }
+    let spec = AdvertiseSpec {
+        instance: config.gateway.name.clone(),
+        host: advertised_host(&section.identity),
+        port,
+        interfaces: interfaces.clone(),
+    };
+    match s2gw_s2connect::advertise(&spec) {
+        Ok(advertisement) => {
+            info!(instance = %spec.instance, host = %spec.host, port, "S2 Connect pairing server advertised on DNS-SD (_s2connect._tcp, _rm)");
+            let shutdown = shutdown.clone();
+            tasks.push(tokio::spawn(async move {
+                shutdown.cancelled().await;
+                drop(advertisement);
+            }));
+        }
+        Err(e) => {
+            warn!(error = %e, "the pairing server is not advertised; CEMs must be given its URL")
+        }
+    }
+}
+
+/// The host name of the advertised pairing URL: the self-signed certificate's first
+/// `.local` name, so the name a CEM dials is one the certificate carries.
+fn advertised_host(identity: &IdentitySource) -> String {
+    match identity {
+        IdentitySource::SelfSigned { names } => names.iter().find(|n| n.ends_with(".local")),
+        IdentitySource::Files { .. } => None,
+    }
+    .cloned()
+    .unwrap_or_else(|| config::DEFAULT_S2CONNECT_NAME.to_string())
 }

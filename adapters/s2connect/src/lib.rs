@@ -15,13 +15,15 @@
 //! - [`start_pairing_server`]: the gateway's own pairing server, for a CEM that pairs
 //!   with the gateway using a code from [`PairingCodes`] (`s2gw pairing-code`), over a
 //!   TLS [`Identity`] kept in the state directory; the pairings it makes are the same
-//!   files, used by the same [`Initiator`].
+//!   files, used by the same [`Initiator`];
+//! - [`advertise`]: the pairing server on DNS-SD as `_s2connect._tcp` subtype `_rm`, and
+//!   [`discover`]: the browse behind `s2gw discover`, with each endpoint's nodes.
 //!
 //! # Layout
 //! `node.rs` node ids and descriptions; `store.rs` the pairing file; `pair.rs` and
 //! `initiate.rs` the RM as pairing and session client; `trust.rs` the CEM certificate
 //! after pairing; `codes.rs`, `identity.rs`, `events.rs`, `hosted.rs` (s2-kit's server store over the
-//! state directory) and `server.rs` the RM as pairing server.
+//! state directory) and `server.rs` the RM as pairing server; `discovery.rs` DNS-SD.
 //!
 //! The daemon and the commands meet only in the state directory: a pairing made or
 //! removed while the daemon runs takes effect at its next session initiation.
@@ -29,6 +31,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 mod codes;
+mod discovery;
 mod events;
 mod hosted;
 mod identity;
@@ -40,6 +43,10 @@ mod store;
 mod trust;
 
 pub use codes::{DEFAULT_CODE_VALIDITY, IssuedCode, PairingCodes, aliases};
+pub use discovery::{
+    AdvertiseSpec, Advertisement, BrowseSpec, DiscoveryError, FoundEndpoint, Interfaces, advertise,
+    discover,
+};
 pub use events::PairedEvents;
 pub use identity::{Identity, IdentitySource};
 pub use initiate::Initiator;

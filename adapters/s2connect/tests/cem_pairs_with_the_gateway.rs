@@ -323,3 +323,50 @@ async fn a_pairing_made_by_the_gateways_server_is_dialled_at_once_not_at_the_nex
     assert_eq!(accepted(&mut cem).await, node_id);
     link_shutdown.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browse_for_rms_finds_the_advertised_pairing_server_with_its_node_ids() {
+    let gateway = gateway().await;
+    let instance = format!(
+        "garage gateway {}",
+        s2_kit::connect::proto::NodeId::generate()
+    );
+    let on_loopback = s2gw_s2connect::Interfaces::Named(vec!["lo".into()]);
+    let _advertised = s2gw_s2connect::advertise(&s2gw_s2connect::AdvertiseSpec {
+        instance: instance.clone(),
+        host: "garage-gateway".into(),
+        port: gateway.server.addr.port(),
+        interfaces: on_loopback.clone(),
+    })
+    .unwrap();
+
+    let found = s2gw_s2connect::discover(&s2gw_s2connect::BrowseSpec {
+        role: s2_kit::connect::proto::Role::Rm,
+        interfaces: on_loopback,
+        window: Duration::from_secs(30),
+        only: Some(instance.clone()),
+    })
+    .await
+    .unwrap();
+
+    let [endpoint] = found.as_slice() else {
+        panic!("one endpoint, found {found:?}");
+    };
+    assert_eq!(endpoint.name.as_deref(), Some(instance.as_str()));
+    assert_eq!(
+        endpoint.pairing_url.as_deref(),
+        Some(format!("https://127.0.0.1:{}/v1/", gateway.server.addr.port()).as_str()),
+        "the advertised garage-gateway.local, at the address it resolved to"
+    );
+    let ids: Vec<_> = endpoint
+        .nodes
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|n| n.id)
+        .collect();
+    let battery = NodeStore::new(gateway.state.path())
+        .node_id("battery1")
+        .unwrap();
+    assert_eq!(ids, vec![battery]);
+}
