@@ -436,6 +436,9 @@ bad_configs! {
     /// s2connect: an interface that is not a name
     s2connect_advertise_on_not_a_string: "[s2connect]\nadvertise_on = [\"eth0\", 2]\n"
         => "s2connect.advertise_on[1]", "expected a string, found an integer";
+    /// s2connect: a CEM to long-poll over plain HTTP
+    s2connect_long_poll_not_https: "[s2connect]\nlong_poll = [\"http://hems.local:8443/v1/\"]\n"
+        => "s2connect.long_poll[0]", "`http://hems.local:8443/v1/` is not an https:// URL";
     /// s2connect: unknown key
     s2connect_unknown_key: "[s2connect]\nport = 8443\n"
         => "s2connect.port", "unknown";
@@ -1784,7 +1787,8 @@ fn s2connect_defaults_and_own_certificate_files() {
 
     let case = Case::new(&format!(
         "{CEM}{DEV}[s2connect]\nlisten = \"127.0.0.1:9443\"\ntls_cert_file = \"pair.crt\"\n\
-         tls_key_file = \"pair.key\"\ncode_valid_s = 60\nadvertise_on = [\"eth0\"]\n"
+         tls_key_file = \"pair.key\"\ncode_valid_s = 60\nadvertise_on = [\"eth0\"]\n\
+         long_poll = [\"https://hems.local:8443/v1/\"]\n"
     ))
     .with_file("pair.crt", "")
     .with_file("pair.key", "");
@@ -1801,5 +1805,9 @@ fn s2connect_defaults_and_own_certificate_files() {
     assert_eq!(
         section.advertise_on,
         Some(s2gw_s2connect::Interfaces::Named(vec!["eth0".into()]))
+    );
+    assert_eq!(
+        section.long_poll,
+        vec!["https://hems.local:8443/v1/".to_string()]
     );
 }

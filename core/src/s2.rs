@@ -42,7 +42,8 @@ pub mod connect {
     pub use s2_kit::connect::proto::{
         AccessToken, CommunicationToken, ConnectError, ConnectionDetails, Deployment,
         EndpointDescription, NodeDescription, NodeId, NodeIdAlias, PairingCode, PairingToken, Role,
-        SessionCredentials, TokenKind, TokenStore, WaitAction, WaitForPairing, WaitInstruction,
+        SessionCredentials, TokenKind, TokenStore, WaitAction, WaitErrorMessage, WaitForPairing,
+        WaitInstruction,
     };
     pub use s2_kit::connect::server;
     pub use s2_kit::connect::tls::{

@@ -29,6 +29,9 @@ pub struct S2ConnectSection {
     /// `advertise_on`: the interfaces DNS-SD advertises the pairing server on (default
     /// every one); `None` when it is `[]`, which turns advertising off.
     pub advertise_on: Option<Interfaces>,
+    /// `long_poll`: the pairing URLs of LAN CEMs whose `waitForPairing` the gateway
+    /// long-polls for the resources with a live pairing code.
+    pub long_poll: Vec<String>,
 }
 
 /// `[s2connect]` as written. Fields in alphabetical order: serde lists them in
@@ -39,6 +42,7 @@ struct S2ConnectToml {
     advertise_on: Option<Strings>,
     code_valid_s: Option<Count<3600>>,
     listen: Option<Text>,
+    long_poll: Option<Strings>,
     names: Option<Strings>,
     tls_cert_file: Option<Text>,
     tls_key_file: Option<Text>,
@@ -109,6 +113,22 @@ impl Cx<'_> {
                 .items(at.file(), &at.key("advertise_on"), self.errors)
                 .map(|names| (!names.is_empty()).then_some(Interfaces::Named(names))),
         };
+        let long_poll = match raw.long_poll {
+            None => Some(Vec::new()),
+            Some(list) => list.items(at.file(), &at.key("long_poll"), self.errors),
+        };
+        for (i, url) in long_poll.iter().flatten().enumerate() {
+            let host = url
+                .strip_prefix("https://")
+                .and_then(|r| r.split('/').next());
+            if host.is_none_or(str::is_empty) || url.chars().any(char::is_whitespace) {
+                at.err(
+                    self.errors,
+                    &format!("long_poll[{i}]"),
+                    format!("`{url}` is not an https:// URL (a CEM's pairing URL, e.g. https://hems.local:8443/v1/)"),
+                );
+            }
+        }
         if !self.clean_since(mark) {
             return None;
         }
@@ -117,6 +137,7 @@ impl Cx<'_> {
             identity: identity?,
             code_validity,
             advertise_on: advertise_on?,
+            long_poll: long_poll?,
         })
     }
 }

@@ -5,7 +5,8 @@ use s2gw_core::CancellationToken;
 use std::collections::BTreeMap;
 
 use s2gw_s2connect::{
-    AdvertiseSpec, IdentitySource, Interfaces, NodeSpec, PairingCodes, PairingServerConfig,
+    AdvertiseSpec, IdentitySource, Interfaces, LongPollConfig, NodeSpec, PairingCodes,
+    PairingServerConfig, PollingNode,
 };
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
@@ -105,12 +106,13 @@ pub async fn start(
             state_dir: config.gateway.state_dir.clone(),
             name: config.gateway.name.clone(),
             nodes: pairable(config).into_iter().map(|n| n.spec).collect(),
-            paired,
+            paired: paired.clone(),
         },
         shutdown.clone(),
     )
     .await?;
     tasks.push(server.task);
+    long_poll(config, &section.long_poll, &paired, shutdown, tasks);
     if let Some(interfaces) = &section.advertise_on {
         advertise(
             config,
@@ -122,6 +124,40 @@ pub async fn start(
         );
     }
     Ok(Some(server.addr))
+}
+
+/// Long-poll each CEM of `s2connect.long_poll` for the resources with a live code.
+fn long_poll(
+    config: &Config,
+    urls: &[String],
+    paired: &s2gw_s2connect::PairedEvents,
+    shutdown: &CancellationToken,
+    tasks: &mut Vec<JoinHandle<()>>,
+) {
+    let mut codes = pairing_codes(config);
+    let nodes: Vec<PollingNode> = pairable(config)
+        .into_iter()
+        .filter_map(|n| {
+            let codes = codes.remove(&n.spec.device)?;
+            Some(PollingNode {
+                spec: n.spec,
+                codes,
+            })
+        })
+        .collect();
+    for url in urls {
+        let poll = LongPollConfig {
+            cem_url: url.clone(),
+            state_dir: config.gateway.state_dir.clone(),
+            name: config.gateway.name.clone(),
+            nodes: nodes.clone(),
+            paired: paired.clone(),
+        };
+        match s2gw_s2connect::spawn_long_poll(poll, shutdown.clone()) {
+            Ok(task) => tasks.push(task),
+            Err(e) => warn!(cem = %url, error = %e, "s2connect.long_poll: cannot poll this CEM"),
+        }
+    }
 }
 
 /// Advertise the pairing server on DNS-SD until `shutdown`. A failure is logged, not

@@ -16,6 +16,8 @@
 //!   with the gateway using a code from [`PairingCodes`] (`s2gw pairing-code`), over a
 //!   TLS [`Identity`] kept in the state directory; the pairings it makes are the same
 //!   files, used by the same [`Initiator`];
+//! - [`spawn_long_poll`]: `waitForPairing` on a LAN CEM that starts pairing from its own
+//!   UI, for the resources with a live pairing code;
 //! - [`advertise`]: the pairing server on DNS-SD as `_s2connect._tcp` subtype `_rm`, and
 //!   [`discover`]: the browse behind `s2gw discover`, with each endpoint's nodes.
 //!
@@ -23,7 +25,7 @@
 //! `node.rs` node ids and descriptions; `store.rs` the pairing file; `pair.rs` and
 //! `initiate.rs` the RM as pairing and session client; `trust.rs` the CEM certificate
 //! after pairing; `codes.rs`, `identity.rs`, `events.rs`, `hosted.rs` (s2-kit's server store over the
-//! state directory) and `server.rs` the RM as pairing server; `discovery.rs` DNS-SD.
+//! state directory) and `server.rs` the RM as pairing server; `longpoll.rs` the RM as long-polling client; `discovery.rs` DNS-SD.
 //!
 //! The daemon and the commands meet only in the state directory: a pairing made or
 //! removed while the daemon runs takes effect at its next session initiation.
@@ -36,6 +38,7 @@ mod events;
 mod hosted;
 mod identity;
 mod initiate;
+mod longpoll;
 mod node;
 mod pair;
 mod server;
@@ -50,6 +53,7 @@ pub use discovery::{
 pub use events::PairedEvents;
 pub use identity::{Identity, IdentitySource};
 pub use initiate::Initiator;
+pub use longpoll::{CODE_CHECK, LongPollConfig, PollingNode, spawn_long_poll};
 pub use node::{NodeSpec, NodeStore};
 pub use pair::{PairError, PairTarget, pair, unpair};
 pub use server::{PairingServerConfig, RunningPairingServer, ServerError, start_pairing_server};

@@ -78,6 +78,16 @@ pub async fn pair(
 ) -> Result<StoredPairing, PairError> {
     let code =
         PairingCode::parse(code, TokenKind::Dynamic).map_err(|_| PairError::MalformedCode)?;
+    pair_with_code(state_dir, spec, target, code).await
+}
+
+/// [`pair`] with a code already parsed (the long-poll client holds the token only).
+pub(crate) async fn pair_with_code(
+    state_dir: &Path,
+    spec: &NodeSpec,
+    target: &PairTarget,
+    code: PairingCode,
+) -> Result<StoredPairing, PairError> {
     let nodes = NodeStore::new(state_dir);
     let local = nodes.describe(spec)?;
     let file = PairingFile::new(state_dir, &spec.device);

@@ -37,6 +37,8 @@ pub struct Cem {
     pub store: Arc<Memory>,
     /// The SHA-256 fingerprint (hex) of the CA its TLS chain ends in.
     pub ca_fingerprint: String,
+    /// Its endpoint, for what its UI would do (tell a long-polling node to pair).
+    pub endpoint: CemEndpoint,
 }
 
 impl Cem {
@@ -94,7 +96,7 @@ pub async fn cem() -> Cem {
     let endpoint = CemEndpoint::new(pairing, sessions);
     let (tx, accepted) = mpsc::unbounded_channel();
     let app = lan_router(endpoint.clone(), LocalSubnets::detect().unwrap()).merge(
-        websocket_router(endpoint, "/s2", move |node, socket| {
+        websocket_router(endpoint.clone(), "/s2", move |node, socket| {
             let tx = tx.clone();
             async move {
                 let _ = tx.send(node);
@@ -120,6 +122,7 @@ pub async fn cem() -> Cem {
         accepted,
         store,
         ca_fingerprint,
+        endpoint,
     }
 }
 
