@@ -18,18 +18,25 @@ struct Cli {
     command: Command,
 }
 
+/// `-c FILE`, the same for every command that reads the configuration.
+#[derive(Debug, Args)]
+struct ConfigFile {
+    /// The configuration file.
+    #[arg(
+        short = 'c',
+        long = "config",
+        value_name = "FILE",
+        default_value = "/etc/s2gw/s2gw.toml"
+    )]
+    path: PathBuf,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the gateway daemon (under systemd: Type=notify, with watchdog).
     Run {
-        /// The configuration file.
-        #[arg(
-            short,
-            long,
-            value_name = "FILE",
-            default_value = "/etc/s2gw/s2gw.toml"
-        )]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigFile,
     },
     /// Validate a configuration and its profiles without touching any device; lists
     /// every error with file, key and reason, and exits 1 if there is one.
@@ -75,14 +82,8 @@ enum Command {
     /// while the daemon runs: it reads pairings from `gateway.state_dir` before every
     /// session.
     Pair {
-        /// The configuration file.
-        #[arg(
-            short,
-            long,
-            value_name = "FILE",
-            default_value = "/etc/s2gw/s2gw.toml"
-        )]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigFile,
         /// The device (or native RM) id to pair.
         #[arg(required_unless_present = "all", conflicts_with = "all")]
         device: Option<String>,
@@ -105,38 +106,20 @@ enum Command {
     /// (`code_valid_s`, 5 minutes by default) and works once; the running daemon reads it
     /// from `gateway.state_dir` on every pairing request.
     PairingCode {
-        /// The configuration file.
-        #[arg(
-            short,
-            long,
-            value_name = "FILE",
-            default_value = "/etc/s2gw/s2gw.toml"
-        )]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigFile,
         /// The device (or native RM) id, on an s2connect CEM link.
         device: String,
     },
     /// List the S2 Connect pairings of every device on an s2connect link (no secrets).
     Pairings {
-        /// The configuration file.
-        #[arg(
-            short,
-            long,
-            value_name = "FILE",
-            default_value = "/etc/s2gw/s2gw.toml"
-        )]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigFile,
     },
     /// Unpair a device from its CEM (or one CEM, by node id), on both sides.
     Unpair {
-        /// The configuration file.
-        #[arg(
-            short,
-            long,
-            value_name = "FILE",
-            default_value = "/etc/s2gw/s2gw.toml"
-        )]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigFile,
         /// The device (or native RM) id.
         device: String,
         /// Only the pairing with this CEM node id.
@@ -144,17 +127,11 @@ enum Command {
         cem: Option<String>,
     },
     /// List the S2 Connect endpoints DNS-SD finds on the LAN (CEMs by default) with the
-    /// nodes each hosts, and the pairing URL to give `s2gw pair --cem`.
-    /// Exits 1 when none answered.
+    /// nodes each hosts, and the pairing URL to give `s2gw pair --cem`. The configuration
+    /// is read when it exists, for `[s2connect] advertise_on`. Exits 1 when none answered.
     Discover {
-        /// The configuration file: read when it exists, for `[s2connect] advertise_on`.
-        #[arg(
-            short,
-            long,
-            value_name = "FILE",
-            default_value = "/etc/s2gw/s2gw.toml"
-        )]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigFile,
         /// List RM endpoints (`_rm`, e.g. this gateway's own advertisement) instead of CEMs.
         #[arg(long)]
         rm: bool,
@@ -407,7 +384,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Run { config } => s2gw::commands::run(&config).await,
+            Command::Run { config } => s2gw::commands::run(&config.path).await,
             Command::Check { config } => s2gw::commands::check(&config),
             Command::Demo { duration, plain } => {
                 s2gw::commands::demo(duration.map(Duration::from_secs), plain).await
@@ -446,17 +423,17 @@ fn main() -> ExitCode {
                     code,
                     wan,
                 };
-                s2gw::commands::pair(&config, &request).await
+                s2gw::commands::pair(&config.path, &request).await
             }
             Command::PairingCode { config, device } => {
-                s2gw::commands::pairing_code(&config, &device)
+                s2gw::commands::pairing_code(&config.path, &device)
             }
-            Command::Pairings { config } => s2gw::commands::pairings(&config),
+            Command::Pairings { config } => s2gw::commands::pairings(&config.path),
             Command::Unpair {
                 config,
                 device,
                 cem,
-            } => s2gw::commands::unpair(&config, &device, cem.as_deref()).await,
+            } => s2gw::commands::unpair(&config.path, &device, cem.as_deref()).await,
             Command::Discover {
                 config,
                 rm,
@@ -474,7 +451,7 @@ fn main() -> ExitCode {
                     window: Duration::from_secs(wait),
                     only: name,
                 };
-                s2gw::commands::discover(&config, &request).await
+                s2gw::commands::discover(&config.path, &request).await
             }
             Command::Modbus(tool) => modbus(tool).await,
             Command::GenerateDocs { dir } => generate_docs(&dir),

@@ -191,22 +191,20 @@ impl Poller {
                 WaitAction::CancelPreparePairing => {
                     info!(device = %device, cem = %self.config.cem_url, "the CEM's user cancelled pairing");
                 }
-                WaitAction::RequestPairing => self.pair(&node).await,
+                WaitAction::RequestPairing => self.pair(id, &node).await,
                 _ => {}
             }
         }
     }
 
-    /// Pair `node` as the client, with its live code's token.
-    async fn pair(&mut self, node: &PollingNode) {
+    /// Pair `node` (node id `id`) as the client, with its live code's token.
+    async fn pair(&mut self, id: NodeId, node: &PollingNode) {
         let device = &node.spec.device;
         let token = match node.codes.current(SystemTime::now()) {
             Ok(Some(token)) => token,
             Ok(None) | Err(_) => {
                 warn!(device = %device, cem = %self.config.cem_url, "the CEM asked to pair, but the device has no valid pairing code: issue one with `s2gw pairing-code`");
-                if let Ok(id) = NodeStore::new(&self.config.state_dir).node_id(device) {
-                    self.without_code.insert(id);
-                }
+                self.without_code.insert(id);
                 return;
             }
         };
