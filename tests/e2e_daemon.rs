@@ -296,9 +296,11 @@ async fn every_device_every_control_type(version: ProtocolVersion) {
     {
         let meter = conns.get_mut("meter").unwrap();
         let w = select_not_controllable(meter).await;
+        // The sim's 400 W base load follows the day (×0.6 at night, ×2.0 at the 19:00
+        // UTC evening peak) ± 15 %, so the bounds hold at any hour the test runs.
         assert!(
-            (100.0..=800.0).contains(&w),
-            "the meter's base load is 400 W ± noise, got {w}"
+            (80.0..=920.0).contains(&w),
+            "the meter's load is 400 W shaped over the day ± noise, got {w}"
         );
     }
 
