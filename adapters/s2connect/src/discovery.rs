@@ -151,6 +151,9 @@ impl FoundEndpoint {
     }
 }
 
+/// The most endpoints one browse keeps.
+const MAX_FOUND: usize = 256;
+
 /// What `s2gw discover` was asked.
 #[derive(Debug, Clone)]
 pub struct BrowseSpec {
@@ -187,6 +190,11 @@ pub async fn discover(spec: &BrowseSpec) -> Result<Vec<FoundEndpoint>, Discovery
     let mut found: BTreeMap<String, Discovered> = BTreeMap::new();
     let listening = async {
         while let Some(endpoint) = browse.next().await {
+            // Anyone on the LAN can announce names; a flood of them must not grow this
+            // without bound (a home has a handful of endpoints).
+            if found.len() >= MAX_FOUND && !found.contains_key(&endpoint.instance) {
+                continue;
+            }
             if spec.wants(&endpoint) {
                 found.insert(endpoint.instance.clone(), endpoint);
                 if spec.only.is_some() {
