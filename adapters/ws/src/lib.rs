@@ -131,6 +131,18 @@ pub trait DialSource: Send + Sync + std::fmt::Debug {
     }
 }
 
+/// A door on the server whose bearer token itself says which CEM slot it opens.
+///
+/// S2 Connect's communication server hands a CEM one WebSocket URL for all its resources
+/// and a single-use token per session (valid at most 30 s): the token, not the path,
+/// names the resource. Registered with [`Server::add_token_door`]; the slots it opens are
+/// registered with [`Server::add_cem_slot_behind_door`].
+pub trait TokenDoor: Send + Sync + std::fmt::Debug {
+    /// The `resource_id` whose CEM slot `presented` opens, consuming the token (a replay
+    /// finds nothing). `None` refuses the upgrade with 401.
+    fn open(&self, presented: &str) -> Option<String>;
+}
+
 /// One connection's worth of [`DialSource`] answer.
 #[derive(Debug, Clone)]
 pub struct DialTarget {

@@ -9,6 +9,10 @@
 //! at once, unread), TLS and the upgrade within `handshake_timeout` of the accept, 429
 //! for an address after `max_failed_auth_per_min` failed bearer checks
 //! ([`AuthFailures`]), and each session's frame rate (the link core's `FrameRate`).
+//!
+//! A slot is opened by its own path (`/s2/cem/<id>`, `/s2/rm/<id>`) and the server's or
+//! the slot's token, or, for S2 Connect, through a [`TokenDoor`]: one path whose
+//! single-use token names the slot.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -31,7 +35,7 @@ use crate::admission::{Admission, Ticket, Turned};
 use crate::auth_limit::{AuthFailures, Gate};
 use crate::conn::{self, Ended, Timers};
 use crate::log_window::LogWindow;
-use crate::{ServerConfig, WsError};
+use crate::{ServerConfig, TokenDoor, WsError};
 
 /// The shortest time between two log lines about sockets closed for the limits.
 const REFUSED_LOG_WINDOW: Duration = Duration::from_secs(60);
@@ -65,6 +69,8 @@ pub struct Server {
     tls: Option<tokio_rustls::TlsAcceptor>,
     /// By URL path.
     slots: HashMap<String, PendingSlot>,
+    /// Paths where the bearer names the slot, by URL path.
+    token_doors: HashMap<String, Arc<dyn TokenDoor>>,
 }
 
 impl std::fmt::Debug for Server {
@@ -84,6 +90,8 @@ struct PendingSlot {
     endpoint: Endpoint,
     /// The token this slot's peer must present instead of the server's, if any.
     token: Option<Secret>,
+    /// Whether its own path opens it; `false`: only a [`TokenDoor`] does.
+    direct: bool,
 }
 
 /// What the upgrade tasks know about a slot.
@@ -93,6 +101,8 @@ struct SlotDoor {
     busy: Arc<AtomicBool>,
     /// The slot's own bearer token, which replaces the server's for this path.
     token: Option<Secret>,
+    /// Whether its own path opens it; `false`: only a [`TokenDoor`] does.
+    direct: bool,
     /// Where an upgraded connection is handed to the slot's task.
     handoff: mpsc::Sender<Handoff>,
 }
@@ -127,6 +137,7 @@ impl Server {
             config,
             tls,
             slots: HashMap::new(),
+            token_doors: HashMap::new(),
         })
     }
 
@@ -138,13 +149,27 @@ impl Server {
     /// Accept a native RM for `resource_id` on `/s2/rm/<resource_id>`: its connection plays
     /// the RM side of that resource on `endpoint`.
     pub fn add_native_rm(&mut self, resource_id: String, endpoint: Endpoint) {
-        self.add(Role::Rm, resource_id, endpoint, None);
+        self.add(Role::Rm, resource_id, endpoint, None, true);
     }
 
     /// Accept a CEM for `resource_id` on `/s2/cem/<resource_id>`: its connection plays the
     /// CEM side of that resource on `endpoint`.
     pub fn add_cem_slot(&mut self, resource_id: String, endpoint: Endpoint) {
-        self.add(Role::Cem, resource_id, endpoint, None);
+        self.add(Role::Cem, resource_id, endpoint, None, true);
+    }
+
+    /// A CEM slot for `resource_id` that only a [`TokenDoor`] opens: its own path answers
+    /// 404, so no static token (not even the server's) reaches it.
+    pub fn add_cem_slot_behind_door(&mut self, resource_id: String, endpoint: Endpoint) {
+        self.add(Role::Cem, resource_id, endpoint, None, false);
+    }
+
+    /// Serve `path` as a door whose bearer names the CEM slot it opens (S2 Connect's
+    /// WebSocket URL with its single-use token).
+    pub fn add_token_door(&mut self, path: String, door: Arc<dyn TokenDoor>) {
+        if self.token_doors.insert(path.clone(), door).is_some() {
+            warn!(%path, "a token door was registered twice: the later one wins");
+        }
     }
 
     /// Like [`add_cem_slot`](Self::add_cem_slot), but the CEM must present `token`
@@ -155,10 +180,17 @@ impl Server {
         endpoint: Endpoint,
         token: Secret,
     ) {
-        self.add(Role::Cem, resource_id, endpoint, Some(token));
+        self.add(Role::Cem, resource_id, endpoint, Some(token), true);
     }
 
-    fn add(&mut self, role: Role, resource_id: String, endpoint: Endpoint, token: Option<Secret>) {
+    fn add(
+        &mut self,
+        role: Role,
+        resource_id: String,
+        endpoint: Endpoint,
+        token: Option<Secret>,
+        direct: bool,
+    ) {
         let path = match role {
             Role::Rm => format!("/s2/rm/{resource_id}"),
             Role::Cem => format!("/s2/cem/{resource_id}"),
@@ -168,6 +200,7 @@ impl Server {
             resource_id,
             endpoint,
             token,
+            direct,
         };
         if self.slots.insert(path.clone(), slot).is_some() {
             warn!(%path, "a slot was registered twice: the later one wins");
@@ -187,6 +220,7 @@ impl Server {
             config,
             tls,
             slots,
+            token_doors,
         } = self;
         let timers = Timers {
             ping_interval: config.ping_interval,
@@ -210,6 +244,7 @@ impl Server {
                 SlotDoor {
                     busy,
                     token,
+                    direct: slot.direct,
                     handoff,
                 },
             );
@@ -224,6 +259,7 @@ impl Server {
         }
         let shared = Arc::new(Shared {
             doors,
+            token_doors,
             bearer: config.bearer.clone(),
             tls,
             max_frame_bytes: config.max_frame_bytes,
@@ -305,6 +341,7 @@ fn say_refused(
 
 struct Shared {
     doors: HashMap<String, SlotDoor>,
+    token_doors: HashMap<String, Arc<dyn TokenDoor>>,
     bearer: Option<Secret>,
     tls: Option<tokio_rustls::TlsAcceptor>,
     max_frame_bytes: usize,
@@ -375,7 +412,10 @@ impl Shared {
         claimed: &mut Option<(Claim, mpsc::Sender<Handoff>)>,
     ) -> Result<Response, ErrorResponse> {
         let path = request.uri().path();
-        let door = self.doors.get(path);
+        if let Some(token_door) = self.token_doors.get(path) {
+            return self.check_token_door(token_door.as_ref(), request, response, peer, claimed);
+        }
+        let door = self.doors.get(path).filter(|door| door.direct);
         // Authentication first, so an unauthenticated peer learns nothing about paths.
         let expected = door
             .and_then(|door| door.token.as_ref())
@@ -384,44 +424,95 @@ impl Shared {
             if let Some(refusal) = self.shut_out(peer, path) {
                 return Err(refusal);
             }
-            let presented = request
-                .headers()
-                .get(header::AUTHORIZATION)
-                .and_then(|value| value.to_str().ok())
-                .and_then(|value| value.strip_prefix("Bearer "))
-                .map(str::trim);
-            if !presented.is_some_and(|token| same(token, expected.expose())) {
-                self.auth_failures()
-                    .failed(peer.ip(), std::time::Instant::now());
-                // At most server.max_failed_auth_per_min of these per address and minute:
-                // then the address gets 429 and one line (see `shut_out`).
-                warn!(%peer, %path, "refused: missing or wrong bearer token");
-                let mut refusal = refuse(StatusCode::UNAUTHORIZED, "bearer token required");
-                refusal
-                    .headers_mut()
-                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-                return Err(refusal);
+            if !bearer(request).is_some_and(|token| same(token, expected.expose())) {
+                return Err(self.unauthorized(peer, path));
             }
         }
         let Some(door) = door else {
             warn!(%peer, %path, "refused: no such S2 endpoint");
             return Err(refuse(StatusCode::NOT_FOUND, "no S2 endpoint at this path"));
         };
-        if door
-            .busy
-            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
-            .is_err()
-        {
-            warn!(%peer, %path, "refused: the slot already has a connection");
-            return Err(refuse(
-                StatusCode::CONFLICT,
-                "this resource already has a connection",
-            ));
-        }
-        *claimed = Some((Claim(door.busy.clone()), door.handoff.clone()));
-        info!(%peer, %path, "accepted");
+        claim(door, peer, path, claimed)?;
         Ok(response)
     }
+
+    /// The upgrade callback on a [`TokenDoor`]'s path: the token names the slot, and is
+    /// used up whether or not the slot is free (a refused CEM initiates a new session).
+    #[allow(clippy::result_large_err)]
+    fn check_token_door(
+        &self,
+        token_door: &dyn TokenDoor,
+        request: &Request,
+        response: Response,
+        peer: SocketAddr,
+        claimed: &mut Option<(Claim, mpsc::Sender<Handoff>)>,
+    ) -> Result<Response, ErrorResponse> {
+        let path = request.uri().path();
+        if let Some(refusal) = self.shut_out(peer, path) {
+            return Err(refusal);
+        }
+        let Some(resource_id) = bearer(request).and_then(|token| token_door.open(token)) else {
+            return Err(self.unauthorized(peer, path));
+        };
+        let slot = format!("/s2/cem/{resource_id}");
+        let Some(door) = self.doors.get(&slot) else {
+            warn!(%peer, %path, %resource_id, "refused: the token is for a resource with no CEM slot here");
+            return Err(refuse(
+                StatusCode::NOT_FOUND,
+                "no S2 endpoint for this token",
+            ));
+        };
+        claim(door, peer, &slot, claimed)?;
+        Ok(response)
+    }
+
+    /// Count a failed bearer check and answer it with 401.
+    fn unauthorized(&self, peer: SocketAddr, path: &str) -> ErrorResponse {
+        self.auth_failures()
+            .failed(peer.ip(), std::time::Instant::now());
+        // At most server.max_failed_auth_per_min of these per address and minute:
+        // then the address gets 429 and one line (see `shut_out`).
+        warn!(%peer, %path, "refused: missing or wrong bearer token");
+        let mut refusal = refuse(StatusCode::UNAUTHORIZED, "bearer token required");
+        refusal
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        refusal
+    }
+}
+
+/// The bearer token an upgrade request presents.
+fn bearer(request: &Request) -> Option<&str> {
+    request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .map(str::trim)
+}
+
+/// Take `door`'s slot for this connection, or 409 when a connection holds it.
+#[allow(clippy::result_large_err)]
+fn claim(
+    door: &SlotDoor,
+    peer: SocketAddr,
+    path: &str,
+    claimed: &mut Option<(Claim, mpsc::Sender<Handoff>)>,
+) -> Result<(), ErrorResponse> {
+    if door
+        .busy
+        .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+        .is_err()
+    {
+        warn!(%peer, %path, "refused: the slot already has a connection");
+        return Err(refuse(
+            StatusCode::CONFLICT,
+            "this resource already has a connection",
+        ));
+    }
+    *claimed = Some((Claim(door.busy.clone()), door.handoff.clone()));
+    info!(%peer, %path, "accepted");
+    Ok(())
 }
 
 impl Shared {

@@ -185,6 +185,60 @@ async fn a_cem_slot_with_its_own_token_accepts_only_that_token() {
     guard("the server to stop", task).await.unwrap();
 }
 
+/// Opens `r9` for the token `one-use` once.
+#[derive(Debug, Default)]
+struct OneUse(std::sync::atomic::AtomicBool);
+
+impl s2gw_ws::TokenDoor for OneUse {
+    fn open(&self, presented: &str) -> Option<String> {
+        let used = || self.0.swap(true, std::sync::atomic::Ordering::SeqCst);
+        (presented == "one-use" && !used()).then(|| "r9".to_string())
+    }
+}
+
+#[tokio::test]
+async fn a_token_door_opens_the_slot_its_token_names_once_and_the_slots_own_path_stays_shut() {
+    let mut server = Server::bind(ServerConfig {
+        bearer: Some(Secret::new("server-token")),
+        ..ServerConfig::default()
+    })
+    .await
+    .unwrap();
+    let (endpoint, mut cem) = Endpoint::pair(64);
+    server.add_cem_slot_behind_door("r9".to_string(), endpoint);
+    server.add_token_door(
+        "/s2/connect".to_string(),
+        std::sync::Arc::new(OneUse::default()),
+    );
+    let base = format!("ws://{}", server.local_addr());
+    let shutdown = CancellationToken::new();
+    let task = server.spawn(shutdown.clone());
+
+    // Behind the door only: not even the server's own token opens its path.
+    let direct = dial_with(&format!("{base}/s2/cem/r9"), Some("Bearer server-token"))
+        .await
+        .unwrap_err();
+    assert_eq!(status_of(direct), 404);
+    let door = format!("{base}/s2/connect");
+    let unknown = dial_with(&door, Some("Bearer server-token"))
+        .await
+        .unwrap_err();
+    assert_eq!(status_of(unknown), 401);
+    let missing = dial_with(&door, None).await.unwrap_err();
+    assert_eq!(status_of(missing), 401);
+    let (_, frames) = cem_session();
+    let mut ok = dial_with(&door, Some("Bearer one-use")).await.unwrap();
+    expect_up(&mut cem).await;
+    send_text(&mut ok, frames[0].text()).await;
+    assert_eq!(expect_frame(&mut cem).await.kind(), MessageKind::Handshake);
+    // The door said no to the replay; the slot is not even asked.
+    let replay = dial_with(&door, Some("Bearer one-use")).await.unwrap_err();
+    assert_eq!(status_of(replay), 401);
+
+    shutdown.cancel();
+    guard("the server to stop", task).await.unwrap();
+}
+
 #[tokio::test]
 async fn a_cem_slot_checks_frames_and_closes_when_the_rm_goes() {
     let mut running = serve(ServerConfig {
