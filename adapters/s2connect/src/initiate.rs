@@ -87,7 +87,9 @@ impl Initiator {
         let tokens = session.tokens().clone();
         let still_paired = self
             .file
-            .update(node_id, pairing.cem.id, |p| p.set_tokens(&tokens))
+            .update(node_id, pairing.cem.id, |p| {
+                p.set_tokens(&tokens, Timestamp::now())
+            })
             .map_err(|e| e.to_string())?;
         let credentials = result.map_err(|e| {
             format!(

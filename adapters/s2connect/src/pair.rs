@@ -122,6 +122,7 @@ pub(crate) async fn pair_with_code(
         access_tokens: vec![paired.pairing.details.access_token.clone()],
         communication_server: paired.pairing.communication_server,
         paired_at: Timestamp::now().to_string(),
+        pending_grants: Vec::new(),
     };
     drop(existing);
     file.insert(local.id, stored.clone())?;

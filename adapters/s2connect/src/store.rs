@@ -5,6 +5,7 @@ use std::io::Write as _;
 use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
+use s2gw_core::s2::Timestamp;
 use s2gw_core::s2::connect::{
     AccessToken, EndpointDescription, NodeDescription, NodeId, Role, TokenStore,
 };
@@ -47,6 +48,9 @@ pub enum StoredTls {
     /// its CA, from the HMAC-authenticated connection details. The first session
     /// initiation fetches the certificate it names and stores it as [`Self::PinnedCa`].
     CaFingerprint(String),
+    /// The gateway is the communication server (`[s2connect] deployment = "wan"`): the
+    /// CEM dials in, so there is no CEM certificate to trust.
+    CemDialsIn,
 }
 
 /// One pairing, as stored.
@@ -66,25 +70,56 @@ pub struct StoredPairing {
     pub communication_server: Role,
     /// When the pairing was made (RFC 3339).
     pub paired_at: String,
+    /// Those of `access_tokens` granted by `initiateSession` and not yet confirmed, with
+    /// when: only these expire (`S2C §Recovery`). Kept so a gateway that serves sessions
+    /// and restarts between the two requests still accepts the confirmation.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending_grants: Vec<PendingGrant>,
+}
+
+/// An access token granted and not yet confirmed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PendingGrant {
+    /// The token (also in `access_tokens`).
+    pub token: AccessToken,
+    /// When it was granted.
+    pub granted_at: Timestamp,
 }
 
 impl StoredPairing {
     /// The token store session initiation works from.
     pub fn tokens(&self) -> TokenStore {
-        let mut held = self.access_tokens.iter().rev();
-        let mut store = match held.next() {
-            Some(oldest) => TokenStore::new(oldest.clone()),
-            None => return TokenStore::default(),
-        };
-        for newer in held {
-            store.adopt(newer.clone());
+        let mut store = TokenStore::default();
+        // Oldest first: each one goes in front of the ones before it.
+        for token in self.access_tokens.iter().rev() {
+            match self.granted_at(token) {
+                Some(granted) => store.add(token.clone(), granted),
+                None => store.adopt(token.clone()),
+            }
         }
         store
     }
 
-    /// Keep what a session initiation left in the store.
-    pub fn set_tokens(&mut self, tokens: &TokenStore) {
+    /// Keep what a session initiation left in the store; a grant first seen here is
+    /// dated `now`.
+    pub fn set_tokens(&mut self, tokens: &TokenStore, now: Timestamp) {
+        let pending_grants = tokens
+            .candidates()
+            .filter(|token| tokens.is_pending(token))
+            .map(|token| PendingGrant {
+                token: token.clone(),
+                granted_at: self.granted_at(token).unwrap_or(now),
+            })
+            .collect();
+        self.pending_grants = pending_grants;
         self.access_tokens = tokens.candidates().cloned().collect();
+    }
+
+    fn granted_at(&self, token: &AccessToken) -> Option<Timestamp> {
+        self.pending_grants
+            .iter()
+            .find(|grant| grant.token.verify(token))
+            .map(|grant| grant.granted_at)
     }
 }
 
@@ -147,6 +182,7 @@ impl PairingFile {
                     StoredTls::PinnedCa(_) => "pinned CA",
                     StoredTls::CaFingerprint(_) => "CA fingerprint (pinned at first session)",
                     StoredTls::Web => "web PKI",
+                    StoredTls::CemDialsIn => "CEM dials in",
                 },
                 paired_at: p.paired_at,
             })
@@ -328,6 +364,7 @@ mod tests {
             access_tokens: tokens.iter().map(|t| AccessToken::new(*t)).collect(),
             communication_server: Role::Cem,
             paired_at: "2026-12-02T00:00:00Z".into(),
+            pending_grants: Vec::new(),
         }
     }
 
@@ -340,13 +377,43 @@ mod tests {
             Some("newest-token")
         );
         let mut again = stored.clone();
-        again.set_tokens(&store);
+        again.set_tokens(&store, Timestamp::now());
         let kept: Vec<&str> = again
             .access_tokens
             .iter()
             .map(AccessToken::as_str)
             .collect();
         assert_eq!(kept, ["newest-token", "older-token"]);
+    }
+
+    #[test]
+    fn a_grant_awaiting_confirmation_survives_a_round_trip_with_its_grant_time() {
+        let granted = Timestamp::from_unix(1_800_000_000, 0);
+        let mut tokens = TokenStore::new(AccessToken::new("in-force"));
+        tokens.add(AccessToken::new("granted"), granted);
+        let mut stored = pairing(&[]);
+        stored.set_tokens(&tokens, granted);
+        // Written and read back as the file does; a later write keeps the grant's time.
+        let text = serde_json::to_string(&stored).unwrap();
+        let mut read: StoredPairing = serde_json::from_str(&text).unwrap();
+        let again = read.tokens();
+        read.set_tokens(&again, Timestamp::from_unix(1_800_000_100, 0));
+        let store = read.tokens();
+        assert!(store.is_pending(&AccessToken::new("granted")));
+        assert!(!store.is_pending(&AccessToken::new("in-force")));
+        assert_eq!(read.pending_grants[0].granted_at, granted);
+        assert_eq!(store.current().map(AccessToken::as_str), Some("granted"));
+        // Confirmed within its lifetime, it is the only token left.
+        let mut store = store;
+        store
+            .confirm(
+                &AccessToken::new("granted"),
+                Timestamp::from_unix(1_800_000_001, 0),
+            )
+            .unwrap();
+        read.set_tokens(&store, Timestamp::from_unix(1_800_000_002, 0));
+        assert!(read.pending_grants.is_empty());
+        assert_eq!(read.access_tokens.len(), 1);
     }
 
     #[test]

@@ -17,6 +17,11 @@ pub(crate) async fn policy(
 ) -> Result<(TlsPolicy, Option<StoredTls>), String> {
     match &pairing.tls {
         StoredTls::Web => Ok((TlsPolicy::Web, None)),
+        StoredTls::CemDialsIn => Err(
+            "this pairing makes the gateway the communication server: the CEM dials in, \
+             which needs [s2connect] deployment = \"wan\""
+                .to_string(),
+        ),
         StoredTls::PinnedCa(hex) => s2gw_core::hex::decode(hex)
             .map(|der| (TlsPolicy::PinnedCa(der.into()), None))
             .ok_or_else(|| "the pinned CA certificate is not hex".to_string()),
