@@ -439,6 +439,30 @@ bad_configs! {
     /// s2connect: a CEM to long-poll over plain HTTP
     s2connect_long_poll_not_https: "[s2connect]\nlong_poll = [\"http://hems.local:8443/v1/\"]\n"
         => "s2connect.long_poll[0]", "`http://hems.local:8443/v1/` is not an https:// URL";
+    /// s2connect: a deployment that is neither
+    s2connect_deployment_unknown: "[s2connect]\ndeployment = \"cloud\"\n"
+        => "s2connect.deployment", "`cloud` is not \"lan\" or \"wan\"";
+    /// s2connect: WAN without the domain the challenge is bound to
+    s2connect_wan_without_domain: "[s2connect]\ndeployment = \"wan\"\ntls_cert_file = \"s2gw.toml\"\ntls_key_file = \"s2gw.toml\"\n"
+        => "s2connect.domain", "deployment = \"wan\" needs the domain name";
+    /// s2connect: a URL where the domain belongs
+    s2connect_wan_domain_is_a_url: "[s2connect]\ndeployment = \"wan\"\ndomain = \"https://gw.example.com\"\ntls_cert_file = \"s2gw.toml\"\ntls_key_file = \"s2gw.toml\"\n"
+        => "s2connect.domain", "`https://gw.example.com` is not a domain name";
+    /// s2connect: a domain on a LAN gateway
+    s2connect_domain_on_lan: "[s2connect]\ndomain = \"gw.example.com\"\n"
+        => "s2connect.domain", "domain is for deployment = \"wan\"";
+    /// s2connect: WAN with the self-signed certificate
+    s2connect_wan_self_signed: "[s2connect]\ndeployment = \"wan\"\ndomain = \"gw.example.com\"\n"
+        => "s2connect.tls_cert_file", "deployment = \"wan\" needs tls_cert_file and tls_key_file";
+    /// s2connect: WAN advertised on DNS-SD
+    s2connect_wan_advertised: "[s2connect]\ndeployment = \"wan\"\ndomain = \"gw.example.com\"\ntls_cert_file = \"s2gw.toml\"\ntls_key_file = \"s2gw.toml\"\nadvertise_on = [\"eth0\"]\n"
+        => "s2connect.advertise_on", "DNS-SD is for the LAN";
+    /// s2connect: WAN long-polling a LAN CEM
+    s2connect_wan_long_polls: "[s2connect]\ndeployment = \"wan\"\ndomain = \"gw.example.com\"\ntls_cert_file = \"s2gw.toml\"\ntls_key_file = \"s2gw.toml\"\nlong_poll = [\"https://hems.local/v1/\"]\n"
+        => "s2connect.long_poll", "waitForPairing is a LAN-only operation";
+    /// s2connect: WAN with no wss:// server for the CEMs to dial
+    s2connect_wan_without_server: "[s2connect]\ndeployment = \"wan\"\ndomain = \"gw.example.com\"\ntls_cert_file = \"s2gw.toml\"\ntls_key_file = \"s2gw.toml\"\n"
+        => "s2connect.deployment", "needs a [server] section with tls_cert_file and tls_key_file";
     /// s2connect: unknown key
     s2connect_unknown_key: "[s2connect]\nport = 8443\n"
         => "s2connect.port", "unknown";

@@ -135,6 +135,7 @@ async fn gateway_server() -> GatewayServer {
             name: "s2gw".into(),
             nodes: vec![battery()],
             paired: Default::default(),
+            wan: None,
         },
         shutdown.clone(),
     )

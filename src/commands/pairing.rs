@@ -43,6 +43,15 @@ pub async fn pair(path: &Path, request: &PairRequest) -> anyhow::Result<ExitCode
         return Ok(ExitCode::FAILURE);
     };
     init_tracing(&config.gateway.log_level, false);
+    if crate::gateway::s2connect::cem_dials_in(&config) {
+        // As pairing client a WAN RM posts its own connection details (step 6B), which
+        // is not built here: the CEM pairs with the gateway's server instead.
+        anyhow::bail!(
+            "this gateway is deployment = \"wan\" in {}: CEMs pair with its pairing server; \
+             show them a code with `s2gw pairing-code <device>`",
+            path.display()
+        );
+    }
     let all = nodes(&config);
     let chosen: Vec<&Node> = match &request.device {
         Some(id) => match all.iter().find(|n| &n.spec.device == id) {
@@ -199,6 +208,13 @@ pub fn unpaired_warnings(config: &Config) -> Vec<String> {
     let nodes = nodes(config);
     let unpaired = nodes.iter().filter(|n| n.s2connect).filter_map(|n| {
         match PairingFile::new(state, &n.spec.device).load() {
+            Ok(list) if list.is_empty() && crate::gateway::s2connect::cem_dials_in(config) => {
+                Some(format!(
+                    "{} is on s2connect link `{}` but not paired yet: let the CEM pair using \
+                     `s2gw pairing-code {}`",
+                    n.spec.device, n.link, n.spec.device
+                ))
+            }
             Ok(list) if list.is_empty() => Some(format!(
                 "{} is on s2connect link `{}` but not paired yet: run `s2gw pair {} --cem <url> \
                  --code <code>`{}",

@@ -480,6 +480,15 @@ impl<'e> Cx<'e> {
                 native_sections.push(n);
             }
         }
+        let wan = matches!(&s2connect, Some(Some(s)) if s.wan_domain.is_some());
+        let wss = matches!(&server, Some(Some(s)) if s.tls.is_some());
+        if wan && !wss {
+            self.err(
+                "s2connect.deployment",
+                "deployment = \"wan\" needs a [server] section with tls_cert_file and \
+                 tls_key_file: the CEMs dial the gateway's wss:// S2 server",
+            );
+        }
         if devices.is_empty() && natives.is_empty() {
             self.err(
                 "device",

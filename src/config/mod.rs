@@ -195,6 +195,13 @@ impl Config {
                 "\n  s2connect pairing server https://{}/v1/",
                 s2connect.listen
             ));
+            if let (Some(domain), Some(server)) = (&s2connect.wan_domain, &self.server) {
+                out.push_str(&format!(
+                    " (WAN: CEMs pair at https://{domain}:{}/v1/ and dial wss://{domain}:{}/s2/connect)",
+                    s2connect.listen.port(),
+                    server.listen.port()
+                ));
+            }
         }
         for link in self.cem.values() {
             let how = match &link.transport {

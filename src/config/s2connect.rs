@@ -32,6 +32,9 @@ pub struct S2ConnectSection {
     /// `long_poll`: the pairing URLs of LAN CEMs whose `waitForPairing` the gateway
     /// long-polls for the resources with a live pairing code.
     pub long_poll: Vec<String>,
+    /// `deployment = "wan"` with `domain`: the gateway is reachable from the internet
+    /// under this name, so it is the communication server for LAN CEMs (`None`: LAN).
+    pub wan_domain: Option<String>,
 }
 
 /// `[s2connect]` as written. Fields in alphabetical order: serde lists them in
@@ -41,6 +44,8 @@ pub struct S2ConnectSection {
 struct S2ConnectToml {
     advertise_on: Option<Strings>,
     code_valid_s: Option<Count<3600>>,
+    deployment: Option<Text>,
+    domain: Option<Text>,
     listen: Option<Text>,
     long_poll: Option<Strings>,
     names: Option<Strings>,
@@ -129,15 +134,100 @@ impl Cx<'_> {
                 );
             }
         }
+        let wan_domain = wan_domain(&at, &raw.deployment, &raw.domain, self.errors);
+        if matches!(wan_domain, Some(Some(_))) {
+            for (key, why) in [
+                (
+                    "names",
+                    "a WAN gateway serves a certificate from a public CA: give tls_cert_file and tls_key_file",
+                ),
+                (
+                    "advertise_on",
+                    "DNS-SD is for the LAN: a WAN gateway is not advertised",
+                ),
+                (
+                    "long_poll",
+                    "waitForPairing is a LAN-only operation: a WAN gateway cannot long-poll",
+                ),
+            ] {
+                if at.given(key) {
+                    at.err(
+                        self.errors,
+                        key,
+                        format!("does not apply to deployment = \"wan\": {why}"),
+                    );
+                }
+            }
+            if !at.given("tls_cert_file") {
+                at.err(self.errors, "tls_cert_file", "deployment = \"wan\" needs tls_cert_file and tls_key_file: a certificate from a public CA for the domain");
+            }
+        }
         if !self.clean_since(mark) {
             return None;
         }
+        let wan_domain = wan_domain?;
         Some(S2ConnectSection {
             listen: listen?,
             identity: identity?,
             code_validity,
-            advertise_on: advertise_on?,
+            advertise_on: if wan_domain.is_some() {
+                None
+            } else {
+                advertise_on?
+            },
             long_poll: long_poll?,
+            wan_domain,
         })
     }
+}
+
+/// `deployment` and `domain`: `Some(None)` for a LAN gateway, `Some(Some(domain))` for
+/// a WAN one, `None` when either is wrong (reported).
+fn wan_domain(
+    at: &super::located::At,
+    deployment: &Option<Text>,
+    domain: &Option<Text>,
+    errors: &mut super::located::Errors,
+) -> Option<Option<String>> {
+    let wan = match deployment.as_ref().map(|t| t.0.as_str()) {
+        None | Some("lan") => false,
+        Some("wan") => true,
+        Some(other) => {
+            at.err(
+                errors,
+                "deployment",
+                format!("`{other}` is not \"lan\" or \"wan\""),
+            );
+            return None;
+        }
+    };
+    match (wan, domain.as_ref().map(|t| t.0.as_str())) {
+        (false, None) => Some(None),
+        (false, Some(_)) => {
+            at.err(errors, "domain", "domain is for deployment = \"wan\" (the name a CEM reaches the gateway by from the internet)");
+            None
+        }
+        (true, None) => {
+            at.err(errors, "domain", "deployment = \"wan\" needs the domain name the gateway's certificate carries, e.g. \"gw.example.com\"");
+            None
+        }
+        (true, Some(name)) if is_domain(name) => Some(Some(name.to_ascii_lowercase())),
+        (true, Some(name)) => {
+            at.err(errors, "domain", format!("`{name}` is not a domain name (no scheme, port or path: e.g. \"gw.example.com\")"));
+            None
+        }
+    }
+}
+
+/// A DNS name: dot-separated labels of letters, digits and hyphens.
+fn is_domain(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
 }

@@ -106,6 +106,8 @@ impl Gateway {
 
         let mut tasks = Vec::new();
         check_ble(config, &shutdown, &mut tasks);
+        let mut pairing =
+            s2connect::start(config, paired.clone(), server_addr, &shutdown, &mut tasks).await?;
         let mut views = Vec::new();
         let mut handles = Vec::new();
         for device in &config.devices {
@@ -154,7 +156,10 @@ impl Gateway {
                 config, link, resource, cem_side, &mut via, &shutdown, &mut tasks,
             )?;
         }
-        if let Some(server) = server {
+        if let Some(mut server) = server {
+            if let Some(door) = pairing.as_mut().and_then(|p| p.door.take()) {
+                server.add_token_door(s2connect::SESSION_PATH.to_string(), Arc::new(door));
+            }
             tasks.push(server.spawn(shutdown.clone()));
         }
         if let Some(mqtt) = mqtt.as_mut() {
@@ -166,7 +171,7 @@ impl Gateway {
             );
             mqtt.start_bridge(Arc::new(data));
         }
-        let pairing_addr = s2connect::start(config, paired, &shutdown, &mut tasks).await?;
+        let pairing_addr = pairing.map(|p| p.addr);
         let web_addr = match &config.web {
             Some(section) => {
                 let data = web_data(config, handles, counters.clone(), traffic, mqtt.as_ref());
@@ -417,6 +422,14 @@ fn attach_cem(
                 Some(token) => server.add_cem_slot_with_token(resource_id, endpoint, token.clone()),
                 None => server.add_cem_slot(resource_id, endpoint),
             }
+        }
+        CemTransport::S2Connect if s2connect::cem_dials_in(config) => {
+            // A WAN gateway serves sessions: the CEM dials its S2 server with the
+            // single-use token its `confirmAccessToken` returned (the token door).
+            let Some(server) = via.server.as_deref_mut() else {
+                anyhow::bail!("an s2connect link of a WAN gateway needs a [server] section");
+            };
+            server.add_cem_slot_behind_door(resource.resource_id.to_string(), endpoint);
         }
         CemTransport::S2Connect => {
             // The device's config id names its state files: stable, and what `s2gw pair`

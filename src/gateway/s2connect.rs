@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use s2gw_s2connect::{
     AdvertiseSpec, IdentitySource, Interfaces, LongPollConfig, NodeSpec, PairingCodes,
-    PairingServerConfig, PollingNode,
+    PairingServerConfig, PollingNode, WanServing,
 };
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
@@ -89,15 +89,61 @@ pub fn pairing_codes(config: &Config) -> BTreeMap<String, PairingCodes> {
         .collect()
 }
 
-/// Start the pairing server `[s2connect]` asks for; its address, or `None` without one.
+/// The path of a WAN gateway's S2 server where CEMs dial with their single-use token.
+pub const SESSION_PATH: &str = "/s2/connect";
+
+/// A started pairing server.
+#[derive(Debug)]
+pub struct PairingServer {
+    /// Where it listens.
+    pub addr: std::net::SocketAddr,
+    /// A WAN gateway's door on the S2 server, for [`SESSION_PATH`].
+    pub door: Option<ResourceDoor>,
+}
+
+/// The S2 server's door for S2 Connect sessions: the CEM's single-use token names the
+/// device, whose CEM slot it opens.
+#[derive(Debug)]
+pub struct ResourceDoor {
+    sessions: s2gw_s2connect::SessionDoor,
+    resource_ids: BTreeMap<String, String>,
+}
+
+impl s2gw_ws::TokenDoor for ResourceDoor {
+    fn open(&self, presented: &str) -> Option<String> {
+        let device = self.sessions.device_for(presented)?;
+        self.resource_ids.get(&device).cloned()
+    }
+}
+
+/// Whether the s2connect links wait for the CEM to dial in (a WAN gateway) rather than
+/// initiate sessions.
+pub fn cem_dials_in(config: &Config) -> bool {
+    config
+        .s2connect
+        .as_ref()
+        .is_some_and(|s| s.wan_domain.is_some())
+}
+
+/// Start the pairing server `[s2connect]` asks for (`None` without one). A WAN gateway's
+/// URLs name its S2 server's bound port, `s2_server`.
 pub async fn start(
     config: &Config,
     paired: s2gw_s2connect::PairedEvents,
+    s2_server: Option<std::net::SocketAddr>,
     shutdown: &CancellationToken,
     tasks: &mut Vec<JoinHandle<()>>,
-) -> anyhow::Result<Option<std::net::SocketAddr>> {
+) -> anyhow::Result<Option<PairingServer>> {
     let Some(section) = &config.s2connect else {
         return Ok(None);
+    };
+    let wan = match (&section.wan_domain, s2_server) {
+        (Some(domain), Some(s2)) => Some(WanServing {
+            domain: domain.clone(),
+            websocket_url: format!("wss://{domain}:{}{SESSION_PATH}", s2.port()),
+        }),
+        (Some(_), None) => anyhow::bail!("s2connect.deployment = \"wan\" needs a [server] section"),
+        (None, _) => None,
     };
     let server = s2gw_s2connect::start_pairing_server(
         PairingServerConfig {
@@ -107,6 +153,7 @@ pub async fn start(
             name: config.gateway.name.clone(),
             nodes: pairable(config).into_iter().map(|n| n.spec).collect(),
             paired: paired.clone(),
+            wan,
         },
         shutdown.clone(),
     )
@@ -123,7 +170,27 @@ pub async fn start(
             tasks,
         );
     }
-    Ok(Some(server.addr))
+    let door = server.sessions.map(|sessions| ResourceDoor {
+        sessions,
+        resource_ids: resource_ids(config),
+    });
+    Ok(Some(PairingServer {
+        addr: server.addr,
+        door,
+    }))
+}
+
+/// Each device's and native RM's S2 `resource_id`, by config id.
+fn resource_ids(config: &Config) -> BTreeMap<String, String> {
+    let devices = config
+        .devices
+        .iter()
+        .map(|d| (d.id.clone(), d.resource_id.as_str().to_string()));
+    let natives = config
+        .natives
+        .iter()
+        .map(|n| (n.id.clone(), n.resource_id.as_str().to_string()));
+    devices.chain(natives).collect()
 }
 
 /// Long-poll each CEM of `s2connect.long_poll` for the resources with a live code.

@@ -56,5 +56,8 @@ pub use initiate::Initiator;
 pub use longpoll::{CODE_CHECK, LongPollConfig, PollingNode, spawn_long_poll};
 pub use node::{NodeSpec, NodeStore};
 pub use pair::{PairError, PairTarget, pair, unpair};
-pub use server::{PairingServerConfig, RunningPairingServer, ServerError, start_pairing_server};
+pub use server::{
+    PairingServerConfig, RunningPairingServer, ServerError, SessionDoor, WanServing,
+    start_pairing_server,
+};
 pub use store::{PairingFile, PairingSummary, StoreError, StoredPairing, StoredTls};

@@ -6,6 +6,13 @@
 //! and node listing, `preparePairing` / `cancelPreparePairing` and `waitForPairing`, the
 //! last four to same-subnet peers only. `requestConnectionDetails` is refused with
 //! `IncompatibleCommunicationProtocols`: a LAN RM is never the communication server.
+//!
+//! A WAN gateway ([`WanServing`]) is a WAN endpoint instead: no LAN-only operation (they
+//! answer 404), its challenge response bound to its domain name, and it is the
+//! communication server for a LAN CEM: `requestConnectionDetails` answers its
+//! session-initiation URL and a token minted for the pairing, `initiateSession` and
+//! `confirmAccessToken` rotate that token, and the single-use WebSocket token they issue
+//! is checked by [`SessionDoor`] on the S2 WebSocket server.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -15,13 +22,15 @@ use s2gw_core::CancellationToken;
 use s2gw_core::s2::connect::server::{
     self, Endpoint, LocalSubnets, PairingService, PrepareSignal, SessionService,
 };
-use s2gw_core::s2::connect::{Deployment, EndpointDescription, Fingerprint};
+use s2gw_core::s2::connect::{
+    AccessToken, ConnectionDetails, Deployment, EndpointDescription, Fingerprint, Timestamp,
+};
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
 use crate::codes::aliases;
 use crate::events::PairedEvents;
-use crate::hosted::{Hosted, StateStore};
+use crate::hosted::{Hosted, MintedTokens, StateStore};
 use crate::identity::{Identity, IdentitySource};
 use crate::node::{NodeSpec, NodeStore};
 use crate::store::StoreError;
@@ -41,6 +50,18 @@ pub struct PairingServerConfig {
     pub nodes: Vec<NodeSpec>,
     /// Where it announces each pairing it stores.
     pub paired: PairedEvents,
+    /// Set for a WAN gateway, which serves sessions.
+    pub wan: Option<WanServing>,
+}
+
+/// What a WAN gateway tells the CEMs it serves.
+#[derive(Debug, Clone)]
+pub struct WanServing {
+    /// The domain name its certificate carries (what the challenge response binds); the
+    /// session-initiation URL is `https://<domain>:<listen port>/v1/`.
+    pub domain: String,
+    /// The WebSocket URL a CEM dials with its single-use token.
+    pub websocket_url: String,
 }
 
 /// Why the pairing server did not start.
@@ -74,6 +95,33 @@ pub struct RunningPairingServer {
     pub leaf: Fingerprint,
     /// Ends when the shutdown token is cancelled.
     pub task: JoinHandle<()>,
+    /// A WAN gateway's check of the WebSocket tokens it issues.
+    pub sessions: Option<SessionDoor>,
+}
+
+/// Which resource a single-use WebSocket token opens, for a WAN gateway's S2 server.
+#[derive(Debug, Clone)]
+pub struct SessionDoor {
+    sessions: Arc<SessionService>,
+    store: Arc<StateStore>,
+}
+
+impl SessionDoor {
+    /// The device whose CEM presented `token`, consuming it: each is good for one
+    /// connection within 30 s of `confirmAccessToken`.
+    pub fn device_for(&self, token: &str) -> Option<String> {
+        let remote = self
+            .sessions
+            .authorize_connection(token, Timestamp::now())?;
+        let Some(local) = self.sessions.store().paired(remote).map(|p| p.local) else {
+            // Unpaired between confirmAccessToken and the upgrade.
+            warn!(cem = %remote, "WebSocket refused: the CEM is no longer paired");
+            return None;
+        };
+        let device = self.store.hosted(local)?.device.clone();
+        info!(%device, cem = %remote, "the CEM's WebSocket token is valid");
+        Some(device)
+    }
 }
 
 /// Start serving until `shutdown`.
@@ -83,11 +131,55 @@ pub async fn start_pairing_server(
 ) -> Result<RunningPairingServer, ServerError> {
     let identity = Identity::load(&config.state_dir, &config.identity)?;
     let tls = identity.server_config().map_err(ServerError::Tls)?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServerError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| ServerError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    // The bound port: `listen` may have asked for any free one.
+    let initiate_session_url = config
+        .wan
+        .as_ref()
+        .map(|w| format!("https://{}:{}/v1/", w.domain, addr.port()));
     let store = Arc::new(StateStore::new(
         &config.state_dir,
         hosted(&config),
         config.paired.clone(),
+        initiate_session_url.clone(),
     ));
+    let (router, sessions) = match (&config.wan, initiate_session_url) {
+        (Some(wan), Some(url)) => {
+            let (router, door) = wan_endpoint(&config, wan, url, store);
+            (router, Some(door))
+        }
+        _ => (lan_endpoint(&config, store, &identity)?, None),
+    };
+    let router = router.layer(axum::middleware::from_fn(require_ca_fingerprint));
+    info!(%addr, leaf = %identity.leaf.to_hex(), nodes = config.nodes.len(), "S2 Connect pairing server listening");
+    let task = tokio::spawn(async move {
+        if let Err(e) = server::serve(listener, tls, router, shutdown.cancelled_owned()).await {
+            warn!(error = %e, "the S2 Connect pairing server stopped");
+        }
+    });
+    Ok(RunningPairingServer {
+        addr,
+        leaf: identity.leaf,
+        task,
+        sessions,
+    })
+}
+
+/// A LAN endpoint: the LAN-only operations too, and no sessions served.
+fn lan_endpoint(
+    config: &PairingServerConfig,
+    store: Arc<StateStore>,
+    identity: &Identity,
+) -> Result<axum::Router, ServerError> {
     let endpoint = EndpointDescription {
         name: Some(config.name.clone()),
         logo_url: None,
@@ -99,29 +191,87 @@ pub async fn start_pairing_server(
     let endpoint = Endpoint::new(Arc::new(pairing), Arc::new(sessions))
         .on_prepare_pairing(prepare_signal_logger());
     let subnets = LocalSubnets::detect().map_err(ServerError::Subnets)?;
-    let router = server::lan_router(endpoint, subnets)
-        .layer(axum::middleware::from_fn(require_ca_fingerprint));
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| ServerError::Bind {
-            addr: config.listen,
-            source,
-        })?;
-    let addr = listener.local_addr().map_err(|source| ServerError::Bind {
-        addr: config.listen,
-        source,
-    })?;
-    info!(%addr, leaf = %identity.leaf.to_hex(), nodes = config.nodes.len(), "S2 Connect pairing server listening");
-    let task = tokio::spawn(async move {
-        if let Err(e) = server::serve(listener, tls, router, shutdown.cancelled_owned()).await {
-            warn!(error = %e, "the S2 Connect pairing server stopped");
+    Ok(server::lan_router(endpoint, subnets))
+}
+
+/// A WAN endpoint: the communication server for LAN CEMs.
+fn wan_endpoint(
+    config: &PairingServerConfig,
+    wan: &WanServing,
+    initiate_session_url: String,
+    store: Arc<StateStore>,
+) -> (axum::Router, SessionDoor) {
+    let endpoint = EndpointDescription {
+        name: Some(config.name.clone()),
+        logo_url: None,
+        deployment: Some(Deployment::Wan),
+    };
+    let details = ConnectionDetails {
+        initiate_session_url,
+        // Never sent: `mint_access_tokens` puts one minted per pairing in its place.
+        access_token: AccessToken::new(String::new()),
+        certificate_fingerprint: std::collections::BTreeMap::new(),
+    };
+    let pairing = PairingService::wan(store.clone(), endpoint, wan.domain.clone())
+        .with_connection_details(details);
+    let sessions = Arc::new(SessionService::new(
+        store.clone(),
+        wan.websocket_url.clone(),
+    ));
+    let endpoint = Endpoint::new(Arc::new(pairing), sessions.clone());
+    let minted = Arc::new(MintedTokens::default());
+    let router = server::router(endpoint).layer(axum::middleware::from_fn(move |request, next| {
+        let minted = minted.clone();
+        async move { mint_access_tokens(&minted, request, next).await }
+    }));
+    (router, SessionDoor { sessions, store })
+}
+
+/// Give each pairing its own first access token (see [`MintedTokens`]): the one in a
+/// `requestConnectionDetails` answer is replaced, and `finalizePairing` with the same
+/// bearer stores it.
+async fn mint_access_tokens(
+    minted: &MintedTokens,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let Some(bearer) = request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .map(|(_, token)| token.trim().to_string())
+    else {
+        return next.run(request).await;
+    };
+    match request.uri().path() {
+        "/v1/finalizePairing" => minted.finalizing(&bearer, next.run(request)).await,
+        "/v1/requestConnectionDetails" => {
+            let response = next.run(request).await;
+            if response.status() != axum::http::StatusCode::OK {
+                return response;
+            }
+            let Ok(bytes) =
+                axum::body::to_bytes(response.into_body(), server::MAX_BODY_BYTES).await
+            else {
+                return axum::http::StatusCode::INTERNAL_SERVER_ERROR.into_response();
+            };
+            let details = serde_json::from_slice::<ConnectionDetails>(&bytes).ok();
+            let token = minted.mint(&bearer);
+            match details.zip(token) {
+                Some((mut details, token)) => {
+                    details.access_token = token;
+                    axum::Json(details).into_response()
+                }
+                None => {
+                    error!("connection details could not be given a minted access token");
+                    axum::http::StatusCode::INTERNAL_SERVER_ERROR.into_response()
+                }
+            }
         }
-    });
-    Ok(RunningPairingServer {
-        addr,
-        leaf: identity.leaf,
-        task,
-    })
+        _ => next.run(request).await,
+    }
 }
 
 /// The hosted nodes: each resource's stable node id, description and alias. A resource

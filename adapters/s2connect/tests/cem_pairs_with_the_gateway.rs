@@ -57,6 +57,7 @@ async fn gateway_announcing(paired: PairedEvents) -> Gateway {
             name: "garage gateway".into(),
             nodes: vec![battery()],
             paired,
+            wan: None,
         },
         shutdown.clone(),
     )
