@@ -19,9 +19,9 @@ use common::{Daemon, free_port};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use s2_kit::connect::client::{Error as ClientError, Session};
 use s2_kit::connect::proto::{
-    ConnectError, ConnectionDetails, Deployment, EndpointDescription, HmacBinding, NextStep,
-    NodeDescription, NodeId, Pairing, PairingAccepted, PairingClient, PairingCode, Role, TokenKind,
-    TokenStore,
+    COMMUNICATION_TOKEN_LIFETIME, ConnectError, ConnectionDetails, Deployment, EndpointDescription,
+    HmacBinding, NextStep, NodeDescription, NodeId, Pairing, PairingAccepted, PairingClient,
+    PairingCode, Role, TokenKind, TokenStore,
 };
 use s2_kit::connect::tls::{TlsClient, TlsPolicy};
 use s2_kit::io::{Driver, WebSocket};
@@ -333,6 +333,13 @@ async fn wan_path(pki: &Pki) {
     drop(daemon);
     let mut daemon = Daemon::start(&config);
     let _ = pairing_url(&mut daemon).await;
+    // A WebSocket token is good for 30 s: one left unused that long is refused. (The
+    // wait is the behaviour under test, not a synchronisation.)
+    let unused = session.initiate(Timestamp::now()).await.unwrap();
+    let lifetime = Duration::from_millis(COMMUNICATION_TOKEN_LIFETIME.as_millis());
+    tokio::time::sleep(lifetime + Duration::from_secs(1)).await;
+    let expired = refused_with(&unused.websocket_url, unused.websocket_token.as_str()).await;
+    assert!(expired.contains("401"), "{expired}");
     let credentials = session.initiate(Timestamp::now()).await.unwrap();
     let (again, stop) = meet(
         &credentials.websocket_url,

@@ -162,6 +162,13 @@ pub async fn unpair(
         // Local first: a pairing renounced here must not be used again, even if the CEM
         // is unreachable.
         file.remove(node_id, pairing.cem.id)?;
+        if matches!(pairing.tls, StoredTls::CemDialsIn) {
+            // The CEM is the session client here: the gateway has no URL of its own to
+            // tell; it refuses the CEM's next initiation.
+            info!(%device, cem = %pairing.cem.id, "unpaired; the CEM, which dials in, is refused at its next session initiation");
+            done.push(pairing.cem.id.to_string());
+            continue;
+        }
         match tell_cem(node_id, &pairing).await {
             Ok(()) => info!(%device, cem = %pairing.cem.id, "unpaired on both sides"),
             Err(e) => warn!(
