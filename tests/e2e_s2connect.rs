@@ -3,33 +3,19 @@
 //! initiation over TLS with a self-signed CA, S2 over wss admitting only the single-use
 //! tokens its session service issued, and a `CemSession` on every socket): once with the
 //! gateway pairing as a client (`s2gw pair`), once with the CEM pairing as a client with
-//! the daemon's own pairing server (`[s2connect]`, `s2gw pairing-code`).
+//! the daemon's own pairing server (`[s2connect]`, `s2gw pairing-code`); and once with a
+//! WAN CEM (`s2gw pair --wan`, its certificate from a test CA the gateway trusts).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 mod common;
 
 use std::path::Path;
 use std::process::{Command, Output};
-use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Broker, Daemon, MqttPeer};
-use s2_kit::connect::client::Pairing;
-use s2_kit::connect::proto::{
-    AccessToken, ConnectionDetails, Deployment, EndpointDescription, NodeDescription, NodeId,
-    NodeIdAlias, PairingCode, PairingToken, Role, TokenKind, TokenStore,
-};
-use s2_kit::connect::server::{
-    Endpoint, LocalSubnets, Memory, PairedNode, PairingService, SessionService, Store as _,
-    lan_router, serve, websocket_router,
-};
-use s2_kit::connect::tls::SelfSignedEndpoint;
-use s2_kit::io::Driver;
-use s2_kit::session::{CemConfig, CemEvent, CemSession};
-use s2_kit::types::Timestamp;
-use tokio::sync::{Notify, mpsc};
+use common::{Broker, CEM_CODE as CODE, CemDeployment, ConnectCem as Cem, Daemon, MqttPeer, Pki};
+use s2_kit::connect::proto::{NodeId, Role};
 
-const CODE: &str = "hub7-A1b2C3d4";
 const SOON: Duration = Duration::from_secs(20);
 
 /// The daemon's pairing server, advertised on loopback only (test traffic stays there).
@@ -39,136 +25,6 @@ const PAIRING_SERVER: &str = "[s2connect]\nlisten = \"127.0.0.1:0\"\nnames = [\"
 /// A DNS-SD instance name no other test, or another run on this machine, advertises.
 fn unique_instance(what: &str) -> String {
     format!("{what}-{}-{}", std::process::id(), NodeId::generate())
-}
-
-/// The CEM: which node each accepted socket belongs to and which resources described
-/// themselves; `kick` drops every open socket.
-struct Cem {
-    id: NodeId,
-    node: NodeDescription,
-    base: String,
-    access_token: String,
-    described: mpsc::UnboundedReceiver<(NodeId, String)>,
-    kick: Arc<Notify>,
-    store: Arc<Memory>,
-    ca_fingerprint: String,
-}
-
-async fn cem() -> Cem {
-    let identity = SelfSignedEndpoint::generate(["localhost".into()]).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let base = format!("https://localhost:{port}/v1/");
-    let store = Memory::new();
-    let node = NodeDescription {
-        id: NodeId::generate(),
-        brand: "Acme".into(),
-        logo_url: None,
-        kind: "CEM".into(),
-        model_name: "Home hub".into(),
-        user_defined_name: None,
-        role: Role::Cem,
-    };
-    let id = node.id;
-    let own = node.clone();
-    store.add_node(node, Some(NodeIdAlias::parse("hub7").unwrap()));
-    let access = AccessToken::from_entropy(&[7u8; 32]).unwrap();
-    let access_token = access.as_str().to_string();
-    let lan = EndpointDescription {
-        name: Some("Acme hub".into()),
-        logo_url: None,
-        deployment: Some(Deployment::Lan),
-    };
-    let pairing = Arc::new(
-        PairingService::lan(store.clone(), lan, identity.leaf).with_connection_details(
-            ConnectionDetails {
-                initiate_session_url: base.clone(),
-                access_token: access,
-                certificate_fingerprint: [("SHA256".into(), identity.leaf.to_hex())]
-                    .into_iter()
-                    .collect(),
-            },
-        ),
-    );
-    let sessions = Arc::new(SessionService::new(
-        store.clone(),
-        format!("wss://localhost:{port}/s2"),
-    ));
-    let endpoint = Endpoint::new(pairing, sessions);
-    let (tx, described) = mpsc::unbounded_channel();
-    let kick = Arc::new(Notify::new());
-    let kicked = kick.clone();
-    let app = lan_router(endpoint.clone(), LocalSubnets::detect().unwrap()).merge(
-        websocket_router(endpoint, "/s2", move |node, socket| {
-            let (tx, kicked) = (tx.clone(), kicked.clone());
-            async move {
-                let mut cem = CemSession::new(CemConfig::default());
-                cem.open(Timestamp::now());
-                let mut driver = Driver::new(socket);
-                let run = driver.run(&mut cem, |event, _| {
-                    if let CemEvent::ResourceDescribed(details) = event {
-                        let _ = tx.send((node, details.resource_id.to_string()));
-                    }
-                });
-                tokio::select! {
-                    _ = run => {}
-                    () = kicked.notified() => {}
-                }
-            }
-        }),
-    );
-    let config = identity.server_config().unwrap();
-    let ca_fingerprint = s2_kit::connect::tls::Fingerprint::of(&identity.ca).to_hex();
-    tokio::spawn(async move {
-        let _ = serve(listener, config, app, std::future::pending()).await;
-    });
-    store.open_for_pairing(
-        id,
-        PairingToken::parse("A1b2C3d4", TokenKind::Static).unwrap(),
-    );
-    Cem {
-        id,
-        node: own,
-        base,
-        access_token,
-        described,
-        kick,
-        store,
-        ca_fingerprint,
-    }
-}
-
-impl Cem {
-    async fn next_described(&mut self) -> (NodeId, String) {
-        tokio::time::timeout(SOON, self.described.recv())
-            .await
-            .expect("no resource described itself to the CEM")
-            .unwrap()
-    }
-
-    /// Pair as a client with the gateway's pairing server at `url`, as the communication
-    /// server (LAN–LAN, the CEM serves), and keep the pairing the way a CEM product would.
-    async fn pair_with(&self, url: &str, code: &str) {
-        let code = PairingCode::parse(code, TokenKind::Dynamic).unwrap();
-        let details = ConnectionDetails {
-            initiate_session_url: self.base.clone(),
-            access_token: AccessToken::from_entropy(&[5u8; 32]).unwrap(),
-            certificate_fingerprint: [("SHA256".into(), self.ca_fingerprint.clone())]
-                .into_iter()
-                .collect(),
-        };
-        let paired = Pairing::lan(url, self.node.clone(), EndpointDescription::default())
-            .unwrap()
-            .run_with_entropy(code, Timestamp::now(), &[4u8; 32], Some(details.clone()))
-            .await
-            .unwrap();
-        self.store.pair(PairedNode {
-            local: self.id,
-            remote: paired.pairing.remote.clone(),
-            tokens: TokenStore::new(details.access_token),
-            details: None,
-        });
-    }
 }
 
 fn config(state: &Path) -> String {
@@ -200,9 +56,15 @@ async fn pairing_url(daemon: &mut Daemon) -> String {
 }
 
 fn s2gw(args: &[&str]) -> Output {
+    s2gw_with(&[], args)
+}
+
+/// `s2gw` with extra environment variables (`SSL_CERT_FILE` for a WAN CEM).
+fn s2gw_with(env: &[(&str, &str)], args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_s2gw"))
         .args(args)
         .env("NO_COLOR", "1")
+        .envs(env.iter().copied())
         .output()
         .unwrap()
 }
@@ -217,13 +79,28 @@ fn text(output: &Output) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pair_initiate_restart_unpair_then_initiation_is_refused_and_the_link_stays_down() {
-    tokio::time::timeout(Duration::from_secs(150), whole_path())
+    tokio::time::timeout(Duration::from_secs(150), whole_path(None))
         .await
         .expect("the S2 Connect path took too long");
 }
 
-async fn whole_path() {
-    let mut cem = cem().await;
+/// The same path with a WAN CEM (`s2gw pair --wan`): its certificate verified against
+/// the platform's trust store (the test CA, through `SSL_CERT_FILE` in the gateway's
+/// processes only), the challenge bound to its domain name, the CEM serving sessions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pair_wan_with_a_cem_on_the_internet_then_sessions_restart_and_unpair_follow() {
+    let pki = Pki::localhost();
+    tokio::time::timeout(Duration::from_secs(150), whole_path(Some(&pki)))
+        .await
+        .expect("the S2 Connect path took too long");
+}
+
+async fn whole_path(wan: Option<&Pki>) {
+    let mut cem = common::connect_cem(wan.map_or(CemDeployment::Lan, CemDeployment::Wan)).await;
+    let env: Vec<(&str, &str)> = wan
+        .map(|pki| ("SSL_CERT_FILE", pki.ca.to_str().unwrap()))
+        .into_iter()
+        .collect();
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     let file = dir.path().join("s2gw.toml");
@@ -237,9 +114,13 @@ async fn whole_path() {
     assert!(text(&check).contains("not paired yet"), "{}", text(&check));
 
     // Pair as the installer would, with the code the CEM shows.
-    let paired = s2gw(&[
+    let mut pair = vec![
         "pair", "battery", "--cem", &cem.base, "--code", CODE, "-c", file,
-    ]);
+    ];
+    if wan.is_some() {
+        pair.push("--wan");
+    }
+    let paired = s2gw_with(&env, &pair);
     assert!(paired.status.success(), "{}", text(&paired));
     assert!(
         text(&paired).contains("paired with Acme Home hub"),
@@ -254,6 +135,12 @@ async fn whole_path() {
         "{}",
         text(&listed)
     );
+    let trust = if wan.is_some() {
+        "web PKI"
+    } else {
+        "pinned CA"
+    };
+    assert!(text(&listed).contains(trust), "{}", text(&listed));
     assert!(
         !text(&listed).contains(&cem.access_token),
         "{}",
@@ -263,7 +150,7 @@ async fn whole_path() {
     let node_id = NodeId::parse(node_id.trim()).unwrap();
 
     // The daemon initiates a session and the CEM meets the battery over wss.
-    let mut daemon = Daemon::start(&config);
+    let mut daemon = Daemon::start_with_env(&config, &env);
     let (node, resource) = cem.next_described().await;
     assert_eq!(node, node_id);
     daemon
@@ -277,18 +164,24 @@ async fn whole_path() {
     // Killed and restarted: initiated again from the stored pairing, same node.
     daemon.kill();
     drop(daemon);
-    let mut daemon = Daemon::start(&config);
+    let mut daemon = Daemon::start_with_env(&config, &env);
     let (node, again) = cem.next_described().await;
     assert_eq!((node, again.as_str()), (node_id, resource.as_str()));
 
-    unpair_then_refused(&mut daemon, &cem, file, &resource).await;
+    unpair_then_refused(&mut daemon, &cem, file, &resource, &env).await;
 }
 
 /// Unpaired while the daemon runs; the CEM drops the session: the link is lost (the
 /// event on which the RM runs its fail-safe release, rule 1: see e2e_daemon's
 /// cem_restart_releases_and_reconnects), and the next initiation is refused.
-async fn unpair_then_refused(daemon: &mut Daemon, cem: &Cem, file: &str, resource: &str) {
-    let unpaired = s2gw(&["unpair", "battery", "-c", file]);
+async fn unpair_then_refused(
+    daemon: &mut Daemon,
+    cem: &Cem,
+    file: &str,
+    resource: &str,
+    env: &[(&str, &str)],
+) {
+    let unpaired = s2gw_with(env, &["unpair", "battery", "-c", file]);
     assert!(unpaired.status.success(), "{}", text(&unpaired));
     assert!(
         text(&unpaired).contains("unpaired from"),
@@ -327,7 +220,7 @@ async fn a_cem_pairs_with_the_daemons_code_then_sessions_restart_and_unpair_foll
 }
 
 async fn cem_pairs_with_the_daemon() {
-    let mut cem = cem().await;
+    let mut cem = common::connect_cem(CemDeployment::Lan).await;
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     let file = dir.path().join("s2gw.toml");
@@ -394,7 +287,7 @@ async fn cem_pairs_with_the_daemon() {
     let mut daemon = Daemon::start(&config);
     let (node, again) = cem.next_described().await;
     assert_eq!((node, again.as_str()), (node_id, resource.as_str()));
-    unpair_then_refused(&mut daemon, &cem, file, &resource).await;
+    unpair_then_refused(&mut daemon, &cem, file, &resource, &[]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -406,7 +299,7 @@ async fn home_assistants_start_pairing_button_shows_a_code_the_cem_pairs_with_th
 
 async fn pairing_from_home_assistant() {
     let broker = Broker::start().await;
-    let mut cem = cem().await;
+    let mut cem = common::connect_cem(CemDeployment::Lan).await;
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     let base = "s2gw-pair";
@@ -491,7 +384,7 @@ async fn pairing_from_home_assistant() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn discover_lists_a_cem_advertised_on_dns_sd_and_its_pairing_url_pairs() {
-    let cem = cem().await;
+    let cem = common::connect_cem(CemDeployment::Lan).await;
     let port = url_port(&cem.base);
     let instance = unique_instance("acme-hub");
     let advertiser = s2_kit::connect::discovery::Discovery::new().unwrap();

@@ -11,12 +11,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::{Daemon, free_port};
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use common::{Daemon, Pki, free_port};
 use s2_kit::connect::client::{Error as ClientError, Session};
 use s2_kit::connect::proto::{
     COMMUNICATION_TOKEN_LIFETIME, ConnectError, ConnectionDetails, Deployment, EndpointDescription,
@@ -30,40 +29,6 @@ use s2_kit::types::Timestamp;
 use tokio::sync::mpsc;
 
 const SOON: Duration = Duration::from_secs(20);
-
-/// The gateway's certificate, signed by a CA the test makes the trust store.
-struct Pki {
-    _dir: tempfile::TempDir,
-    cert: PathBuf,
-    key: PathBuf,
-    ca: PathBuf,
-}
-
-fn pki() -> Pki {
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-    let leaf_key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec!["localhost".to_string()])
-        .unwrap()
-        .signed_by(&leaf_key, &*ca)
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let (cert, key, ca_file) = (
-        dir.path().join("cert.pem"),
-        dir.path().join("key.pem"),
-        dir.path().join("ca.pem"),
-    );
-    std::fs::write(&cert, leaf.pem()).unwrap();
-    std::fs::write(&key, leaf_key.serialize_pem()).unwrap();
-    std::fs::write(&ca_file, AsRef::<rcgen::Certificate>::as_ref(&ca).pem()).unwrap();
-    Pki {
-        _dir: dir,
-        cert,
-        key,
-        ca: ca_file,
-    }
-}
 
 /// Both ports fixed: the URLs a pairing hands out must still be right after a restart.
 fn config(state: &Path, pki: &Pki, s2_port: u16, pairing_port: u16) -> String {
@@ -236,7 +201,7 @@ async fn refused_with(url: &str, token: &str) -> String {
 #[test]
 fn a_lan_cem_pairs_with_a_wan_gateway_initiates_sessions_at_it_and_dials_in_with_single_use_tokens()
 {
-    let pki = pki();
+    let pki = Pki::localhost();
     // SAFETY: no other thread exists yet (this file's only test, before the runtime).
     unsafe { std::env::set_var("SSL_CERT_FILE", &pki.ca) };
     tokio::runtime::Builder::new_multi_thread()

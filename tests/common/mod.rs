@@ -8,7 +8,8 @@
 //! reboot ([`modbus_peer`]), the fault rigs of the soak and its short forms ([`faults`]),
 //! the s2-python RM scenario run against either CEM ([`s2python`]), messages built from
 //! descriptions ([`messages`]), simulated devices' config snippets ([`configs`]), paths
-//! ([`paths`]) and awaited queues ([`queue`]).
+//! ([`paths`]), awaited queues ([`queue`]), an S2 Connect CEM on s2-kit's server, LAN or
+//! WAN ([`connect_cem`]), and a test CA for WAN endpoints ([`pki`]).
 //!
 //! Every wait is on a channel, bounded by a timeout that only turns a hang into a
 //! failure; nothing here sleeps to let something happen.
@@ -23,6 +24,7 @@
 
 mod cem;
 mod configs;
+mod connect_cem;
 mod daemon;
 pub mod faults;
 mod http;
@@ -32,6 +34,7 @@ mod modbus_peer;
 mod mqtt;
 mod oracle;
 mod paths;
+mod pki;
 mod python_peer;
 mod queue;
 mod s2python;
@@ -43,6 +46,7 @@ mod session;
 pub use self::{
     cem::{CemConn, Ended, TestCem},
     configs::{battery, meter, pv, sim_devices},
+    connect_cem::{CEM_CODE, CemDeployment, ConnectCem, connect_cem},
     daemon::{Daemon, free_port, strip_ansi},
     http::{HttpReply, http},
     messages::{
@@ -53,6 +57,7 @@ pub use self::{
     mqtt::{Broker, MQTT_PASSWORD, MQTT_USER, MqttCem, MqttMsg, MqttPeer},
     oracle::assert_emitted_valid,
     paths::{ha_python, python, shared_dir, workspace},
+    pki::Pki,
     python_peer::PythonPeer,
     queue::{GUARD, Queue, within},
     s2python::{check_s2python, s2python_rm_scenario, spawn_s2python_rm},
