@@ -10,10 +10,12 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::{Broker, CEM_CODE as CODE, CemDeployment, ConnectCem as Cem, Daemon, MqttPeer, Pki};
+use common::{
+    Broker, CEM_CODE as CODE, CemDeployment, ConnectCem as Cem, Daemon, MqttPeer, Pki, s2gw,
+    s2gw_with, text,
+};
 use s2_kit::connect::proto::{NodeId, Role};
 
 const SOON: Duration = Duration::from_secs(20);
@@ -53,28 +55,6 @@ async fn pairing_url(daemon: &mut Daemon) -> String {
         .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
         .unwrap();
     format!("https://localhost:{port}/v1/")
-}
-
-fn s2gw(args: &[&str]) -> Output {
-    s2gw_with(&[], args)
-}
-
-/// `s2gw` with extra environment variables (`SSL_CERT_FILE` for a WAN CEM).
-fn s2gw_with(env: &[(&str, &str)], args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_s2gw"))
-        .args(args)
-        .env("NO_COLOR", "1")
-        .envs(env.iter().copied())
-        .output()
-        .unwrap()
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

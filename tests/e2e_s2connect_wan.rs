@@ -12,15 +12,14 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::{Daemon, Pki, free_port};
+use common::{Daemon, Pki, acme_hub, free_port, s2gw, text};
 use s2_kit::connect::client::{Error as ClientError, Session};
 use s2_kit::connect::proto::{
     COMMUNICATION_TOKEN_LIFETIME, ConnectError, ConnectionDetails, Deployment, EndpointDescription,
-    HmacBinding, NextStep, NodeDescription, NodeId, Pairing, PairingAccepted, PairingClient,
-    PairingCode, Role, TokenKind, TokenStore,
+    HmacBinding, NextStep, NodeDescription, Pairing, PairingAccepted, PairingClient, PairingCode,
+    Role, TokenKind, TokenStore,
 };
 use s2_kit::connect::tls::{TlsClient, TlsPolicy};
 use s2_kit::io::{Driver, WebSocket};
@@ -46,34 +45,6 @@ fn config(state: &Path, pki: &Pki, s2_port: u16, pairing_port: u16) -> String {
         state = state.display(),
         cert = pki.cert.display(),
         key = pki.key.display(),
-    )
-}
-
-fn hub() -> NodeDescription {
-    NodeDescription {
-        id: NodeId::generate(),
-        brand: "Acme".into(),
-        logo_url: None,
-        kind: "CEM".into(),
-        model_name: "Home hub".into(),
-        user_defined_name: None,
-        role: Role::Cem,
-    }
-}
-
-fn s2gw(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_s2gw"))
-        .args(args)
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap()
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
     )
 }
 
@@ -190,6 +161,18 @@ async fn meet(url: &str, token: &str) -> (String, tokio::sync::oneshot::Sender<(
     (resource, stop)
 }
 
+/// The CEM's connection to `resource` ended, as the daemon saw it: the event on which
+/// the RM runs its fail-safe release (rule 1).
+async fn link_lost(daemon: &mut Daemon, resource: &str) {
+    daemon
+        .wait_log(
+            "the CEM link lost",
+            |l| l.contains("peer disconnected") && l.contains(resource),
+            SOON,
+        )
+        .await;
+}
+
 /// The status an upgrade was refused with.
 async fn refused_with(url: &str, token: &str) -> String {
     match WebSocket::connect_with_policy(url, Some(token), &TlsPolicy::Web).await {
@@ -251,7 +234,7 @@ async fn wan_path(pki: &Pki) {
     let code = String::from_utf8_lossy(&issued.stdout).trim().to_string();
 
     // The LAN CEM pairs: the WAN gateway is the communication server (6A).
-    let hub = hub();
+    let hub = acme_hub();
     let pairing = pair_as_lan_cem(&url, &hub, &code).await;
     assert_eq!(pairing.communication_server, Role::Rm);
     assert_eq!(pairing.details.initiate_session_url, url);
@@ -285,13 +268,7 @@ async fn wan_path(pki: &Pki) {
     let forged = refused_with(&credentials.websocket_url, "bm90IGEgdG9rZW4=").await;
     assert!(forged.contains("401"), "{forged}");
     drop(stop);
-    daemon
-        .wait_log(
-            "the CEM link lost",
-            |l| l.contains("peer disconnected") && l.contains(&resource),
-            SOON,
-        )
-        .await;
+    link_lost(&mut daemon, &resource).await;
 
     // Killed and restarted: the rotated token still initiates, no pairing again.
     daemon.kill();
@@ -325,13 +302,7 @@ async fn wan_path(pki: &Pki) {
             SOON,
         )
         .await;
-    daemon
-        .wait_log(
-            "the CEM link lost",
-            |l| l.contains("peer disconnected") && l.contains(&resource),
-            SOON,
-        )
-        .await;
+    link_lost(&mut daemon, &resource).await;
     let mut stale = Session::new(&url, &TlsPolicy::Web, hub.id, pairing.remote.id, held).unwrap();
     // Every held token answered 401: s2-kit's client calls that NotPaired.
     match stale.initiate(Timestamp::now()).await {

@@ -53,6 +53,19 @@ pub enum CemDeployment<'a> {
     Wan(&'a Pki),
 }
 
+/// A CEM node, "Acme Home hub", with a fresh id.
+pub fn acme_hub() -> NodeDescription {
+    NodeDescription {
+        id: NodeId::generate(),
+        brand: "Acme".into(),
+        logo_url: None,
+        kind: "CEM".into(),
+        model_name: "Home hub".into(),
+        user_defined_name: None,
+        role: Role::Cem,
+    }
+}
+
 /// A CEM on s2-kit's S2 Connect server at `https://localhost:<port>/v1/`, open for pairing
 /// with the code [`CEM_CODE`]; the communication server either way (LAN–LAN and WAN CEM).
 pub async fn connect_cem(deployment: CemDeployment<'_>) -> ConnectCem {
@@ -61,15 +74,7 @@ pub async fn connect_cem(deployment: CemDeployment<'_>) -> ConnectCem {
     let port = listener.local_addr().unwrap().port();
     let base = format!("https://localhost:{port}/v1/");
     let store = Memory::new();
-    let node = NodeDescription {
-        id: NodeId::generate(),
-        brand: "Acme".into(),
-        logo_url: None,
-        kind: "CEM".into(),
-        model_name: "Home hub".into(),
-        user_defined_name: None,
-        role: Role::Cem,
-    };
+    let node = acme_hub();
     let id = node.id;
     let own = node.clone();
     store.add_node(node, Some(NodeIdAlias::parse("hub7").unwrap()));

@@ -1,7 +1,7 @@
 //! The end-to-end test harness, one file per harness: a test CEM on s2-kit's real
 //! `CemSession` over loopback WebSockets ([`cem`]) or MQTT ([`mqtt`], with the broker and
 //! a plain MQTT client), the API both share ([`session`]), the daemon as a child process
-//! ([`daemon`]), the official S2 JSON schemas ([`schemas`]) and the other oracles
+//! ([`daemon`]) and its commands ([`cli`]), the official S2 JSON schemas ([`schemas`]) and the other oracles
 //! ([`oracle`]), a plain HTTP/1.1 client for the web UI ([`http`]), the benches' latency figures
 //! ([`latency`]), Python peers
 //! ([`python_peer`]), the pymodbus device simulator that can
@@ -23,6 +23,7 @@
 )]
 
 mod cem;
+mod cli;
 mod configs;
 mod connect_cem;
 mod daemon;
@@ -45,8 +46,9 @@ mod session;
 #[allow(unused_imports)]
 pub use self::{
     cem::{CemConn, Ended, TestCem},
+    cli::{s2gw, s2gw_with, text},
     configs::{battery, meter, pv, sim_devices},
-    connect_cem::{CEM_CODE, CemDeployment, ConnectCem, connect_cem},
+    connect_cem::{CEM_CODE, CemDeployment, ConnectCem, acme_hub, connect_cem},
     daemon::{Daemon, free_port, strip_ansi},
     http::{HttpReply, http},
     messages::{
