@@ -17,9 +17,9 @@ use std::time::Duration;
 use common::{Daemon, Pki, acme_hub, free_port, s2gw, text};
 use s2_kit::connect::client::{Error as ClientError, Session};
 use s2_kit::connect::proto::{
-    COMMUNICATION_TOKEN_LIFETIME, ConnectError, ConnectionDetails, Deployment, EndpointDescription,
-    HmacBinding, NextStep, NodeDescription, Pairing, PairingAccepted, PairingClient, PairingCode,
-    Role, TokenKind, TokenStore,
+    AccessToken, COMMUNICATION_TOKEN_LIFETIME, ConnectError, ConnectionDetails, Deployment,
+    EndpointDescription, HmacBinding, NextStep, NodeDescription, Pairing, PairingAccepted,
+    PairingClient, PairingCode, Role, TokenKind, TokenStore,
 };
 use s2_kit::connect::tls::{TlsClient, TlsPolicy};
 use s2_kit::io::{Driver, WebSocket};
@@ -309,6 +309,37 @@ async fn wan_path(pki: &Pki) {
         Err(ClientError::Protocol(ConnectError::NotPaired)) => {}
         other => panic!("initiation after unpair: {other:?}"),
     }
+    let listed = s2gw(&["pairings", "-c", file]);
+    assert!(text(&listed).contains("not paired"), "{}", text(&listed));
+
+    // A WAN CEM would serve sessions itself (WAN-WAN), which a WAN gateway does not
+    // support: refused before the pairing completes, nothing stored.
+    let again = s2gw(&["pairing-code", "battery", "-c", file]);
+    let again = String::from_utf8_lossy(&again.stdout).trim().to_string();
+    let wan = EndpointDescription {
+        deployment: Some(Deployment::Wan),
+        ..EndpointDescription::default()
+    };
+    let own = ConnectionDetails {
+        initiate_session_url: "https://cem.example/v1/".into(),
+        access_token: AccessToken::from_entropy(&[3u8; 32]).unwrap(),
+        certificate_fingerprint: [("SHA256".into(), "00".repeat(32))].into_iter().collect(),
+    };
+    let refused = s2_kit::connect::client::Pairing::wan(&url, acme_hub(), wan)
+        .unwrap()
+        .run_with_entropy(
+            PairingCode::parse(&again, TokenKind::Dynamic).unwrap(),
+            Timestamp::now(),
+            &[8u8; 32],
+            Some(own),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains("IncompatibleCommunicationProtocols"),
+        "{refused}"
+    );
     let listed = s2gw(&["pairings", "-c", file]);
     assert!(text(&listed).contains("not paired"), "{}", text(&listed));
     let secret = code.split_once('-').unwrap().1.to_string();

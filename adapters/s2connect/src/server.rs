@@ -220,11 +220,35 @@ fn wan_endpoint(
     ));
     let endpoint = Endpoint::new(Arc::new(pairing), sessions.clone());
     let minted = Arc::new(MintedTokens::default());
-    let router = server::router(endpoint).layer(axum::middleware::from_fn(move |request, next| {
-        let minted = minted.clone();
-        async move { mint_access_tokens(&minted, request, next).await }
-    }));
+    let router = server::router(endpoint)
+        .layer(axum::middleware::from_fn(move |request, next| {
+            let minted = minted.clone();
+            async move { mint_access_tokens(&minted, request, next).await }
+        }))
+        .layer(axum::middleware::from_fn(refuse_serving_cems));
     (router, SessionDoor { sessions, store })
+}
+
+/// Refuse a `postConnectionDetails` at a WAN gateway: that is a WAN CEM, which would
+/// serve sessions (WAN–WAN, the CEM does), but a WAN gateway's links wait for the CEM to
+/// dial in and never initiate. Refused before the pairing completes, so neither side
+/// holds a pairing that could not be used.
+async fn refuse_serving_cems(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    if request.uri().path() != "/v1/postConnectionDetails" {
+        return next.run(request).await;
+    }
+    warn!(
+        "pairing refused: a WAN CEM offered to serve sessions, and a WAN gateway only serves them itself"
+    );
+    let refused = serde_json::json!({
+        "errorMessage": "IncompatibleCommunicationProtocols",
+        "additionalInfo": "this gateway is a WAN node that serves sessions; a CEM that would serve them (WAN-WAN) is not supported",
+    });
+    (axum::http::StatusCode::BAD_REQUEST, axum::Json(refused)).into_response()
 }
 
 /// Give each pairing its own first access token (see [`MintedTokens`]): the one in a
