@@ -3,8 +3,8 @@
 //! For N = 1, 10, 100 and 1,000 it starts the demo CEM (`s2gw cem`) and the daemon
 //! (`s2gw run`) as processes, N sim devices of every kind (1 s polling, one S2 session
 //! each), and prints the daemon's resident memory, CPU (share of one core over a
-//! window, the demo CEM instructing as usual), threads, and the time from start until
-//! every session is up. In the same run it measures one s2-python 0.11.1 RM process
+//! window, the demo CEM instructing as usual; in user code and in the kernel), threads,
+//! and the time from start until every session is up. In the same run it measures one s2-python 0.11.1 RM process
 //! (`tests/peers/s2python_rm.py`, against the same demo CEM) for comparison.
 //!
 //! Under `cargo test` (no `--bench` argument) it runs N = 1 and 5 with a short window,
@@ -37,18 +37,20 @@ fn main() {
         window.as_secs()
     );
     println!(
-        "{:>6} {:>10} {:>10} {:>10} {:>9} {:>8} {:>8} {:>13}",
-        "N", "RSS", "anon", "file", "per dev", "CPU", "threads", "all up after"
+        "{:>6} {:>10} {:>10} {:>10} {:>9} {:>8} {:>7} {:>7} {:>8} {:>13}",
+        "N", "RSS", "anon", "file", "per dev", "CPU", "user", "kernel", "threads", "all up after"
     );
     for &n in sizes {
         let figures = runtime.block_on(measure(n, window));
         println!(
-            "{n:>6} {:>7.1} MB {:>7.1} MB {:>7.1} MB {:>6.1} KB {:>7.2}% {:>8} {:>10.3} s",
+            "{n:>6} {:>7.1} MB {:>7.1} MB {:>7.1} MB {:>6.1} KB {:>7.2}% {:>6.2}% {:>6.2}% {:>8} {:>10.3} s",
             mib(figures.rss_kib),
             mib(figures.anon_kib),
             mib(figures.file_kib),
             figures.rss_kib as f64 / n as f64,
-            figures.cpu_percent,
+            figures.cpu.user + figures.cpu.kernel,
+            figures.cpu.user,
+            figures.cpu.kernel,
             figures.threads,
             figures.all_up.as_secs_f64()
         );
@@ -71,7 +73,8 @@ struct Figures {
     rss_kib: u64,
     anon_kib: u64,
     file_kib: u64,
-    cpu_percent: f64,
+    /// Share of one core, split as the kernel accounts it.
+    cpu: Cpu,
     threads: u64,
     all_up: Duration,
 }
@@ -97,13 +100,17 @@ async fn measure(n: usize, window: Duration) -> Figures {
     let before = cpu_ticks(daemon.pid());
     let t0 = Instant::now();
     tokio::time::sleep(window).await;
-    let ticks = cpu_ticks(daemon.pid()) - before;
-    let cpu_percent = ticks as f64 / USER_HZ / t0.elapsed().as_secs_f64() * 100.0;
+    let after = cpu_ticks(daemon.pid());
+    let share = |ticks: u64| ticks as f64 / USER_HZ / t0.elapsed().as_secs_f64() * 100.0;
+    let cpu = Cpu {
+        user: share(after.0 - before.0),
+        kernel: share(after.1 - before.1),
+    };
     let figures = Figures {
         rss_kib: status_field(daemon.pid(), "VmRSS:"),
         anon_kib: status_field(daemon.pid(), "RssAnon:"),
         file_kib: status_field(daemon.pid(), "RssFile:"),
-        cpu_percent,
+        cpu,
         threads: status_field(daemon.pid(), "Threads:"),
         all_up,
     };
@@ -136,13 +143,23 @@ async fn s2python_rm_rss() -> u64 {
     status_field(rm.pid(), "VmRSS:")
 }
 
-/// User plus system CPU time of `pid`, in clock ticks (/proc/PID/stat fields 14 and 15).
-fn cpu_ticks(pid: u32) -> u64 {
+/// CPU as a share of one core: in the process's own code, and in the kernel on its
+/// behalf (the sockets, timers and wake-ups of a session per device).
+struct Cpu {
+    user: f64,
+    kernel: f64,
+}
+
+/// User and system CPU time of `pid`, in clock ticks (/proc/PID/stat fields 14 and 15).
+fn cpu_ticks(pid: u32) -> (u64, u64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
     // The command name (field 2) may hold spaces: count fields after its ')'.
     let after = &stat[stat.rfind(')').unwrap() + 2..];
     let fields: Vec<&str> = after.split_whitespace().collect();
-    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+    (
+        fields[11].parse::<u64>().unwrap(),
+        fields[12].parse::<u64>().unwrap(),
+    )
 }
 
 /// Clock ticks per second in /proc: Linux's USER_HZ, 100 on every architecture.
