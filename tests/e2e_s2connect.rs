@@ -13,8 +13,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::{
-    Broker, CEM_CODE as CODE, CemDeployment, ConnectCem as Cem, Daemon, MqttPeer, Pki, s2gw,
-    s2gw_with, text,
+    Broker, CEM_CODE as CODE, CemDeployment, ConnectCem as Cem, Daemon, MqttPeer, Pki, pairing_url,
+    s2gw, s2gw_with, text,
 };
 use s2_kit::connect::proto::{NodeId, Role};
 
@@ -38,23 +38,6 @@ fn config(state: &Path) -> String {
          model = \"battery\"\ninitial_soc = 50\n",
         state.display()
     )
-}
-
-/// The daemon's pairing server URL, from its log (it listens on port 0).
-async fn pairing_url(daemon: &mut Daemon) -> String {
-    let line = daemon
-        .wait_log(
-            "the pairing server",
-            |l| l.contains("pairing server listening"),
-            SOON,
-        )
-        .await;
-    let port = line
-        .split("127.0.0.1:")
-        .nth(1)
-        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
-        .unwrap();
-    format!("https://localhost:{port}/v1/")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,7 +14,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{Daemon, Pki, acme_hub, free_port, s2gw, text};
+use common::{Daemon, Pki, acme_hub, free_port, pairing_url, s2gw, text};
 use s2_kit::connect::client::{Error as ClientError, Session};
 use s2_kit::connect::proto::{
     AccessToken, COMMUNICATION_TOKEN_LIFETIME, ConnectError, ConnectionDetails, Deployment,
@@ -46,23 +46,6 @@ fn config(state: &Path, pki: &Pki, s2_port: u16, pairing_port: u16) -> String {
         cert = pki.cert.display(),
         key = pki.key.display(),
     )
-}
-
-/// The daemon's pairing server URL, at the domain its certificate names.
-async fn pairing_url(daemon: &mut Daemon) -> String {
-    let line = daemon
-        .wait_log(
-            "the pairing server",
-            |l| l.contains("pairing server listening"),
-            SOON,
-        )
-        .await;
-    let port = line
-        .split("127.0.0.1:")
-        .nth(1)
-        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
-        .unwrap();
-    format!("https://localhost:{port}/v1/")
 }
 
 /// The LAN CEM's side of pairing, one request at a time with s2-kit's state machine.

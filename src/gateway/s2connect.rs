@@ -22,6 +22,8 @@ pub struct Node {
     pub link: String,
     /// Whether that link is `transport = "s2connect"`.
     pub s2connect: bool,
+    /// Its S2 `resource_id`.
+    pub resource_id: String,
 }
 
 /// Every device and native RM, in config order, with what its node description says.
@@ -50,6 +52,7 @@ pub fn nodes(config: &Config) -> Vec<Node> {
         },
         link: d.cem.clone(),
         s2connect: on_s2connect(&d.cem),
+        resource_id: d.resource_id.as_str().to_string(),
     });
     let natives = config.natives.iter().map(|n| Node {
         spec: NodeSpec {
@@ -61,6 +64,7 @@ pub fn nodes(config: &Config) -> Vec<Node> {
         },
         link: n.cem.clone(),
         s2connect: on_s2connect(&n.cem),
+        resource_id: n.resource_id.as_str().to_string(),
     });
     devices.chain(natives).collect()
 }
@@ -172,25 +176,15 @@ pub async fn start(
     }
     let door = server.sessions.map(|sessions| ResourceDoor {
         sessions,
-        resource_ids: resource_ids(config),
+        resource_ids: pairable(config)
+            .into_iter()
+            .map(|n| (n.spec.device, n.resource_id))
+            .collect(),
     });
     Ok(Some(PairingServer {
         addr: server.addr,
         door,
     }))
-}
-
-/// Each device's and native RM's S2 `resource_id`, by config id.
-fn resource_ids(config: &Config) -> BTreeMap<String, String> {
-    let devices = config
-        .devices
-        .iter()
-        .map(|d| (d.id.clone(), d.resource_id.as_str().to_string()));
-    let natives = config
-        .natives
-        .iter()
-        .map(|n| (n.id.clone(), n.resource_id.as_str().to_string()));
-    devices.chain(natives).collect()
 }
 
 /// Long-poll each CEM of `s2connect.long_poll` for the resources with a live code.

@@ -20,6 +20,7 @@ use s2_kit::session::{CemConfig, CemEvent, CemSession};
 use s2_kit::types::Timestamp;
 use tokio::sync::{Notify, mpsc};
 
+use super::daemon::Daemon;
 use super::pki::Pki;
 
 /// The pairing code the CEM's UI "shows" (alias `hub7`).
@@ -191,4 +192,22 @@ impl ConnectCem {
             details: None,
         });
     }
+}
+
+/// The daemon's pairing server URL, from its log (it may listen on port 0), at
+/// `localhost`, the name the test certificates carry.
+pub async fn pairing_url(daemon: &mut Daemon) -> String {
+    let line = daemon
+        .wait_log(
+            "the pairing server",
+            |l| l.contains("pairing server listening"),
+            SOON,
+        )
+        .await;
+    let port = line
+        .split("127.0.0.1:")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .unwrap();
+    format!("https://localhost:{port}/v1/")
 }

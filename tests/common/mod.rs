@@ -48,7 +48,7 @@ pub use self::{
     cem::{CemConn, Ended, TestCem},
     cli::{s2gw, s2gw_with, text},
     configs::{battery, meter, pv, sim_devices},
-    connect_cem::{CEM_CODE, CemDeployment, ConnectCem, acme_hub, connect_cem},
+    connect_cem::{CEM_CODE, CemDeployment, ConnectCem, acme_hub, connect_cem, pairing_url},
     daemon::{Daemon, free_port, strip_ansi},
     http::{HttpReply, http},
     messages::{

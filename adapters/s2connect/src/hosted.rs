@@ -90,14 +90,23 @@ impl StateStore {
         PairingFile::new(&self.state_dir, &hosted.device)
     }
 
-    /// The pairing in which CEM `remote` dials in, with the resource it is for. Every
-    /// resource's file is read: the commands change them while the daemon runs.
+    /// The pairing in which CEM `remote` dials in, with the resource it is for.
     fn served(&self, remote: NodeId) -> Option<(&Hosted, StoredPairing)> {
+        self.find_served(|p| p.cem.id == remote)
+    }
+
+    /// The first pairing in which the CEM dials in that `wanted` picks, with its
+    /// resource; none on a LAN gateway. Every resource's file is read: the commands
+    /// change them while the daemon runs.
+    fn find_served(
+        &self,
+        wanted: impl Fn(&StoredPairing) -> bool,
+    ) -> Option<(&Hosted, StoredPairing)> {
         self.serves.as_ref()?;
         self.nodes.iter().find_map(|hosted| {
             self.served_pairings(hosted)
                 .into_iter()
-                .find(|p| p.cem.id == remote)
+                .find(&wanted)
                 .map(|p| (hosted, p))
         })
     }
@@ -306,13 +315,8 @@ impl Store for StateStore {
     }
 
     fn node_for_token(&self, token: &AccessToken) -> Option<NodeId> {
-        self.serves.as_ref()?;
-        self.nodes.iter().find_map(|hosted| {
-            self.served_pairings(hosted)
-                .into_iter()
-                .find(|p| p.tokens().accepts(token))
-                .map(|p| p.cem.id)
-        })
+        self.find_served(|p| p.tokens().accepts(token))
+            .map(|(_, p)| p.cem.id)
     }
 }
 

@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use s2gw_core::CancellationToken;
 use s2gw_core::s2::connect::server::{
-    self, Endpoint, LocalSubnets, PairingService, PrepareSignal, SessionService,
+    self, Endpoint, LocalSubnets, PairingService, PrepareSignal, SessionService, Store as _,
 };
 use s2gw_core::s2::connect::{
     AccessToken, ConnectionDetails, Deployment, EndpointDescription, Fingerprint, Timestamp,
@@ -113,7 +113,7 @@ impl SessionDoor {
         let remote = self
             .sessions
             .authorize_connection(token, Timestamp::now())?;
-        let Some(local) = self.sessions.store().paired(remote).map(|p| p.local) else {
+        let Some(local) = self.store.paired(remote).map(|p| p.local) else {
             // Unpaired between confirmAccessToken and the upgrade.
             warn!(cem = %remote, "WebSocket refused: the CEM is no longer paired");
             return None;
