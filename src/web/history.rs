@@ -18,10 +18,30 @@ pub const KEPT: usize = 1800;
 /// One sample: unix seconds, and watts (`None` while the device was unavailable).
 pub type Sample = (u64, Option<f64>);
 
+/// A sample as kept: unix seconds (to 2106) and watts as `f32` (seven digits, more than
+/// a chart shows), NaN while unavailable. 8 bytes instead of a [`Sample`]'s 24: an hour
+/// of 1,000 devices is 14 MB, not 43.
+#[derive(Clone, Copy)]
+struct Kept(u32, f32);
+
+impl Kept {
+    fn of(at: u64, power: Option<f64>) -> Kept {
+        Kept(
+            u32::try_from(at).unwrap_or(u32::MAX),
+            power.map_or(f32::NAN, |w| w as f32),
+        )
+    }
+
+    fn sample(self) -> Sample {
+        let power = (!self.1.is_nan()).then_some(f64::from(self.1));
+        (u64::from(self.0), power)
+    }
+}
+
 /// The samples of every device, by device id.
 #[derive(Clone, Default)]
 pub struct History {
-    samples: Arc<Mutex<BTreeMap<String, VecDeque<Sample>>>>,
+    samples: Arc<Mutex<BTreeMap<String, VecDeque<Kept>>>>,
 }
 
 impl History {
@@ -31,17 +51,19 @@ impl History {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get(device)
-            .map(|s| s.iter().copied().collect())
+            .map(|s| s.iter().map(|k| k.sample()).collect())
             .unwrap_or_default()
     }
 
     fn record(&self, device: &str, at: u64, power: Option<f64>) {
         let mut samples = self.samples.lock().unwrap_or_else(PoisonError::into_inner);
-        let list = samples.entry(device.to_string()).or_default();
+        let list = samples
+            .entry(device.to_string())
+            .or_insert_with(|| VecDeque::with_capacity(KEPT));
         if list.len() == KEPT {
             list.pop_front();
         }
-        list.push_back((at, power));
+        list.push_back(Kept::of(at, power));
     }
 
     /// Sample every view every [`SAMPLE_EVERY`] until `shutdown`.
@@ -73,5 +95,32 @@ impl History {
                 }
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sample_is_kept_to_the_watt_and_an_unavailable_one_stays_unavailable() {
+        let history = History::default();
+        history.record("pv", 1_796_000_000, Some(-3456.5));
+        history.record("pv", 1_796_000_002, None);
+        assert_eq!(
+            history.of("pv"),
+            vec![(1_796_000_000, Some(-3456.5)), (1_796_000_002, None)]
+        );
+    }
+
+    #[test]
+    fn an_hour_is_kept_and_no_more() {
+        let history = History::default();
+        for at in 0..(KEPT as u64 + 10) {
+            history.record("pv", at, Some(1.0));
+        }
+        let kept = history.of("pv");
+        assert_eq!(kept.len(), KEPT);
+        assert_eq!(kept.first().map(|s| s.0), Some(10), "the oldest went first");
     }
 }

@@ -20,6 +20,17 @@ pub const KEPT_MESSAGES: usize = 300;
 pub const KEPT_BYTES: usize = 2 * 1024 * 1024;
 /// Instructions kept per resource for the device page.
 pub const KEPT_INSTRUCTIONS: usize = 50;
+/// The most the tap holds over the whole gateway, messages and instructions: each
+/// resource keeps an equal share (at most [`KEPT_BYTES`]), so a gateway with 1,000
+/// resources keeps about 8 KiB of each (a few dozen messages) where one with four keeps
+/// 2 MiB of each. Without it the inspector grew a 1,000-device gateway by 600 MB within
+/// an hour of start.
+pub const KEPT_BYTES_IN_ALL: usize = 8 * 1024 * 1024;
+/// What keeping one entry or instruction costs beyond its text: the record itself and
+/// its small strings (time, type), with the allocator's rounding.
+const RECORD_COST: usize = 192;
+/// What one status update of a kept instruction costs.
+const STATUS_COST: usize = 64;
 /// An instruction's text is kept up to this length (the device page shows its type and
 /// statuses; the inspector has the whole message while it is kept).
 const INSTRUCTION_TEXT: usize = 4096;
@@ -82,9 +93,11 @@ pub struct Counts {
 #[derive(Default)]
 struct Resource {
     messages: VecDeque<Entry>,
-    /// The text held by `messages`.
+    /// What `messages` costs to keep (their text and [`RECORD_COST`] each).
     bytes: usize,
     instructions: VecDeque<Instruction>,
+    /// What `instructions` costs to keep.
+    instruction_bytes: usize,
     /// The last message of each type the RM sent, as sent.
     latest: BTreeMap<String, String>,
     counts: Counts,
@@ -244,12 +257,10 @@ impl Traffic {
                 let id = field("instruction_id").unwrap_or_default();
                 if let Some(i) = resource.instructions.iter_mut().find(|i| i.id == id) {
                     i.statuses.push((t.clone(), status));
+                    resource.instruction_bytes += STATUS_COST;
                 }
             } else if from == Side::Cem {
-                if resource.instructions.len() == KEPT_INSTRUCTIONS {
-                    resource.instructions.pop_front();
-                }
-                resource.instructions.push_back(Instruction {
+                resource.push_instruction(Instruction {
                     t: t.clone(),
                     kind: kind.clone(),
                     id: field("id")
@@ -288,8 +299,19 @@ impl Traffic {
     }
 }
 
-fn text_len(entry: &Entry) -> usize {
-    entry.json.as_ref().map_or(0, String::len) + entry.rule.as_ref().map_or(0, String::len)
+fn entry_cost(entry: &Entry) -> usize {
+    RECORD_COST
+        + entry.json.as_ref().map_or(0, String::len)
+        + entry.rule.as_ref().map_or(0, String::len)
+}
+
+fn instruction_cost(instruction: &Instruction) -> usize {
+    RECORD_COST + instruction.json.len() + instruction.statuses.len() * STATUS_COST
+}
+
+/// One resource's share of [`KEPT_BYTES_IN_ALL`] when the tap knows `resources`.
+fn share(resources: usize) -> usize {
+    (KEPT_BYTES_IN_ALL / resources.max(1)).min(KEPT_BYTES)
 }
 
 /// At most `max` bytes of `text`, cut at a character boundary.
@@ -302,16 +324,36 @@ fn truncated(text: &str, max: usize) -> String {
 }
 
 impl Resource {
-    /// Keep `entry`, dropping the oldest beyond [`KEPT_MESSAGES`] or [`KEPT_BYTES`].
+    /// Keep `entry`; [`Resource::trim`] bounds what is kept.
     fn push(&mut self, entry: Entry) {
-        self.bytes += text_len(&entry);
+        self.bytes += entry_cost(&entry);
         self.messages.push_back(entry);
+    }
+
+    fn push_instruction(&mut self, instruction: Instruction) {
+        self.instruction_bytes += instruction_cost(&instruction);
+        self.instructions.push_back(instruction);
+    }
+
+    /// Drop the oldest messages beyond [`KEPT_MESSAGES`] or three quarters of `share`,
+    /// and the oldest instructions beyond [`KEPT_INSTRUCTIONS`] or the last quarter; the
+    /// newest of each is always kept.
+    fn trim(&mut self, share: usize) {
         while self.messages.len() > KEPT_MESSAGES
-            || (self.bytes > KEPT_BYTES && self.messages.len() > 1)
+            || (self.bytes > share / 4 * 3 && self.messages.len() > 1)
         {
-            if let Some(old) = self.messages.pop_front() {
-                self.bytes -= text_len(&old);
-            }
+            let Some(old) = self.messages.pop_front() else {
+                break;
+            };
+            self.bytes -= entry_cost(&old);
+        }
+        while self.instructions.len() > KEPT_INSTRUCTIONS
+            || (self.instruction_bytes > share / 4 && self.instructions.len() > 1)
+        {
+            let Some(old) = self.instructions.pop_front() else {
+                break;
+            };
+            self.instruction_bytes -= instruction_cost(&old);
         }
     }
 }
@@ -322,6 +364,7 @@ impl Tap for Traffic {
         let t = Timestamp::now().to_string();
         {
             let mut resources = lock(&self.resources);
+            let share = share(resources.len() + usize::from(!resources.contains_key(resource_id)));
             let resource = resources.entry(resource_id.to_string()).or_default();
             match event {
                 BusEvent::Frame(frame) => self.frame(resource, from, frame, seq, t),
@@ -329,6 +372,7 @@ impl Tap for Traffic {
                 BusEvent::Up => *resource.counts.ups.entry(side_name(from)).or_default() += 1,
                 BusEvent::Down { .. } | BusEvent::Close { .. } => {}
             }
+            resource.trim(share);
         }
         self.changes.send_replace(seq);
     }
@@ -385,5 +429,33 @@ mod tests {
             "the counts go on"
         );
         assert_eq!(traffic.s2log("r").lines().count(), KEPT_MESSAGES);
+    }
+
+    #[test]
+    fn a_gateway_with_many_resources_keeps_an_equal_share_of_one_budget() {
+        let traffic = Traffic::default();
+        let text = r#"{"message_type":"ReceptionStatus","subject_message_id":"3d0a7e1c-1111-4a2b-9c3d-000000000001","status":"OK"}"#;
+        let resources: Vec<String> = (0..1000).map(|i| format!("r{i}")).collect();
+        for _ in 0..100 {
+            for r in &resources {
+                traffic.observe(r, Side::Rm, &frame(text));
+            }
+        }
+        let held: usize = lock(&traffic.resources)
+            .values()
+            .map(|r| r.bytes + r.instruction_bytes)
+            .sum();
+        assert!(
+            held <= KEPT_BYTES_IN_ALL,
+            "{held} bytes held, budget {KEPT_BYTES_IN_ALL}"
+        );
+        let kept = traffic.messages("r999", 0);
+        let each = share(1000) / 4 * 3 / (RECORD_COST + text.len());
+        assert_eq!(kept.len(), each, "every resource keeps its share");
+        assert_eq!(
+            kept.last().map(|e| e.seq),
+            Some(100 * 1000),
+            "the newest message is the one kept last"
+        );
     }
 }
