@@ -22,11 +22,11 @@ pub type Sample = (u64, Option<f64>);
 /// a chart shows), NaN while unavailable. 8 bytes instead of a [`Sample`]'s 24: an hour
 /// of 1,000 devices is 14 MB, not 43.
 #[derive(Clone, Copy)]
-struct Kept(u32, f32);
+struct Packed(u32, f32);
 
-impl Kept {
-    fn of(at: u64, power: Option<f64>) -> Kept {
-        Kept(
+impl Packed {
+    fn of(at: u64, power: Option<f64>) -> Packed {
+        Packed(
             u32::try_from(at).unwrap_or(u32::MAX),
             power.map_or(f32::NAN, |w| w as f32),
         )
@@ -41,7 +41,7 @@ impl Kept {
 /// The samples of every device, by device id.
 #[derive(Clone, Default)]
 pub struct History {
-    samples: Arc<Mutex<BTreeMap<String, VecDeque<Kept>>>>,
+    samples: Arc<Mutex<BTreeMap<String, VecDeque<Packed>>>>,
 }
 
 impl History {
@@ -63,7 +63,7 @@ impl History {
         if list.len() == KEPT {
             list.pop_front();
         }
-        list.push_back(Kept::of(at, power));
+        list.push_back(Packed::of(at, power));
     }
 
     /// Sample every view every [`SAMPLE_EVERY`] until `shutdown`.

@@ -90,14 +90,46 @@ pub struct Counts {
     pub instruction_statuses: BTreeMap<String, u64>,
 }
 
+/// A queue kept within a count and a cost, the oldest dropped first.
+struct Log<T> {
+    items: VecDeque<T>,
+    /// What `items` costs to keep.
+    bytes: usize,
+}
+
+impl<T> Default for Log<T> {
+    fn default() -> Self {
+        Self {
+            items: VecDeque::new(),
+            bytes: 0,
+        }
+    }
+}
+
+impl<T> Log<T> {
+    fn push(&mut self, item: T, cost: usize) {
+        self.bytes += cost;
+        self.items.push_back(item);
+    }
+
+    /// Drop the oldest beyond `count` items or `bytes` (by `cost`, the cost each was
+    /// counted at); the newest is always kept.
+    fn trim(&mut self, count: usize, bytes: usize, cost: impl Fn(&T) -> usize) {
+        while self.items.len() > count || (self.bytes > bytes && self.items.len() > 1) {
+            let Some(old) = self.items.pop_front() else {
+                break;
+            };
+            self.bytes -= cost(&old);
+        }
+    }
+}
+
 #[derive(Default)]
 struct Resource {
-    messages: VecDeque<Entry>,
-    /// What `messages` costs to keep (their text and [`RECORD_COST`] each).
-    bytes: usize,
-    instructions: VecDeque<Instruction>,
-    /// What `instructions` costs to keep.
-    instruction_bytes: usize,
+    /// Costed by [`entry_cost`].
+    messages: Log<Entry>,
+    /// Costed by [`instruction_cost`].
+    instructions: Log<Instruction>,
     /// The last message of each type the RM sent, as sent.
     latest: BTreeMap<String, String>,
     counts: Counts,
@@ -158,6 +190,7 @@ impl Traffic {
             .get(resource_id)
             .map(|r| {
                 r.messages
+                    .items
                     .iter()
                     .filter(|e| e.seq > since)
                     .cloned()
@@ -170,7 +203,7 @@ impl Traffic {
     pub fn instructions(&self, resource_id: &str) -> Vec<Instruction> {
         lock(&self.resources)
             .get(resource_id)
-            .map(|r| r.instructions.iter().rev().cloned().collect())
+            .map(|r| r.instructions.items.iter().rev().cloned().collect())
             .unwrap_or_default()
     }
 
@@ -255,12 +288,13 @@ impl Traffic {
                     .entry(status.clone())
                     .or_default() += 1;
                 let id = field("instruction_id").unwrap_or_default();
-                if let Some(i) = resource.instructions.iter_mut().find(|i| i.id == id) {
+                let instructions = &mut resource.instructions;
+                if let Some(i) = instructions.items.iter_mut().find(|i| i.id == id) {
                     i.statuses.push((t.clone(), status));
-                    resource.instruction_bytes += STATUS_COST;
+                    instructions.bytes += STATUS_COST;
                 }
             } else if from == Side::Cem {
-                resource.push_instruction(Instruction {
+                let instruction = Instruction {
                     t: t.clone(),
                     kind: kind.clone(),
                     id: field("id")
@@ -268,7 +302,9 @@ impl Traffic {
                         .unwrap_or_default(),
                     json: truncated(frame.text(), INSTRUCTION_TEXT),
                     statuses: Vec::new(),
-                });
+                };
+                let cost = instruction_cost(&instruction);
+                resource.instructions.push(instruction, cost);
             }
         }
         if from == Side::Rm {
@@ -324,37 +360,17 @@ fn truncated(text: &str, max: usize) -> String {
 }
 
 impl Resource {
-    /// Keep `entry`; [`Resource::trim`] bounds what is kept.
     fn push(&mut self, entry: Entry) {
-        self.bytes += entry_cost(&entry);
-        self.messages.push_back(entry);
+        let cost = entry_cost(&entry);
+        self.messages.push(entry, cost);
     }
 
-    fn push_instruction(&mut self, instruction: Instruction) {
-        self.instruction_bytes += instruction_cost(&instruction);
-        self.instructions.push_back(instruction);
-    }
-
-    /// Drop the oldest messages beyond [`KEPT_MESSAGES`] or three quarters of `share`,
-    /// and the oldest instructions beyond [`KEPT_INSTRUCTIONS`] or the last quarter; the
-    /// newest of each is always kept.
+    /// Keep at most [`KEPT_MESSAGES`] messages in three quarters of `share`, and
+    /// [`KEPT_INSTRUCTIONS`] instructions in the last quarter.
     fn trim(&mut self, share: usize) {
-        while self.messages.len() > KEPT_MESSAGES
-            || (self.bytes > share / 4 * 3 && self.messages.len() > 1)
-        {
-            let Some(old) = self.messages.pop_front() else {
-                break;
-            };
-            self.bytes -= entry_cost(&old);
-        }
-        while self.instructions.len() > KEPT_INSTRUCTIONS
-            || (self.instruction_bytes > share / 4 && self.instructions.len() > 1)
-        {
-            let Some(old) = self.instructions.pop_front() else {
-                break;
-            };
-            self.instruction_bytes -= instruction_cost(&old);
-        }
+        self.messages.trim(KEPT_MESSAGES, share / 4 * 3, entry_cost);
+        self.instructions
+            .trim(KEPT_INSTRUCTIONS, share / 4, instruction_cost);
     }
 }
 
@@ -443,7 +459,7 @@ mod tests {
         }
         let held: usize = lock(&traffic.resources)
             .values()
-            .map(|r| r.bytes + r.instruction_bytes)
+            .map(|r| r.messages.bytes + r.instructions.bytes)
             .sum();
         assert!(
             held <= KEPT_BYTES_IN_ALL,
