@@ -6,11 +6,14 @@
 //! with the exact bytes that carried it, and [`Edge`], the check every frame passes where
 //! it enters from a transport.
 
-use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 
 use s2_kit::session::core::Registry;
 use s2_kit::validate::{Phase, Report, Validate, rules};
+
+use remembered::{SeenIds, Windows};
+
+mod remembered;
 
 pub use s2_kit::codec::{DecodeError, DecodeOptions};
 pub use s2_kit::message::{Message, MessageKind};
@@ -383,7 +386,8 @@ impl Edge {
 }
 
 /// s2-kit's [`Analyzer`] in its strict form (the same registry, phase, seen ids and
-/// checks, through s2-kit's public parts), with one JSON parse per frame instead of two.
+/// checks, through s2-kit's public parts), with one JSON parse per frame instead of two,
+/// and remembering fewer identifiers (see [`remembered`]).
 ///
 /// `Analyzer::observe` decodes through `decode_with`, which first peeks at the whole
 /// text for `message_type` and the ids and then parses it again into the typed message:
@@ -391,41 +395,15 @@ impl Edge {
 /// the typed parse runs first, and the peek (all of `decode_with`) only for a frame it
 /// did not accept, so a refusal carries exactly s2-kit's error. On a PowerMeasurement
 /// the peek was a fifth of the edge's cost. A test replays conversations through both
-/// and requires the same verdict, message and diagnostic.
+/// and requires the same verdict, message and diagnostic; others show where the shorter
+/// memory makes a difference.
 #[derive(Debug)]
 struct Observer {
     registry: Registry,
     profile: WireProfile,
     phase: Phase,
     seen: SeenIds,
-}
-
-/// The message ids said on a session, for the duplicate-id rule: s2-kit's analyzer keeps
-/// them in a list it scans twice per message (up to [`Registry::MAX_TRACKED`] of them),
-/// which was most of the MQTT bridge's time; a set answers the same question at once.
-/// Bounded the same way: past the limit the oldest id is forgotten.
-#[derive(Debug, Default)]
-struct SeenIds {
-    set: HashSet<Id>,
-    order: VecDeque<Id>,
-}
-
-impl SeenIds {
-    fn contains(&self, id: &Id) -> bool {
-        self.set.contains(id)
-    }
-
-    fn insert(&mut self, id: Id) {
-        if !self.set.insert(id) {
-            return;
-        }
-        self.order.push_back(id);
-        if self.order.len() > Registry::MAX_TRACKED
-            && let Some(oldest) = self.order.pop_front()
-        {
-            self.set.remove(&oldest);
-        }
-    }
+    windows: Windows,
 }
 
 /// What [`Observer::observe`] made of one frame: the parts of s2-kit's `Observed` the
@@ -450,6 +428,7 @@ impl Observer {
             profile: WireProfile::V1_0_0,
             phase: Phase::Connected,
             seen: SeenIds::default(),
+            windows: Windows::default(),
         }
     }
 
@@ -538,6 +517,7 @@ impl Observer {
             }
             _ => self.registry.record(message, Some(now)),
         }
+        self.windows.after_record(message, &mut self.registry);
         if let Some(id) = message.id() {
             self.seen.insert(id);
         }
@@ -769,9 +749,41 @@ mod tests {
 
     /// Texts that decode, fail to decode in each of `decode_with`'s ways, or decode and
     /// break a rule only the conversation can show, in an order that exercises the state.
+    /// The test conversations' message and object ids, by number.
+    fn id(n: u32) -> String {
+        format!("3d0a7e1c-1111-4a2b-9c3d-{n:012}")
+    }
+
+    /// An RM's FRBC.SystemDescription: actuator `id(21)` with operation mode `id(22)`.
+    fn frbc_description() -> String {
+        format!(
+            r#"{{"message_type":"FRBC.SystemDescription","message_id":"{}","valid_from":"2024-01-01T00:00:00Z","actuators":[{{"id":"{}","supported_commodities":["ELECTRICITY"],"operation_modes":[{{"id":"{}","elements":[{{"fill_level_range":{{"start_of_range":0,"end_of_range":100}},"fill_rate":{{"start_of_range":0,"end_of_range":0.001}},"power_ranges":[{{"start_of_range":0,"end_of_range":5000,"commodity_quantity":"ELECTRIC.POWER.3_PHASE_SYMMETRIC"}}]}}],"abnormal_condition_only":false}}],"transitions":[],"timers":[]}}],"storage":{{"provides_leakage_behaviour":false,"provides_fill_level_target_profile":false,"provides_usage_forecast":false,"fill_level_range":{{"start_of_range":0,"end_of_range":100}}}}}}"#,
+            id(20),
+            id(21),
+            id(22)
+        )
+    }
+
+    /// A CEM's FRBC.Instruction for `actuator`, in operation mode `id(22)`.
+    fn frbc_instruction(message: u32, instruction: u32, actuator: u32) -> String {
+        format!(
+            r#"{{"message_type":"FRBC.Instruction","message_id":"{}","id":"{}","actuator_id":"{}","operation_mode":"{}","operation_mode_factor":0.5,"execution_time":"2024-01-01T12:00:00Z","abnormal_condition":false}}"#,
+            id(message),
+            id(instruction),
+            id(actuator),
+            id(22)
+        )
+    }
+
+    fn select_frbc() -> String {
+        format!(
+            r#"{{"message_type":"SelectControlType","message_id":"{}","control_type":"FILL_RATE_BASED_CONTROL"}}"#,
+            id(30)
+        )
+    }
+
     fn conversation() -> Vec<(EnergyManagementRole, String)> {
         use EnergyManagementRole::{Cem, Rm};
-        let id = |n: u32| format!("3d0a7e1c-1111-4a2b-9c3d-{n:012}");
         let measurement = encode(&Message::PowerMeasurement(PowerMeasurement {
             message_id: Id::parse(&id(1)).unwrap(),
             measurement_timestamp: now(),
@@ -791,25 +803,9 @@ mod tests {
                 },
             )))
         };
-        let description = format!(
-            r#"{{"message_type":"FRBC.SystemDescription","message_id":"{}","valid_from":"2024-01-01T00:00:00Z","actuators":[{{"id":"{}","supported_commodities":["ELECTRICITY"],"operation_modes":[{{"id":"{}","elements":[{{"fill_level_range":{{"start_of_range":0,"end_of_range":100}},"fill_rate":{{"start_of_range":0,"end_of_range":0.001}},"power_ranges":[{{"start_of_range":0,"end_of_range":5000,"commodity_quantity":"ELECTRIC.POWER.3_PHASE_SYMMETRIC"}}]}}],"abnormal_condition_only":false}}],"transitions":[],"timers":[]}}],"storage":{{"provides_leakage_behaviour":false,"provides_fill_level_target_profile":false,"provides_usage_forecast":false,"fill_level_range":{{"start_of_range":0,"end_of_range":100}}}}}}"#,
-            id(20),
-            id(21),
-            id(22)
-        );
-        let instruction = |message: u32, instruction: u32, actuator: u32| {
-            format!(
-                r#"{{"message_type":"FRBC.Instruction","message_id":"{}","id":"{}","actuator_id":"{}","operation_mode":"{}","operation_mode_factor":0.5,"execution_time":"2024-01-01T12:00:00Z","abnormal_condition":false}}"#,
-                id(message),
-                id(instruction),
-                id(actuator),
-                id(22)
-            )
-        };
-        let select = format!(
-            r#"{{"message_type":"SelectControlType","message_id":"{}","control_type":"FILL_RATE_BASED_CONTROL"}}"#,
-            id(30)
-        );
+        let description = frbc_description();
+        let instruction = frbc_instruction;
+        let select = select_frbc();
         let mut texts = vec![
             (Rm, "hello".to_string()),
             (Rm, String::new()),
@@ -956,7 +952,7 @@ mod tests {
     }
 
     #[test]
-    fn the_observer_forgets_the_oldest_id_when_s2_kits_analyzer_does() {
+    fn the_observer_remembers_the_latest_512_message_ids_and_warns_of_a_repeat_among_them() {
         let measurement = |n: usize| {
             encode(&Message::PowerMeasurement(PowerMeasurement {
                 message_id: Id::parse(&format!("3d0a7e1c-2222-4a2b-9c3d-{n:012}")).unwrap(),
@@ -967,27 +963,139 @@ mod tests {
                 }],
             }))
         };
+        let is_repeat = |report: &Report| {
+            (report.warnings()).any(|warning| warning.rule == rules::DUPLICATE_MESSAGE_ID)
+        };
         let mut ours = Observer::new();
         let mut reference = Analyzer::new().strict();
         let at = now();
-        // Up to the limit every id is still known, one past it the first is forgotten.
-        let limit = Registry::MAX_TRACKED;
-        let sequence = (0..=limit).chain([limit, 0, 1, 2]);
+        let kept = remembered::SeenIds::KEPT;
+        assert_eq!(kept, 512);
+        // One more id than the window, then a repeat of the latest, of the oldest still
+        // kept, and of the one just forgotten (s2-kit's analyzer, with its 4,096, still
+        // knows it).
+        let sequence = (0..=kept).chain([kept, 1, 0]);
         let mut repeats = Vec::new();
         for n in sequence {
             let text = measurement(n);
             let got = ours.observe(EnergyManagementRole::Rm, &text, at);
             let want = reference.observe(EnergyManagementRole::Rm, &text, at);
-            assert_eq!(got.report, want.report, "id {n}");
-            let repeat =
-                (got.report.warnings()).any(|warning| warning.rule == rules::DUPLICATE_MESSAGE_ID);
-            repeats.push(repeat);
+            if n != 0 || repeats.is_empty() {
+                assert_eq!(got.report, want.report, "id {n}");
+            } else {
+                assert!(is_repeat(&want.report));
+            }
+            // A repeat is a warning: the message still passes, and the report says why.
+            assert_eq!(got.status, ReceptionStatusValues::Ok);
+            repeats.push(is_repeat(&got.report));
         }
-        // A repeat is a warning: the message still passes, and the report says why.
-        assert!(repeats[..=limit].iter().all(|repeat| !repeat));
-        // `limit` is a repeat. 0 was forgotten when `limit` first came in, so it is new
-        // again, and pushes out 1, which then pushes out 2.
-        assert_eq!(&repeats[limit + 1..], &[true, false, false, false]);
+        assert!(repeats[..=kept].iter().all(|repeat| !repeat));
+        assert_eq!(&repeats[kept + 1..], &[true, true, false]);
+    }
+
+    /// A status update for instruction `instruction`, sent by the RM.
+    fn status_update(message: u32, instruction: u32, status: &str) -> String {
+        format!(
+            r#"{{"message_type":"InstructionStatusUpdate","message_id":"{}","instruction_id":"{}","status_type":"{status}","timestamp":"2024-01-01T12:00:00Z"}}"#,
+            id(message),
+            id(instruction)
+        )
+    }
+
+    /// What the observer's identifier lists hold on the heap, by their capacity.
+    fn remembered_bytes(observer: &Observer) -> usize {
+        let registry = &observer.registry;
+        let bytes = |capacity: usize, size: usize| capacity * size;
+        bytes(registry.instructions.capacity(), size_of::<Id>())
+            + bytes(
+                registry.instruction_messages.capacity(),
+                size_of::<(Id, Id)>(),
+            )
+            + bytes(
+                registry.instruction_statuses.capacity(),
+                size_of::<(Id, InstructionStatus)>(),
+            )
+            + bytes(
+                registry.published.capacity(),
+                size_of::<(RevokableObjects, Id)>(),
+            )
+            + bytes(remembered::SeenIds::KEPT, size_of::<u64>())
+    }
+
+    #[test]
+    fn a_long_instructed_session_keeps_its_unfinished_instructions_and_only_the_latest_finished() {
+        use EnergyManagementRole::{Cem, Rm};
+        let mut ours = Observer::new();
+        let mut reference = Analyzer::new().strict();
+        let at = now();
+        let mut say = |sender, text: &str| {
+            let got = ours.observe(sender, text, at);
+            let want = reference.observe(sender, text, at);
+            (got, want)
+        };
+        let opening = [
+            (Cem, select_frbc()),
+            (Rm, frbc_description()),
+            // An instruction that stays in progress through everything below.
+            (Cem, frbc_instruction(100, 101, 21)),
+            (Rm, status_update(102, 101, "ACCEPTED")),
+        ];
+        for (sender, text) in opening {
+            let (got, want) = say(sender, &text);
+            assert_eq!(got.status, ReceptionStatusValues::Ok, "{text}");
+            assert_eq!(got.report, want.report, "{text}");
+        }
+        // A thousand instructions, each accepted and then finished, judged as s2-kit's
+        // analyzer judges them.
+        let rounds = 1000;
+        let round = |n: u32| 10_000 + 4 * n;
+        for n in 0..rounds {
+            let m = round(n);
+            for (sender, text) in [
+                (Cem, frbc_instruction(m, m + 1, 21)),
+                (Rm, status_update(m + 2, m + 1, "ACCEPTED")),
+                (Rm, status_update(m + 3, m + 1, "SUCCEEDED")),
+            ] {
+                let (got, want) = say(sender, &text);
+                assert_eq!(got.status, ReceptionStatusValues::Ok, "round {n}: {text}");
+                assert_eq!(got.report, want.report, "round {n}: {text}");
+            }
+        }
+        // The unfinished instruction is still known: its progress passes.
+        let (started, _) = say(Rm, &status_update(90, 101, "STARTED"));
+        assert_eq!(started.status, ReceptionStatusValues::Ok);
+        // So is one of the latest finished, whose repeated status s2-kit also passes.
+        let latest = round(rounds - 1) + 1;
+        let (late, want) = say(Rm, &status_update(91, latest, "SUCCEEDED"));
+        assert_eq!(late.status, ReceptionStatusValues::Ok);
+        assert_eq!(late.report, want.report);
+        // The difference: a status for a long-finished instruction is refused as unknown,
+        // where s2-kit, remembering 4,096, lets it pass.
+        let (old, want) = say(Rm, &status_update(92, round(0) + 1, "SUCCEEDED"));
+        assert_eq!(old.status, ReceptionStatusValues::InvalidContent);
+        assert!(
+            (old.report.errors()).any(|error| error.rule == rules::UNKNOWN_INSTRUCTION),
+            "{:?}",
+            old.report
+        );
+        assert_eq!(want.status, ReceptionStatusValues::Ok);
+        // What is left: the unfinished one and up to twice the finished window.
+        let kept = ours.registry.instructions.len();
+        assert!(
+            (remembered::FINISHED_INSTRUCTIONS_KEPT
+                ..=2 * remembered::FINISHED_INSTRUCTIONS_KEPT + 1)
+                .contains(&kept),
+            "{kept}"
+        );
+        assert!(
+            ours.registry
+                .instructions
+                .contains(&Id::parse(&id(101)).unwrap())
+        );
+        assert!(ours.registry.published.len() < remembered::PUBLISHED_KEPT);
+        assert!(ours.registry.instruction_messages.len() < remembered::ECHOES_KEPT);
+        let bytes = remembered_bytes(&ours);
+        assert!(bytes < 40 * 1024, "{bytes} bytes");
     }
 
     #[test]
