@@ -7,8 +7,13 @@
 //! and the time from start until every session is up. In the same run it measures one s2-python 0.11.1 RM process
 //! (`tests/peers/s2python_rm.py`, against the same demo CEM) for comparison.
 //!
-//! Under `cargo test` (no `--bench` argument) it runs N = 1 and 5 with a short window,
-//! so the suite proves the bench still works.
+//! Then the long run: 100 devices whose demo CEM instructs each one every 50 ms instead
+//! of every 8 s, so a session lives through a day's worth of instructions in minutes.
+//! It prints the resident memory at intervals: whatever a session remembers of its
+//! conversation shows as growth, and where that is bounded, as a plateau.
+//!
+//! Under `cargo test` (no `--bench` argument) it runs N = 1 and 5 with a short window and
+//! a short long run, so the suite proves the bench still works.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 #[path = "../tests/common/mod.rs"]
@@ -55,6 +60,24 @@ fn main() {
             figures.all_up.as_secs_f64()
         );
     }
+    let (long_n, samples) = if full {
+        (100, &[30, 60, 120, 240, 480, 720][..])
+    } else {
+        (3, &[1, 2][..])
+    };
+    println!(
+        "long run: {long_n} devices, each instructed every {LONG_RUN_INSTRUCT_MS} ms \
+         (the demo's default is 8,000 ms)"
+    );
+    println!("{:>8} {:>10} {:>10}", "after", "RSS", "anon");
+    for (after, rss_kib, anon_kib) in runtime.block_on(long_run(long_n, samples)) {
+        println!(
+            "{:>6} s {:>7.1} MB {:>7.1} MB",
+            after.as_secs(),
+            mib(rss_kib),
+            mib(anon_kib)
+        );
+    }
     let python = runtime.block_on(s2python_rm_rss());
     println!(
         "one s2-python 0.11.1 RM process (same demo CEM): {:.1} MB",
@@ -83,17 +106,7 @@ async fn measure(n: usize, window: Duration) -> Figures {
     let cem = DemoCem::start().await;
     let started = Instant::now();
     let mut daemon = Daemon::start_quiet(&config(n, &cem.url()));
-    let mut up = 0;
-    while up < n {
-        daemon
-            .wait_log(
-                "every S2 session to be up",
-                |l| l.contains("CEM link up: S2 session opened"),
-                Duration::from_secs(120),
-            )
-            .await;
-        up += 1;
-    }
+    wait_until_up(&mut daemon, n).await;
     let all_up = started.elapsed();
     // Start-up work (profiles, the first selections) is over once every session is
     // up; the window then sees only the steady state.
@@ -117,6 +130,45 @@ async fn measure(n: usize, window: Duration) -> Figures {
     daemon.assert_running();
     assert!(daemon.stop(), "the daemon stops cleanly");
     figures
+}
+
+/// How often the long run's demo CEM instructs each device.
+const LONG_RUN_INSTRUCT_MS: u64 = 50;
+
+/// `n` devices instructed every [`LONG_RUN_INSTRUCT_MS`]: the daemon's RSS and anonymous
+/// memory `samples` seconds after every session was up.
+async fn long_run(n: usize, samples: &[u64]) -> Vec<(Duration, u64, u64)> {
+    let every = LONG_RUN_INSTRUCT_MS.to_string();
+    let cem = DemoCem::start_with(&["--instruct-every-ms", &every]).await;
+    let mut daemon = Daemon::start_quiet(&config(n, &cem.url()));
+    wait_until_up(&mut daemon, n).await;
+    let t0 = Instant::now();
+    let mut figures = Vec::new();
+    for &at in samples {
+        let at = Duration::from_secs(at);
+        tokio::time::sleep(at.saturating_sub(t0.elapsed())).await;
+        figures.push((
+            t0.elapsed(),
+            status_field(daemon.pid(), "VmRSS:"),
+            status_field(daemon.pid(), "RssAnon:"),
+        ));
+    }
+    daemon.assert_running();
+    assert!(daemon.stop(), "the daemon stops cleanly");
+    figures
+}
+
+/// Wait for `n` sessions to open.
+async fn wait_until_up(daemon: &mut Daemon, n: usize) {
+    for _ in 0..n {
+        daemon
+            .wait_log(
+                "every S2 session to be up",
+                |l| l.contains("CEM link up: S2 session opened"),
+                Duration::from_secs(120),
+            )
+            .await;
+    }
 }
 
 /// The daemon's config: `n` sim devices on one CEM link (`cem`: its URL) to the demo CEM.

@@ -46,6 +46,14 @@ pub struct DemoCemConfig {
     pub envelope: StdDuration,
 }
 
+impl DemoCemConfig {
+    /// How often the planner is asked what is due: every second, or as often as it
+    /// instructs when that is more often.
+    pub fn act_every(&self) -> StdDuration {
+        self.instruct_every.min(StdDuration::from_secs(1))
+    }
+}
+
 impl Default for DemoCemConfig {
     fn default() -> Self {
         Self {
@@ -86,8 +94,8 @@ async fn serve_one(
 ) -> anyhow::Result<()> {
     stream.set_nodelay(true)?;
     let mut ws = tokio_tungstenite::accept_async(stream).await?;
+    let mut tick = tokio::time::interval(config.act_every());
     let mut conversation = Conversation::open(config, Timestamp::now());
-    let mut tick = tokio::time::interval(StdDuration::from_secs(1));
     loop {
         let step = conversation.step(Timestamp::now());
         for text in step.outgoing {
@@ -383,7 +391,7 @@ impl Planner {
 
     /// Do whatever is due at `now`: select, rotate, or instruct.
     ///
-    /// Called every second. A mode-based planner whose every move is blocked by a timer
+    /// Called every second ([`DemoCemConfig::act_every`]). A mode-based planner whose every move is blocked by a timer
     /// returns nothing, so the instruction goes on the first call after the timer
     /// finishes.
     pub fn act(&mut self, session: &mut CemSession, now: Timestamp) {

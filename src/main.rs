@@ -59,6 +59,12 @@ enum Command {
         /// Where to listen for resource managers (any path is accepted).
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8765")]
         listen: SocketAddr,
+        /// How often each resource is instructed, in milliseconds, once its last
+        /// instruction has a final status (the scale bench's long run uses a short one to
+        /// live through a day of instructions in minutes).
+        #[arg(long, value_name = "MS", default_value_t = 8000,
+              value_parser = clap::value_parser!(u64).range(10..), conflicts_with = "mqtt")]
+        instruct_every_ms: u64,
         /// Instead of listening: be a cloud CEM worker on this MQTT broker (HOST:PORT),
         /// sharing the resources of every gateway under `--bases` with the other workers
         /// of `--group` (docs/s2-over-mqtt.md, "CEM workers").
@@ -390,8 +396,17 @@ fn main() -> ExitCode {
                 s2gw::commands::demo(duration.map(Duration::from_secs), plain).await
             }
             Command::Cem {
-                listen, mqtt: None, ..
-            } => s2gw::commands::cem(listen).await,
+                listen,
+                mqtt: None,
+                instruct_every_ms,
+                ..
+            } => {
+                let config = s2gw::cem::DemoCemConfig {
+                    instruct_every: Duration::from_millis(instruct_every_ms),
+                    ..s2gw::cem::DemoCemConfig::default()
+                };
+                s2gw::commands::cem(listen, config).await
+            }
             Command::Cem {
                 mqtt: Some(broker),
                 group,

@@ -11,17 +11,13 @@ use crate::cem::{self, DemoCemConfig, WorkerConfig};
 use super::init_tracing;
 use super::run::terminate_signal;
 
-/// `s2gw cem --listen ADDR`: the demo CEM alone.
-pub async fn cem(listen: SocketAddr) -> anyhow::Result<ExitCode> {
+/// `s2gw cem --listen ADDR`: the demo CEM alone, behaving as `config` says.
+pub async fn cem(listen: SocketAddr, config: DemoCemConfig) -> anyhow::Result<ExitCode> {
     init_tracing("info", false);
     let listener = TcpListener::bind(listen).await?;
     tracing::info!(addr = %listener.local_addr()?, "demo CEM listening; point a gateway's [cem] url at ws://ADDR/s2/{{resource_id}}");
     let shutdown = CancellationToken::new();
-    let serve = tokio::spawn(cem::serve(
-        listener,
-        DemoCemConfig::default(),
-        shutdown.clone(),
-    ));
+    let serve = tokio::spawn(cem::serve(listener, config, shutdown.clone()));
     let _ = tokio::signal::ctrl_c().await;
     shutdown.cancel();
     let _ = serve.await;

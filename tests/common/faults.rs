@@ -410,16 +410,22 @@ pub struct DemoCem {
 impl DemoCem {
     /// Start it and wait until it listens.
     pub async fn start() -> DemoCem {
+        Self::start_with(&[]).await
+    }
+
+    /// Start it with `args` after `--listen ADDR`, and wait until it listens.
+    pub async fn start_with(args: &[&str]) -> DemoCem {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        let (child, lines) = spawn_logged(
-            &["cem", "--listen", &format!("127.0.0.1:{port}")],
-            &[],
-            "demo-cem",
-        );
+        let listen = format!("127.0.0.1:{port}");
+        let command: Vec<&str> = ["cem", "--listen", &listen]
+            .into_iter()
+            .chain(args.iter().copied())
+            .collect();
+        let (child, lines) = spawn_logged(&command, &[], "demo-cem");
         let mut cem = DemoCem { child, lines, port };
         cem.lines
             .wait_for("the demo CEM to listen", |l| l.contains("listening"), GUARD)
